@@ -1,0 +1,40 @@
+"""The admin listener: liveness, readiness and per-upstream status for operators."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sidecar import __version__
+from sidecar.proxy.upstream import UpstreamRuntime
+
+
+def admin_app(upstreams: dict[str, UpstreamRuntime]) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        missing = [
+            {"upstream": name, "reason": u.tokens.status().get("last_error") or "no token yet"}
+            for name, u in upstreams.items()
+            if u.config.eager and not u.tokens.ready
+        ]
+        if missing:
+            return web.json_response({"status": "not ready", "missing": missing}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "version": __version__,
+                "upstreams": {
+                    name: {"target": u.config.target, "token": u.tokens.status()}
+                    for name, u in upstreams.items()
+                },
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    return app

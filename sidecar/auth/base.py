@@ -1,0 +1,91 @@
+"""What an auth flow is: something that can log in, and perhaps refresh, against one IdP.
+
+Flows only speak to their IdP. Timing, caching, single flight and backoff belong to the
+token manager (``auth/manager.py``); the request path only asks a :class:`TokenSource`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, repr=False)
+class Grant:
+    """One successful answer of an IdP. ``repr`` hides the secrets."""
+
+    access_token: str
+    expires_in: float | None  # seconds; None: the IdP did not say
+    refresh_token: str | None = None
+    refresh_expires_in: float | None = None  # None or 0: valid until the IdP rejects it
+
+    def __repr__(self) -> str:
+        return f"Grant(expires_in={self.expires_in}, refresh={self.refresh_token is not None})"
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Token:
+    """The bearer token the request path attaches. Compared by identity."""
+
+    value: str
+    expires_at: float  # time.monotonic() deadline; inf for tokens that never expire
+    margin: float = 1.0  # not sent in its last `margin` seconds: it could expire on the way
+    obtained_at: float = field(default_factory=time.monotonic)
+
+    def usable(self, now: float) -> bool:
+        return now < self.expires_at - self.margin
+
+    def __repr__(self) -> str:
+        return f"Token(expires_in={self.expires_at - time.monotonic():.1f}s)"
+
+
+class AuthError(Exception):
+    """The IdP refused or failed. ``reason`` is safe to log and to show the app."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class InvalidGrant(AuthError):
+    """The refresh token is dead (expired, rotated, session gone): log in again."""
+
+
+class NoToken(Exception):
+    """No valid token could be had for a request; becomes a 503 with ``Retry-After``."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class AuthFlow(Protocol):
+    """One IdP conversation. ``refresh`` raises :class:`InvalidGrant` when it cannot help."""
+
+    grant_type: str  # label of a full login in logs and metrics
+
+    async def login(self) -> Grant: ...
+
+    async def refresh(self, refresh_token: str) -> Grant: ...
+
+    async def close(self) -> None: ...
+
+
+class TokenSource(Protocol):
+    """What the upstream pipeline needs: a current token, and a way to report a dead one."""
+
+    async def start(self) -> None: ...
+
+    async def get(self) -> Token: ...
+
+    def invalidate(self, token: Token) -> None: ...
+
+    def status(self) -> dict[str, object]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,42 @@
+"""Building an upstream's token source from its ``auth`` block."""
+
+from __future__ import annotations
+
+import ssl
+
+from sidecar.auth.base import AuthFlow, TokenSource
+from sidecar.auth.client_credentials import ClientCredentialsFlow
+from sidecar.auth.keycloak import PasswordFlow
+from sidecar.auth.manager import TokenManager
+from sidecar.auth.oauth import TokenEndpoint
+from sidecar.auth.static import StaticToken
+from sidecar.config.models import (
+    AuthCommon,
+    ClientCredentialsAuth,
+    OidcPasswordAuth,
+    StaticAuth,
+    Upstream,
+)
+from sidecar.tls import client_context
+
+
+def token_source(name: str, upstream: Upstream, upstream_ssl: ssl.SSLContext) -> TokenSource:
+    auth = upstream.auth
+    if isinstance(auth, StaticAuth):
+        return StaticToken(name, auth)
+    flow = _flow(auth, upstream_ssl)
+    return TokenManager(
+        name, flow, token_wait=upstream.timeouts.token_wait, backoff_cap=auth.backoff_cap
+    )
+
+
+def _flow(auth: AuthCommon, upstream_ssl: ssl.SSLContext) -> AuthFlow:
+    # The token call uses the upstream's TLS (client certificate included) unless auth.tls says
+    # otherwise: KISC wants the same certificate on both legs.
+    ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl
+    endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout)
+    if isinstance(auth, OidcPasswordAuth):
+        return PasswordFlow(auth, endpoint)
+    if isinstance(auth, ClientCredentialsAuth):
+        return ClientCredentialsFlow(auth, endpoint)
+    raise TypeError(f"no flow for auth type {type(auth).__name__}")

@@ -1,0 +1,162 @@
+"""The HTTP call to an OAuth2 token endpoint, and the answers' meaning (RFC 6749 section 5).
+
+Only this module talks to token endpoints; errors come back as :class:`AuthError` with a
+reason fit for logs and for the app (never a token or a secret).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from sidecar.auth.base import AuthError, Grant, InvalidGrant
+
+MAX_LIFETIME = 24 * 3600.0  # a longer expires_in is clamped: trust, but renew at least daily
+
+
+class TokenEndpoint:
+    """Posts forms to one token URL over its own pooled TLS session."""
+
+    def __init__(self, url: str, ssl_context: ssl.SSLContext, timeout: float) -> None:
+        self.url = URL(url)
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
+                timeout=self._timeout,
+            )
+        return self._session
+
+    async def request_token(
+        self, form: dict[str, str], basic: aiohttp.BasicAuth | None = None
+    ) -> Grant:
+        where = f"IdP {self.url.host}"
+        try:
+            async with self._client().post(
+                self.url, data=form, auth=basic, headers={"Accept": "application/json"},
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                return parse_token_response(resp.status, body, resp.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise AuthError(
+                f"{where}: TLS certificate failed verification ({exc.certificate_error})"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise AuthError(f"{where}: TLS handshake failed ({_short(exc)})") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise AuthError(f"{where}: cannot connect ({exc.os_error.strerror or exc})") from None
+        except TimeoutError:
+            raise AuthError(f"{where}: no answer within {self._timeout.total:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AuthError(f"{where}: connection failed ({_short(exc)})") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def parse_token_response(status: int, body: bytes, retry_after: str | None = None) -> Grant:
+    """Turn a token endpoint's answer into a Grant or a clear AuthError."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if status != 200:
+        raise _error(status, data, retry_after)
+    if not isinstance(data, dict):
+        raise AuthError("IdP answered 200 without a JSON object")
+    token = data.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise AuthError("IdP answered 200 without an access_token")
+    refresh = data.get("refresh_token")
+    return Grant(
+        access_token=token,
+        expires_in=_seconds(data, "expires_in"),
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        refresh_expires_in=_seconds(data, "refresh_expires_in", allow_zero=True),
+    )
+
+
+def _seconds(data: dict[str, Any], key: str, *, allow_zero: bool = False) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise AuthError(f"IdP answered an unusable {key}: not a number") from None
+    if seconds != seconds or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise AuthError(f"IdP answered an unusable {key}: {seconds:g}")
+    return min(seconds, MAX_LIFETIME)
+
+
+def _error(status: int, data: Any, retry_after: str | None) -> AuthError:
+    code = description = None
+    if isinstance(data, dict):
+        code = data.get("error") if isinstance(data.get("error"), str) else None
+        desc = data.get("error_description")
+        description = _short(desc) if isinstance(desc, str) else None
+    reason = f"IdP answered {status}"
+    if code:
+        reason += f" {_short(code)}"
+    if description:
+        reason += f": {description}"
+    elif data is None:
+        reason += " with a non-JSON body"
+    wait = _retry_after(retry_after)
+    if code == "invalid_grant":
+        return InvalidGrant(reason)
+    return AuthError(reason, retry_after=wait)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    return text[:limit]
+
+
+class OAuthFlow:
+    """Shared by the OAuth2 flows: client fields and the standard refresh_token grant."""
+
+    grant_type = "oauth2"
+
+    def __init__(
+        self,
+        endpoint: TokenEndpoint,
+        client_id: str | None,
+        client_secret: str | None,
+        scope: str | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.scope = scope
+
+    def _client_fields(self) -> dict[str, str]:
+        fields = {}
+        if self.client_id:
+            fields["client_id"] = self.client_id
+        if self.client_secret:
+            fields["client_secret"] = self.client_secret
+        return fields
+
+    async def refresh(self, refresh_token: str) -> Grant:
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return await self.endpoint.request_token(form | self._client_fields())
+
+    async def close(self) -> None:
+        await self.endpoint.close()

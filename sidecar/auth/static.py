@@ -1,0 +1,88 @@
+"""``static``: a fixed bearer token, from config or from a file re-read when it changes.
+
+Kubernetes updates a Secret volume by swapping a symlink, so the file is identified by
+``stat()`` (which follows the link): inode, size and mtime.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import structlog
+
+from sidecar import logs
+from sidecar.auth.base import NoToken, Token
+from sidecar.config.models import StaticAuth
+
+log = structlog.get_logger("sidecar.auth")
+
+RECHECK_INTERVAL = 1.0  # seconds between stat() calls on the request path
+
+
+class StaticToken:
+    def __init__(self, upstream: str, cfg: StaticAuth) -> None:
+        self.upstream = upstream
+        self._path: Path | None = cfg.token_file
+        self._token: Token | None = (
+            Token(cfg.token.get_secret_value(), math.inf, margin=0.0) if cfg.token else None
+        )
+        self._identity: tuple[int, int, int] | None = None
+        self._checked_at = -math.inf
+        self._error: str | None = None
+
+    async def start(self) -> None:
+        self._reload_if_changed()
+
+    async def get(self) -> Token:
+        now = time.monotonic()
+        if self._path is not None and now - self._checked_at >= RECHECK_INTERVAL:
+            self._checked_at = now
+            self._reload_if_changed()
+        if self._token is None:
+            raise NoToken(self._error or "static token is not loaded", retry_after=1.0)
+        return self._token
+
+    def invalidate(self, token: Token) -> None:
+        self._checked_at = -math.inf  # the upstream refused it: look at the file again now
+
+    def _reload_if_changed(self) -> None:
+        if self._path is None:
+            return
+        try:
+            st = self._path.stat()
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if identity == self._identity:
+                return
+            value = self._path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self._error = f"token_file {self._path}: {exc.strerror}"
+            log.warning("static_token_unreadable", upstream=self.upstream, reason=self._error)
+            return
+        if not value:
+            self._error = f"token_file {self._path} is empty"
+            self._token = None
+            log.warning("static_token_unreadable", upstream=self.upstream, reason=self._error)
+            return
+        self._identity = identity
+        self._error = None
+        logs.secrets.add(value)
+        if self._token is None or self._token.value != value:
+            self._token = Token(value, math.inf, margin=0.0)
+            log.info("static_token_loaded", upstream=self.upstream)
+
+    @property
+    def ready(self) -> bool:
+        return self._token is not None
+
+    def status(self) -> dict[str, object]:
+        return {
+            "state": "valid" if self._token else "none",
+            "expires_in": None,
+            "last_error": self._error,
+            "consecutive_failures": 0 if self._token else 1,
+        }
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,112 @@
+"""``sidecar run | check | sandbox``. User mistakes exit 2 with a clear message, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import yaml
+
+from sidecar import __version__, logs
+from sidecar.config import Config, ConfigError, load_config, redacted
+from sidecar.tls import TlsSetupError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"authsidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the sidecar")
+    run.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")
+    check = commands.add_parser("check", help="validate a config and print it, secrets masked")
+    check.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")
+    sandbox = commands.add_parser(
+        "sandbox", help="start local emulators of the APIs with the sidecar in front"
+    )
+    sandbox.add_argument("--dir", default=".sandbox", help="where certificates and config go")
+    sandbox.add_argument("--proxy-port", type=int, default=8080)
+    sandbox.add_argument("--admin-port", type=int, default=9090)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "check":
+            config = load_config(args.config)
+            print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
+            return 0
+        if args.command == "run":
+            config = load_config(args.config)
+            _configure_logs(config)
+            return _run_until_signalled(lambda stop: _serve(config, stop))
+        from sidecar.sandbox.demo import run_sandbox
+
+        logs.configure("info", "console")
+        return _run_until_signalled(
+            lambda stop: run_sandbox(Path(args.dir), args.proxy_port, args.admin_port, stop)
+        )
+    except ConfigError as exc:
+        print("config error:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except TlsSetupError as exc:
+        print(f"TLS setup error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _configure_logs(config: Config) -> None:
+    secrets: list[str] = []
+
+    def collect(value: object) -> None:
+        if hasattr(value, "get_secret_value"):
+            secrets.append(value.get_secret_value())
+        elif hasattr(value, "__dict__") and hasattr(value, "model_fields"):
+            for name in type(value).model_fields:
+                collect(getattr(value, name))
+        elif isinstance(value, dict):
+            for v in value.values():
+                collect(v)
+
+    collect(config)
+    logs.configure(config.log.level, config.log.format, secrets)
+
+
+async def _serve(config: Config, stop: asyncio.Event) -> None:
+    from sidecar.app import Sidecar
+
+    sidecar = Sidecar(config)
+    try:
+        await sidecar.start()
+        await stop.wait()
+    finally:
+        await sidecar.stop()
+
+
+def _run_until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await body(stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Configuration models: one class per YAML block, field names as in DESIGN.md.
+
+Secrets are ``SecretStr``; every secret field ``x`` may be given as ``x_file`` instead
+(a Kubernetes Secret mount), which :class:`SecretFiles` resolves before validation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from yarl import URL
+
+
+def _check_url(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("not a valid URL: expected http:// or https:// with a host")
+    return value
+
+
+def _check_existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) into a lower-case host and a port."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"not host:port: {value!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"not host:port: {value!r} has no host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"not host:port: {value!r} has no port")
+        return host.lower(), default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"not host:port: bad port in {value!r}")
+    return host.lower(), int(port_text)
+
+
+def _check_listen(value: str) -> str:
+    host, _ = parse_host_port(value)
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"listen address must be an IP address, got {host!r}") from None
+    return value
+
+
+def _check_match(value: str) -> str:
+    host, _ = parse_host_port(value, default_port=0)
+    if "/" in host or "@" in host or " " in host:
+        raise ValueError(f"not a host or host:port: {value!r}")
+    return value.strip().lower()
+
+
+HttpUrlStr = Annotated[str, AfterValidator(_check_url)]
+ExistingFile = Annotated[Path, AfterValidator(_check_existing_file)]
+ListenAddr = Annotated[str, AfterValidator(_check_listen)]
+MatchHost = Annotated[str, AfterValidator(_check_match)]
+
+
+class Model(BaseModel):
+    """Strict base: unknown fields are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretFiles(Model):
+    """Resolves ``x_file: /path`` into the secret field ``x`` before validation."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in cls.secret_fields:
+            path = data.pop(f"{name}_file", None)
+            if path is None:
+                continue
+            if data.get(name) is not None:
+                raise ValueError(f"give either {name} or {name}_file, not both")
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except FileNotFoundError:
+                raise ValueError(f"{name}_file: file not found: {path}") from None
+            except OSError as exc:
+                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+        return data
+
+
+class Listen(Model):
+    proxy: ListenAddr = "127.0.0.1:8080"
+    admin: ListenAddr = "0.0.0.0:9090"
+
+
+class Log(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Tls(SecretFiles):
+    """TLS towards a target or an IdP. Verification is on unless explicitly turned off."""
+
+    secret_fields = ("p12_password",)
+
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+    p12_file: ExistingFile | None = None
+    p12_password: SecretStr | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> Tls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.p12_file is not None and self.cert_file is not None:
+            raise ValueError("give either cert_file/key_file or p12_file, not both")
+        return self
+
+    @property
+    def has_client_cert(self) -> bool:
+        return self.cert_file is not None or self.p12_file is not None
+
+
+class Timeouts(Model):
+    connect: float = Field(10.0, gt=0)
+    read: float = Field(60.0, gt=0)
+    token_wait: float = Field(10.0, gt=0)
+
+
+class AuthCommon(SecretFiles):
+    """Fields every token-fetching flow shares."""
+
+    token_url: HttpUrlStr
+    client_id: str | None = None
+    scope: str | None = None
+    tls: Tls | None = None  # token calls; default: the upstream's tls block
+    backoff_cap: float = Field(5.0, gt=0, description="seconds between failed logins, at most")
+    timeout: float = Field(10.0, gt=0, description="seconds one IdP call may take")
+
+
+class OidcPasswordAuth(AuthCommon):
+    secret_fields = ("password", "client_secret")
+
+    type: Literal["oidc_password"]
+    client_id: str
+    username: str
+    password: SecretStr
+    client_secret: SecretStr | None = None
+    scope: str | None = "openid email profile"
+
+
+class ClientCredentialsAuth(AuthCommon):
+    secret_fields = ("client_secret",)
+
+    type: Literal["client_credentials"]
+    client_id: str
+    client_secret: SecretStr
+
+
+class StaticAuth(SecretFiles):
+    """A fixed token. ``token_file`` is kept as a path: it is re-read when it changes."""
+
+    type: Literal["static"]
+    token: SecretStr | None = None
+    token_file: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StaticAuth:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("static auth needs exactly one of token or token_file")
+        return self
+
+
+Auth = Annotated[
+    OidcPasswordAuth | ClientCredentialsAuth | StaticAuth,
+    Field(discriminator="type"),
+]
+
+
+class Upstream(Model):
+    match: list[MatchHost] = Field(min_length=1)
+    target: HttpUrlStr
+    tls: Tls = Tls()
+    auth: Auth
+    max_body: int | None = Field(None, gt=0)
+    replay_limit: int = Field(1024 * 1024, ge=0)
+    timeouts: Timeouts = Timeouts()
+    eager: bool = True
+
+    @field_validator("target")
+    @classmethod
+    def _plain_origin(cls, value: str) -> str:
+        url = URL(value)
+        if url.query_string or url.fragment:
+            raise ValueError("target is an origin (and optional path prefix): no query or fragment")
+        return value.rstrip("/")
+
+
+class Config(BaseSettings):
+    """The whole file. Environment overrides are applied by the loader (see loader.py)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    listen: Listen = Listen()
+    log: Log = Log()
+    upstreams: dict[str, Upstream] = Field(min_length=1)
+    passthrough: list[MatchHost] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The loader has merged YAML and SIDECAR_* variables already, resolving upstream
+        # names ("moex-ntb" from MOEX_NTB), which the generic env source cannot do.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _hosts_unique(self) -> Config:
+        seen: dict[str, str] = {}
+        for name, upstream in self.upstreams.items():
+            for host in upstream.match:
+                if host in seen:
+                    raise ValueError(
+                        f"upstreams.{name}.match: {host!r} is already matched by "
+                        f"upstreams.{seen[host]}"
+                    )
+                seen[host] = name
+        return self

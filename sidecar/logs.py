@@ -1,0 +1,111 @@
+"""Structured logs: JSON lines (or console for humans), with secrets redacted on the way out.
+
+Redaction is one processor at the end of the chain, so no call site has to remember it: keys
+that name secrets are masked, and any registered secret value is cut out of every string.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import deque
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+MASK = "***"
+_SECRET_KEYS = (
+    "authorization",
+    "password",
+    "secret",
+    "token",
+    "cookie",
+    "signature",
+    "passphrase",
+    "pin",
+)
+_SAFE_KEYS = {"token_url", "token_wait", "token_state", "tokens"}
+_MAX_DYNAMIC = 256  # tokens seen at run time; the oldest are long expired
+
+
+class SecretRegistry:
+    """Values that must never be written: config secrets, plus tokens as they are issued."""
+
+    def __init__(self) -> None:
+        self._static: set[str] = set()
+        self._dynamic: deque[str] = deque(maxlen=_MAX_DYNAMIC)
+
+    def add(self, value: str | None, *, dynamic: bool = False) -> None:
+        if value and len(value) >= 4:
+            (self._dynamic.append if dynamic else self._static.add)(value)
+
+    def scrub(self, text: str) -> str:
+        for secret in (*self._static, *self._dynamic):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+secrets = SecretRegistry()
+
+
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return k not in _SAFE_KEYS and any(word in k for word in _SECRET_KEYS)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return secrets.scrub(value)
+    if isinstance(value, dict):
+        return {k: MASK if _is_secret_key(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if _is_secret_key(key):
+            event[key] = MASK
+        else:
+            event[key] = _scrub(value)
+    return event
+
+
+def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[str] = ()) -> None:
+    for value in config_secrets:
+        secrets.add(value)
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    ]
+    tail: list[Any] = [structlog.processors.format_exc_info, redact]
+    structlog.configure(
+        processors=[*shared, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries (aiohttp, asyncio) log through the standard library: same format, same redaction.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.getLevelName(level.upper()))

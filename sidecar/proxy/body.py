@@ -1,0 +1,80 @@
+"""The app's request body on its way up: streamed, with a bounded copy kept for one replay.
+
+Nothing here reads a whole body, except :meth:`RequestBody.buffer_up_to` for the documented
+``max_body`` limit on chunked uploads (a length must be known before anything is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import StreamReader
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestBody:
+    def __init__(self, stream: StreamReader, length: int | None, keep_limit: int) -> None:
+        self._stream = stream
+        self._keep_limit = keep_limit
+        # A copy is kept only while the body may still fit: a known larger length keeps nothing.
+        fits = keep_limit > 0 and (length is None or length <= keep_limit)
+        self._kept: list[bytes] | None = [] if fits else None
+        self._kept_size = 0
+        self._generation = 0
+        self._not_reading = asyncio.Event()
+        self._not_reading.set()
+        self.bytes_read = 0
+
+    @property
+    def replayable(self) -> bool:
+        """True while every byte read so far is kept (the rest can still be streamed)."""
+        return self._kept is not None
+
+    async def buffer_up_to(self, limit: int) -> None:
+        """Read the whole body into the kept copy, refusing it past ``limit`` bytes."""
+        self._kept, self._keep_limit = [], max(self._keep_limit, limit)
+        async for _ in self._read_app(self._generation):
+            if self.bytes_read > limit:
+                raise BodyTooLarge
+        if self.bytes_read > limit:
+            raise BodyTooLarge
+
+    def stream(self) -> AsyncIterator[bytes]:
+        """The first send: kept bytes (if buffered) then the rest of the app's stream."""
+        return self._from_start()
+
+    def replay(self) -> AsyncIterator[bytes]:
+        """A second send after a 401: the kept bytes, then whatever the app has not sent yet."""
+        self._generation += 1  # the first send's iterator stops reading the app's stream
+        return self._from_start()
+
+    async def _from_start(self) -> AsyncIterator[bytes]:
+        generation = self._generation
+        await self._not_reading.wait()
+        if self._kept:
+            for chunk in list(self._kept):
+                yield chunk
+        async for chunk in self._read_app(generation):
+            yield chunk
+
+    async def _read_app(self, generation: int) -> AsyncIterator[bytes]:
+        while generation == self._generation:
+            self._not_reading.clear()
+            try:
+                chunk = await self._stream.readany()
+            finally:
+                self._not_reading.set()
+            if not chunk:
+                return
+            self.bytes_read += len(chunk)
+            if self._kept is not None:
+                if self._kept_size + len(chunk) > self._keep_limit:
+                    self._kept = None  # too large to replay: stop holding memory for it
+                else:
+                    self._kept.append(chunk)
+                    self._kept_size += len(chunk)
+            yield chunk

@@ -1,0 +1,77 @@
+"""The proxy listener: accepts the app's HTTP/1.1 requests and hands each to its upstream.
+
+aiohttp's low-level server does the wire work (parsing, keep-alive, chunked framing); this
+module only decides where a request goes, so a faster server can take its place later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from sidecar.config.models import parse_host_port
+from sidecar.proxy.errors import error_response
+from sidecar.proxy.pipeline import forward
+from sidecar.proxy.router import BadTarget, Router, request_target
+from sidecar.proxy.tunnel import tunnel
+from sidecar.proxy.upstream import UpstreamRuntime
+
+log = structlog.get_logger("sidecar.proxy")
+
+
+class ProxyHandler:
+    def __init__(
+        self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str]
+    ) -> None:
+        self.upstreams = upstreams
+        self._router = Router({name: u.config.match for name, u in upstreams.items()})
+        self._passthrough = Router({"passthrough": passthrough}) if passthrough else None
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "CONNECT":
+            return await self._connect(request)
+        if "Upgrade" in request.headers:
+            return error_response(400, "upgrade_refused", "protocol upgrades are not proxied")
+        try:
+            target = request_target(request.raw_path, request.headers.get("Host"))
+        except BadTarget as exc:
+            return error_response(400, "bad_request", str(exc))
+        name = self._router.resolve(target.host, target.port)
+        if name is None:
+            log.info("refused_unknown_host", host=target.host, port=target.port)
+            return error_response(
+                403, "unknown_host",
+                f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
+                "forwards to hosts listed in upstreams.*.match",
+            )
+        return await forward(request, self.upstreams[name], target.path_qs)
+
+    async def _connect(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            host, port = parse_host_port(request.raw_path)
+        except ValueError:
+            return error_response(400, "bad_request", "CONNECT needs host:port")
+        if self._passthrough is None or self._passthrough.resolve(host, port) is None:
+            log.info("refused_connect", host=host, port=port)
+            return error_response(
+                403, "connect_refused",
+                f"CONNECT to {host}:{port} is not allowed; only hosts in passthrough are tunnelled",
+            )
+        return await tunnel(request, host, port, connect_timeout=10.0)
+
+
+async def start_listener(
+    handler: ProxyHandler, host: str, port: int
+) -> tuple[asyncio.Server, web.Server]:
+    server = web.Server(
+        handler,
+        auto_decompress=False,  # bodies pass untouched
+        access_log=None,
+        keepalive_timeout=75,
+        handler_cancellation=True,  # an app that hangs up stops its upstream request too
+    )
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
+    return listener, server

@@ -1,0 +1,21 @@
+"""An upstream at run time: its config, its pooled client and its token source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.auth.base import TokenSource
+from sidecar.config.models import Upstream
+from sidecar.proxy.forward import UpstreamClient
+
+
+@dataclass
+class UpstreamRuntime:
+    name: str
+    config: Upstream
+    client: UpstreamClient
+    tokens: TokenSource
+
+    async def close(self) -> None:
+        await self.tokens.close()
+        await self.client.close()

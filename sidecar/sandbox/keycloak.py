@@ -1,0 +1,616 @@
+"""A Keycloak-like OpenID Connect token endpoint for the sandbox.
+
+It reproduces the parts of Keycloak the sidecar depends on (docs: PROTOCOLS sections 1
+and 3): the password, refresh_token and client_credentials grants, refresh-token
+rotation with optional reuse revocation, SSO session idle/max limits and Keycloak's
+exact error bodies. Tokens are HS256-signed JWTs with a per-instance random key, so
+clients can decode them like real ones, while only this emulator can validate them.
+
+Fault injection (failures, hangs, latency) and statistics are available both as Python
+methods and over HTTP under ``/_sandbox/`` so a user can drive them with curl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+
+__all__ = ["KeycloakEmulator"]
+
+_DEFAULT_CLIENTS: dict[str, str | None] = {"LK_NTB_PUBLIC": None, "direct_access": None}
+_DEFAULT_USERS: dict[str, str] = {"trader": "trader-password"}
+_MAX_EVENTS = 10_000  # keep stats bounded during long load runs
+_SUPPORTED_GRANTS = ("password", "refresh_token", "client_credentials")
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Error codes used when a 4xx failure is injected, so the body still looks like OAuth.
+_INJECTED_4XX_ERRORS = {
+    400: "invalid_request",
+    401: "invalid_client",
+    403: "access_denied",
+    429: "temporarily_unavailable",
+}
+_SETTINGS = ("access_ttl", "refresh_ttl", "session_max", "revoke_refresh_token", "latency")
+
+
+class OAuthError(Exception):
+    """An error answered as Keycloak does: ``{"error", "error_description"}``."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(f"{status} {error}: {description}")
+        self.status = status
+        self.error = error
+        self.description = description
+
+    def response(self) -> web.Response:
+        return web.json_response(
+            {"error": self.error, "error_description": self.description},
+            status=self.status,
+            headers=_NO_STORE,
+        )
+
+
+@dataclass
+class _Session:
+    sid: str
+    client_id: str
+    subject: str
+    username: str
+    scope: str
+    started: float  # time.monotonic()
+    last_refresh: float  # drives SSO Session Idle
+
+
+@dataclass
+class _AccessRecord:
+    claims: dict[str, Any]
+    sid: str
+    expires_at: float  # time.monotonic(); sub-second precision, unlike the JWT exp claim
+
+
+@dataclass
+class _RefreshRecord:
+    sid: str
+    client_id: str
+    expires_at: float
+    used: bool = False
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _merge_scope(requested: str | None) -> str:
+    """Requested scopes plus Keycloak's default client scopes, without duplicates."""
+    scopes: list[str] = []
+    for item in [*(requested or "").split(), "profile", "email"]:
+        if item not in scopes:
+            scopes.append(item)
+    return " ".join(scopes)
+
+
+class KeycloakEmulator:
+    """An in-memory Keycloak realm with one token endpoint and sandbox controls.
+
+    Settings are plain attributes and are read on every call, so tests and users can
+    change them at runtime (``kc.access_ttl = 2``).
+    """
+
+    def __init__(
+        self,
+        *,
+        realm: str = "SSO",
+        clients: Mapping[str, str | None] | None = None,
+        users: Mapping[str, str] | None = None,
+        access_ttl: float = 300,
+        refresh_ttl: float = 1800,
+        session_max: float = 36000,
+        revoke_refresh_token: bool = False,
+        latency: float = 0.0,
+    ) -> None:
+        self.realm = realm
+        self.clients: dict[str, str | None] = dict(_DEFAULT_CLIENTS if clients is None else clients)
+        self.users: dict[str, str] = dict(_DEFAULT_USERS if users is None else users)
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl  # = SSO Session Idle
+        self.session_max = session_max
+        self.revoke_refresh_token = revoke_refresh_token
+        self.latency = latency
+
+        self._key = secrets.token_bytes(32)
+        self._kid = secrets.token_hex(8)
+        self._sessions: dict[str, _Session] = {}
+        self._access: dict[str, _AccessRecord] = {}
+        self._refresh: dict[str, _RefreshRecord] = {}
+
+        self._fail_status: int | None = None
+        self._fail_remaining: int | None = None
+        self._hanging = False
+        self._release: asyncio.Event | None = None
+        self._closing = False
+
+        self._calls = 0
+        self._by_grant: Counter[str] = Counter()
+        self._in_flight = 0
+        self._max_concurrent = 0
+        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
+
+        self._app = web.Application()
+        self._app.router.add_post(
+            "/auth/realms/{realm}/protocol/openid-connect/token", self._token_handler
+        )
+        self._app.router.add_get(
+            "/auth/realms/{realm}/.well-known/openid-configuration", self._discovery_handler
+        )
+        self._app.router.add_post("/_sandbox/revoke", self._revoke_handler)
+        self._app.router.add_post("/_sandbox/fail", self._fail_handler)
+        self._app.router.add_post("/_sandbox/hang", self._hang_handler)
+        self._app.router.add_get("/_sandbox/stats", self._stats_handler)
+        self._app.router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
+        self._app.router.add_get("/_sandbox/settings", self._settings_handler)
+        self._app.router.add_post("/_sandbox/settings", self._settings_handler)
+        self._app.on_startup.append(self._on_startup)
+        self._app.on_shutdown.append(self._on_shutdown)
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    @property
+    def token_path(self) -> str:
+        return f"/auth/realms/{self.realm}/protocol/openid-connect/token"
+
+    # -- controls --------------------------------------------------------------------------
+
+    def revoke_sessions(self) -> int:
+        """Kill every SSO session (like an admin logout or a restart); returns how many."""
+        count = len(self._sessions)
+        self._sessions.clear()
+        return count
+
+    def fail_with(self, status: int | None, *, count: int | None = None) -> None:
+        """Answer the next ``count`` token calls (all if None) with ``status``; None clears."""
+        if status is not None and not 400 <= status <= 599:
+            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
+        if count is not None and count < 1:
+            status = None
+        self._fail_status = status
+        self._fail_remaining = count if status is not None else None
+
+    def hang(self, enabled: bool) -> None:
+        """While enabled, token calls wait and never answer (until disabled or shutdown)."""
+        self._hanging = enabled
+        if enabled:
+            if self._release is None:
+                self._release = asyncio.Event()
+        elif self._release is not None:
+            self._release.set()
+            self._release = None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": self._calls,
+            "by_grant": dict(self._by_grant),
+            "max_concurrent": self._max_concurrent,
+            "in_flight": self._in_flight,
+            "sessions": len(self._sessions),
+            "events": [dict(e) for e in self._events],
+        }
+
+    def reset_stats(self) -> None:
+        self._calls = 0
+        self._by_grant.clear()
+        # Calls still in progress keep counting towards the new maximum.
+        self._max_concurrent = self._in_flight
+        self._events.clear()
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SETTINGS}
+
+    # -- token inspection ------------------------------------------------------------------
+
+    def introspect(self, token: str) -> dict[str, Any] | None:
+        """Claims of a live access token issued here, or None if it is not usable."""
+        claims = self._verify(token)
+        if claims is None or claims.get("typ") != "Bearer":
+            return None
+        record = self._access.get(str(claims.get("jti")))
+        now = time.monotonic()
+        if record is None or now >= record.expires_at:
+            return None
+        if self._live_session(record.sid, now) is None:
+            return None
+        return dict(record.claims)
+
+    def is_access_token_valid(self, token: str) -> bool:
+        return self.introspect(token) is not None
+
+    # -- JWT helpers -----------------------------------------------------------------------
+
+    def _sign(self, claims: Mapping[str, Any]) -> str:
+        header = {"alg": "HS256", "typ": "JWT", "kid": self._kid}
+        signing_input = (
+            _b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
+        signature = hmac.new(self._key, signing_input.encode("ascii"), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def _verify(self, token: str) -> dict[str, Any] | None:
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
+        expected = hmac.new(self._key, signing_input, hashlib.sha256).digest()
+        try:
+            if not hmac.compare_digest(expected, _b64url_decode(parts[2])):
+                return None
+            claims = json.loads(_b64url_decode(parts[1]))
+        except ValueError:
+            return None
+        return claims if isinstance(claims, dict) else None
+
+    # -- sessions and issuing --------------------------------------------------------------
+
+    def _live_session(self, sid: str, now: float) -> _Session | None:
+        session = self._sessions.get(sid)
+        if session is None:
+            return None
+        idle_over = now >= session.last_refresh + self.refresh_ttl
+        max_over = now >= session.started + self.session_max
+        if idle_over or max_over:
+            del self._sessions[sid]
+            return None
+        return session
+
+    def _prune(self, now: float) -> None:
+        """Forget expired tokens so long runs do not grow memory without bound."""
+        for jti in [j for j, r in self._access.items() if now >= r.expires_at]:
+            del self._access[jti]
+        for jti in [j for j, r in self._refresh.items() if now >= r.expires_at]:
+            del self._refresh[jti]
+        for sid in list(self._sessions):
+            self._live_session(sid, now)
+
+    def _new_session(self, client_id: str, username: str, scope: str, now: float) -> _Session:
+        session = _Session(
+            sid=str(uuid.uuid4()),
+            client_id=client_id,
+            subject=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.realm}/{username}")),
+            username=username,
+            scope=scope,
+            started=now,
+            last_refresh=now,
+        )
+        self._sessions[session.sid] = session
+        return session
+
+    def _issue(
+        self, request: web.Request, session: _Session, *, with_refresh: bool
+    ) -> dict[str, Any]:
+        now = time.monotonic()
+        wall = time.time()
+        self._prune(now)
+        issuer = f"{request.scheme}://{request.host}/auth/realms/{self.realm}"
+        session_left = max(0.0, session.started + self.session_max - now)
+        access_ttl = max(0.0, min(float(self.access_ttl), session_left))
+        iat = int(wall)
+        common = {
+            "iat": iat,
+            "iss": issuer,
+            "sub": session.subject,
+            "azp": session.client_id,
+            "sid": session.sid,
+            "session_state": session.sid,
+            "scope": session.scope,
+        }
+        # exp is rounded down so a client trusting it never uses a dead token; the
+        # precise deadline lives in _AccessRecord.
+        access_claims = {
+            **common,
+            "exp": int(wall + access_ttl),
+            "jti": str(uuid.uuid4()),
+            "aud": "account",
+            "typ": "Bearer",
+            "preferred_username": session.username,
+        }
+        self._access[access_claims["jti"]] = _AccessRecord(
+            claims=access_claims, sid=session.sid, expires_at=now + access_ttl
+        )
+        body: dict[str, Any] = {
+            "access_token": self._sign(access_claims),
+            "expires_in": math.ceil(access_ttl),
+            "refresh_expires_in": 0,
+            "token_type": "Bearer",
+            "not-before-policy": 0,
+            "scope": session.scope,
+        }
+        if with_refresh:
+            refresh_ttl = max(0.0, min(float(self.refresh_ttl), session_left))
+            refresh_claims = {
+                **common,
+                "exp": int(wall + refresh_ttl),
+                "jti": str(uuid.uuid4()),
+                "aud": issuer,
+                "typ": "Refresh",
+            }
+            self._refresh[refresh_claims["jti"]] = _RefreshRecord(
+                sid=session.sid, client_id=session.client_id, expires_at=now + refresh_ttl
+            )
+            body["refresh_token"] = self._sign(refresh_claims)
+            body["refresh_expires_in"] = math.ceil(refresh_ttl)
+            body["session_state"] = session.sid
+        if "openid" in session.scope.split():
+            id_claims = {
+                **common,
+                "exp": access_claims["exp"],
+                "jti": str(uuid.uuid4()),
+                "aud": session.client_id,
+                "typ": "ID",
+                "auth_time": iat,
+                "at_hash": _b64url(hashlib.sha256(body["access_token"].encode()).digest()[:16]),
+                "preferred_username": session.username,
+            }
+            body["id_token"] = self._sign(id_claims)
+        return body
+
+    # -- grants ----------------------------------------------------------------------------
+
+    def _authenticate_client(self, request: web.Request, form: Mapping[str, str]) -> str:
+        """Return the client id, authenticated by HTTP Basic or by form fields."""
+        bad_client = OAuthError(
+            401, "invalid_client", "Invalid client or Invalid client credentials"
+        )
+        header = request.headers.get("Authorization", "")
+        secrets_sent: list[str]
+        if header[:6].lower() == "basic ":
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            except ValueError:
+                raise bad_client from None
+            raw_id, sep, raw_secret = decoded.partition(":")
+            # RFC 6749 2.3.1 wants both parts form-urlencoded before base64, but many
+            # clients skip that step; accept either spelling, as lenient servers do.
+            client_id = unquote_plus(raw_id)
+            if client_id not in self.clients:
+                client_id = raw_id
+            secrets_sent = [unquote_plus(raw_secret), raw_secret] if sep else []
+        else:
+            client_id = form.get("client_id", "")
+            secret = form.get("client_secret")
+            secrets_sent = [secret] if secret is not None else []
+        if not client_id:
+            # Keycloak answers a missing client_id with 400 invalid_client, not 401.
+            raise OAuthError(400, "invalid_client", "Missing client_id parameter")
+        if client_id not in self.clients:
+            raise bad_client
+        expected = self.clients[client_id]
+        if expected is not None and not any(
+            hmac.compare_digest(sent.encode(), expected.encode()) for sent in secrets_sent
+        ):
+            raise bad_client
+        return client_id
+
+    def _password_grant(
+        self, request: web.Request, form: Mapping[str, str], client_id: str
+    ) -> dict[str, Any]:
+        username = form.get("username")
+        password = form.get("password")
+        if not username:
+            raise OAuthError(400, "invalid_request", "Missing parameter: username")
+        if password is None:
+            raise OAuthError(400, "invalid_request", "Missing parameter: password")
+        expected = self.users.get(username)
+        if expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
+            raise OAuthError(401, "invalid_grant", "Invalid user credentials")
+        now = time.monotonic()
+        session = self._new_session(client_id, username, _merge_scope(form.get("scope")), now)
+        return self._issue(request, session, with_refresh=True)
+
+    def _refresh_grant(
+        self, request: web.Request, form: Mapping[str, str], client_id: str
+    ) -> dict[str, Any]:
+        token = form.get("refresh_token")
+        if not token:
+            raise OAuthError(400, "invalid_request", "Missing form parameter: refresh_token")
+        claims = self._verify(token)
+        if claims is None or claims.get("typ") != "Refresh":
+            raise OAuthError(400, "invalid_grant", "Invalid refresh token")
+        now = time.monotonic()
+        record = self._refresh.get(str(claims.get("jti")))
+        # Records are pruned only once expired, so "unknown" means "expired" here.
+        if record is None or now >= record.expires_at:
+            raise OAuthError(400, "invalid_grant", "Token is not active")
+        if record.client_id != client_id:
+            raise OAuthError(400, "invalid_grant", "Unmatching clients")
+        session = self._live_session(record.sid, now)
+        if session is None:
+            raise OAuthError(400, "invalid_grant", "Session not active")
+        if self.revoke_refresh_token and record.used:
+            # Keycloak treats reuse as token theft and ends the whole session.
+            self._sessions.pop(session.sid, None)
+            raise OAuthError(400, "invalid_grant", "Maximum allowed refresh token reuse exceeded")
+        record.used = True
+        session.last_refresh = now
+        return self._issue(request, session, with_refresh=True)
+
+    def _client_credentials_grant(
+        self, request: web.Request, form: Mapping[str, str], client_id: str
+    ) -> dict[str, Any]:
+        if self.clients.get(client_id) is None:
+            raise OAuthError(
+                400, "unauthorized_client", "Public client not allowed to retrieve service account"
+            )
+        now = time.monotonic()
+        username = f"service-account-{client_id.lower()}"
+        session = self._new_session(client_id, username, _merge_scope(form.get("scope")), now)
+        # Keycloak issues no refresh token for client_credentials by default.
+        return self._issue(request, session, with_refresh=False)
+
+    def _grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
+        try:
+            if request.match_info["realm"] != self.realm:
+                return web.json_response({"error": "Realm does not exist"}, status=404)
+            grant = form.get("grant_type")
+            if not grant:
+                raise OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
+            if grant not in _SUPPORTED_GRANTS:
+                raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
+            client_id = self._authenticate_client(request, form)
+            if grant == "password":
+                body = self._password_grant(request, form, client_id)
+            elif grant == "refresh_token":
+                body = self._refresh_grant(request, form, client_id)
+            else:
+                body = self._client_credentials_grant(request, form, client_id)
+        except OAuthError as exc:
+            return exc.response()
+        return web.json_response(body, headers=_NO_STORE)
+
+    def _take_injected_failure(self) -> web.Response | None:
+        status = self._fail_status
+        if status is None:
+            return None
+        if self._fail_remaining is not None:
+            self._fail_remaining -= 1
+            if self._fail_remaining <= 0:
+                self.fail_with(None)
+        if status >= 500:
+            error = "server_error"
+        else:
+            error = _INJECTED_4XX_ERRORS.get(status, "invalid_request")
+        return OAuthError(status, error, f"Injected sandbox failure (HTTP {status})").response()
+
+    # -- HTTP handlers ---------------------------------------------------------------------
+
+    async def _token_handler(self, request: web.Request) -> web.Response:
+        start = time.monotonic()
+        self._in_flight += 1
+        self._max_concurrent = max(self._max_concurrent, self._in_flight)
+        grant: str | None = None
+        status: int | None = None  # stays None if the call never completes (cancelled)
+        try:
+            form = await request.post()
+            raw_grant = form.get("grant_type")
+            grant = raw_grant if isinstance(raw_grant, str) else None
+            release = self._release
+            if release is not None:
+                await release.wait()
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+            if self._closing:
+                response = OAuthError(503, "server_error", "Server is shutting down").response()
+            else:
+                response = self._take_injected_failure() or self._grant(
+                    request, {k: v for k, v in form.items() if isinstance(v, str)}
+                )
+            status = response.status
+            return response
+        finally:
+            self._in_flight -= 1
+            self._calls += 1
+            self._by_grant[grant or ""] += 1
+            self._events.append(
+                {"grant": grant, "start": start, "end": time.monotonic(), "status": status}
+            )
+
+    async def _discovery_handler(self, request: web.Request) -> web.Response:
+        if request.match_info["realm"] != self.realm:
+            return web.json_response({"error": "Realm does not exist"}, status=404)
+        issuer = f"{request.scheme}://{request.host}/auth/realms/{self.realm}"
+        return web.json_response(
+            {
+                "issuer": issuer,
+                "token_endpoint": f"{issuer}/protocol/openid-connect/token",
+                "grant_types_supported": list(_SUPPORTED_GRANTS),
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                ],
+            }
+        )
+
+    async def _revoke_handler(self, request: web.Request) -> web.Response:
+        return web.json_response({"revoked_sessions": self.revoke_sessions()})
+
+    async def _fail_handler(self, request: web.Request) -> web.Response:
+        try:
+            raw_status = request.query.get("status")
+            raw_count = request.query.get("count")
+            status = int(raw_status) if raw_status else None
+            count = int(raw_count) if raw_count else None
+            self.fail_with(status, count=count)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
+
+    async def _hang_handler(self, request: web.Request) -> web.Response:
+        raw = request.query.get("enabled", "1").lower()
+        if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return web.json_response({"error": "enabled must be a boolean"}, status=400)
+        self.hang(raw in ("1", "true", "yes", "on"))
+        return web.json_response({"hang": self._hanging})
+
+    async def _stats_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.json_response(self.stats())
+
+    async def _settings_handler(self, request: web.Request) -> web.Response:
+        """GET shows the settings; POST with a JSON object changes some of them."""
+        if request.method == "POST":
+            try:
+                changes = await request.json()
+                if not isinstance(changes, dict):
+                    raise ValueError("expected a JSON object")
+                updates: dict[str, Any] = {}
+                for name, value in changes.items():
+                    if name not in _SETTINGS:
+                        raise ValueError(f"unknown setting {name!r}")
+                    if name == "revoke_refresh_token":
+                        if not isinstance(value, bool):
+                            raise ValueError(f"{name} must be a boolean")
+                    elif isinstance(value, bool) or not isinstance(value, int | float):
+                        raise ValueError(f"{name} must be a number")
+                    elif value < 0:
+                        raise ValueError(f"{name} must not be negative")
+                    updates[name] = value
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+                return web.json_response({"error": str(exc)}, status=400)
+            for name, value in updates.items():
+                setattr(self, name, value)
+        return web.json_response(self.settings())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._closing = False
+        if self._hanging and self._release is None:
+            self._release = asyncio.Event()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        # Let hung handlers finish (with a 503) so the server can stop promptly.
+        self._closing = True
+        if self._release is not None:
+            self._release.set()
+            self._release = None

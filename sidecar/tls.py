@@ -1,0 +1,92 @@
+"""Client-side TLS: one ``ssl.SSLContext`` per upstream (and per IdP when ``auth.tls`` is set).
+
+Verification is on by default and never falls back silently; a client certificate comes from
+PEM files or a PKCS#12 bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from sidecar.config.models import Tls
+
+
+class TlsSetupError(Exception):
+    """A certificate, key or CA that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    subject: str
+    not_after: datetime
+
+
+def client_context(tls: Tls) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsSetupError(f"ca_file {tls.ca_file}: not a usable CA bundle ({exc})") from None
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsSetupError(
+                f"cert_file {tls.cert_file} / key_file {tls.key_file}: cannot load ({exc})"
+            ) from None
+    elif tls.p12_file is not None:
+        _load_p12(ctx, tls)
+    return ctx
+
+
+def _load_p12(ctx: ssl.SSLContext, tls: Tls) -> None:
+    assert tls.p12_file is not None
+    password = tls.p12_password.get_secret_value().encode() if tls.p12_password else None
+    try:
+        key, cert, chain = pkcs12.load_key_and_certificates(tls.p12_file.read_bytes(), password)
+    except ValueError:
+        raise TlsSetupError(
+            f"p12_file {tls.p12_file}: cannot open (wrong p12_password or not PKCS#12)"
+        ) from None
+    if key is None or cert is None:
+        raise TlsSetupError(f"p12_file {tls.p12_file}: holds no private key and certificate")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ) + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
+    # ssl can only load a chain from a file: write it to a private file and remove it at once.
+    fd, name = tempfile.mkstemp(prefix="sidecar-", suffix=".pem")
+    try:
+        os.write(fd, pem)
+        os.close(fd)
+        ctx.load_cert_chain(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def client_identity(tls: Tls) -> ClientIdentity | None:
+    """Subject and expiry of the configured client certificate, for status and warnings."""
+    cert: x509.Certificate | None = None
+    if tls.cert_file is not None:
+        cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    elif tls.p12_file is not None:
+        password = tls.p12_password.get_secret_value().encode() if tls.p12_password else None
+        _, cert, _ = pkcs12.load_key_and_certificates(tls.p12_file.read_bytes(), password)
+    if cert is None:
+        return None
+    return ClientIdentity(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
