@@ -53,11 +53,8 @@ class Sidecar:
             admin_app(self.upstreams), access_log=None, handle_signals=False
         )
         await self._admin.setup()
-        site = web.TCPSite(self._admin, ahost, aport, reuse_address=True)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.admin_port = server.sockets[0].getsockname()[1]
+        await web.TCPSite(self._admin, ahost, aport, reuse_address=True).start()
+        self.admin_port = int(self._admin.addresses[0][1])
         log.info(
             "started",
             proxy=f"{host}:{self.proxy_port}",

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         from sidecar.sandbox.demo import run_sandbox
 
         logs.configure("info", "console")
+        where = Path(args.dir).resolve()
         return _run_until_signalled(
-            lambda stop: run_sandbox(Path(args.dir), args.proxy_port, args.admin_port, stop)
+            lambda stop: run_sandbox(where, args.proxy_port, args.admin_port, stop)
         )
     except ConfigError as exc:
         print("config error:", file=sys.stderr)

@@ -34,6 +34,7 @@ __all__ = ["KeycloakEmulator"]
 _DEFAULT_CLIENTS: dict[str, str | None] = {"LK_NTB_PUBLIC": None, "direct_access": None}
 _DEFAULT_USERS: dict[str, str] = {"trader": "trader-password"}
 _MAX_EVENTS = 10_000  # keep stats bounded during long load runs
+_PRUNE_INTERVAL = 1.0  # seconds between sweeps of expired tokens and sessions
 _SUPPORTED_GRANTS = ("password", "refresh_token", "client_credentials")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # Error codes used when a 4xx failure is injected, so the body still looks like OAuth.
@@ -139,6 +140,7 @@ class KeycloakEmulator:
         self._sessions: dict[str, _Session] = {}
         self._access: dict[str, _AccessRecord] = {}
         self._refresh: dict[str, _RefreshRecord] = {}
+        self._next_prune = 0.0
 
         self._fail_status: int | None = None
         self._fail_remaining: int | None = None
@@ -186,7 +188,10 @@ class KeycloakEmulator:
         return count
 
     def fail_with(self, status: int | None, *, count: int | None = None) -> None:
-        """Answer the next ``count`` token calls (all if None) with ``status``; None clears."""
+        """Answer the next ``count`` token calls (all if None) with ``status``.
+
+        ``status=None`` (or ``count=0``) clears the failure.
+        """
         if status is not None and not 400 <= status <= 599:
             raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
         if count is not None and count < 1:
@@ -283,6 +288,10 @@ class KeycloakEmulator:
 
     def _prune(self, now: float) -> None:
         """Forget expired tokens so long runs do not grow memory without bound."""
+        # Sweeping is O(tokens); doing it at most once a second keeps issuing O(1).
+        if now < self._next_prune:
+            return
+        self._next_prune = now + _PRUNE_INTERVAL
         for jti in [j for j, r in self._access.items() if now >= r.expires_at]:
             del self._access[jti]
         for jti in [j for j, r in self._refresh.items() if now >= r.expires_at]:
@@ -524,10 +533,13 @@ class KeycloakEmulator:
                 )
             status = response.status
             return response
+        except web.HTTPException as exc:  # e.g. 413 from an oversized form
+            status = exc.status
+            raise
         finally:
             self._in_flight -= 1
             self._calls += 1
-            self._by_grant[grant or ""] += 1
+            self._by_grant[grant or "(missing)"] += 1
             self._events.append(
                 {"grant": grant, "start": start, "end": time.monotonic(), "status": status}
             )

@@ -118,7 +118,12 @@ async def _drain(request: web.Request) -> None:
 
 
 class NtbApi:
-    """The API application; ``validate_token`` decides which bearer tokens are live."""
+    """The API application; ``validate_token`` decides which bearer tokens are live.
+
+    Stats: ``requests`` counts authorised requests (``request_no`` in each report),
+    ``rejected`` the 401s, ``seen_tokens`` every accepted token and ``last_request`` the
+    report of the latest authorised request.
+    """
 
     def __init__(self, validate_token: Callable[[str], bool], *, prefix: str = "/ntb") -> None:
         self._validate = validate_token
@@ -164,7 +169,7 @@ class NtbApi:
         summary: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
-            "query": request.query_string,
+            "query": request.rel_url.raw_query_string,
             "headers": _headers(request),
             "client_cert": _client_cert(request),
             "token_sub": _token_subject(token),

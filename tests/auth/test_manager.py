@@ -1,0 +1,207 @@
+"""Token manager rules, against a scripted flow whose calls and overlaps are counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from sidecar.auth.base import AuthError, Grant, InvalidGrant, NoToken
+from sidecar.auth.manager import TokenManager, renew_ahead
+
+
+class ScriptedFlow:
+    """An IdP stand-in: answers per call from a script; records every call with timing."""
+
+    grant_type = "password"
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.login_answer: Callable[[int], Grant] = lambda n: Grant(
+            f"access-{n}", 300, f"r-{n}", 1800
+        )
+        self.refresh_answer: Callable[[int], Grant] | None = None
+        self.fail_with: AuthError | None = None
+
+    async def _call(self, kind: str, answer: Callable[[int], Grant] | None) -> Grant:
+        self.calls.append(kind)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.latency)
+            if self.fail_with is not None:
+                raise self.fail_with
+            if answer is None:
+                raise InvalidGrant("IdP answered 400 invalid_grant: Token is not active")
+            return answer(len(self.calls))
+        finally:
+            self.in_flight -= 1
+
+    async def login(self) -> Grant:
+        return await self._call("login", self.login_answer)
+
+    async def refresh(self, refresh_token: str) -> Grant:
+        return await self._call("refresh", self.refresh_answer)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def managers() -> list[TokenManager]:
+    made: list[TokenManager] = []
+    yield made
+    for m in made:
+        await m.close()
+
+
+def manager(made: list[TokenManager], flow: ScriptedFlow, **kw: float) -> TokenManager:
+    m = TokenManager("test", flow, **kw)  # type: ignore[arg-type]
+    made.append(m)
+    return m
+
+
+def test_renew_ahead_matches_design() -> None:
+    assert renew_ahead(300) == 60
+    assert renew_ahead(2) == 1
+    assert renew_ahead(1800) == 360
+    assert renew_ahead(100) == 30
+
+
+async def test_many_waiters_one_login(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow(latency=0.1)
+    m = manager(managers, flow)
+    tokens = await asyncio.gather(*(m.get() for _ in range(200)))
+    assert {t.value for t in tokens} == {"access-1"}
+    assert flow.calls == ["login"]
+
+
+async def test_refreshes_ahead_of_expiry_with_refresh_token(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", 2, "r", 60)
+    flow.refresh_answer = lambda n: Grant(f"a{n}", 2, f"r{n}", 60)
+    m = manager(managers, flow)
+    first = await m.get()
+    await asyncio.sleep(2.6)  # a 2 s token is renewed at 1 s left: twice in 2.6 s
+    assert flow.calls[:3] == ["login", "refresh", "refresh"]
+    assert len(flow.calls) <= 4
+    current = await m.get()
+    assert current is not first and current.value != first.value
+
+
+async def test_invalid_grant_on_refresh_falls_back_to_login(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", 2, "r", 60)
+    flow.refresh_answer = None  # every refresh: invalid_grant
+    m = manager(managers, flow)
+    await m.get()
+    await asyncio.sleep(1.3)
+    assert flow.calls[:3] == ["login", "refresh", "login"]
+    assert flow.max_in_flight == 1
+
+
+async def test_expired_refresh_token_goes_straight_to_login(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", 2, "r", 1)  # refresh token dies before renewal
+    flow.refresh_answer = lambda n: Grant(f"a{n}", 2, "r", 1)
+    m = manager(managers, flow)
+    await m.get()
+    await asyncio.sleep(1.3)
+    assert flow.calls[:2] == ["login", "login"]
+
+
+async def test_failure_keeps_valid_token_and_backs_off(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", 4, None, None)
+    m = manager(managers, flow, backoff_cap=1.0)
+    token = await m.get()
+    flow.fail_with = AuthError("IdP answered 500")
+    await asyncio.sleep(2.9)  # renewal starts at 2 s; failures back off 0.5, 1, 1 ...
+    assert await m.get() is token  # the old token is still served while valid
+    attempts = len(flow.calls) - 1
+    assert 1 <= attempts <= 3, flow.calls
+    assert m.status()["consecutive_failures"] == attempts
+    assert m.status()["last_error"] == "IdP answered 500"
+
+
+async def test_no_valid_token_and_idp_failing_gives_fast_503(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.fail_with = AuthError("IdP x: cannot connect (Connection refused)")
+    m = manager(managers, flow, token_wait=5, backoff_cap=5)
+    started = time.monotonic()
+    with pytest.raises(NoToken) as caught:
+        await m.get()
+    assert time.monotonic() - started < 0.5
+    assert "Connection refused" in caught.value.reason
+    assert caught.value.retry_after >= 1
+    # 100 more requests during the backoff wait for the *next* attempt: the IdP sees one call.
+    results = await asyncio.gather(*(m.get() for _ in range(100)), return_exceptions=True)
+    assert all(isinstance(r, NoToken) for r in results)
+    assert len(flow.calls) == 2
+
+
+async def test_wait_is_bounded_when_idp_hangs(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow(latency=30)
+    m = manager(managers, flow, token_wait=0.5)
+    started = time.monotonic()
+    with pytest.raises(NoToken) as caught:
+        await m.get()
+    assert 0.4 < time.monotonic() - started < 1.5
+    assert "no token within 0.5 s" in caught.value.reason
+
+
+async def test_recovers_after_idp_comes_back(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.fail_with = AuthError("down")
+    m = manager(managers, flow, backoff_cap=0.5, token_wait=3)
+    with pytest.raises(NoToken):
+        await m.get()
+    flow.fail_with = None
+    token = await m.get()  # waits for the next attempt after the backoff
+    assert token.value.startswith("access-")
+    assert m.ready
+
+
+async def test_invalidate_drops_only_the_current_token(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.refresh_answer = lambda n: Grant(f"access-{n}", 300, f"r-{n}", 1800)
+    m = manager(managers, flow)
+    old = await m.get()
+    m.invalidate(old)
+    new = await m.get()
+    assert new is not old
+    m.invalidate(old)  # a late 401 for the old token must not drop the new one
+    assert await m.get() is new
+    assert flow.calls == ["login", "refresh"]
+
+
+async def test_same_expiry_token_does_not_loop(managers: list[TokenManager]) -> None:
+    """WSO2 hands back the same token with less time left: no renewal storm."""
+    flow = ScriptedFlow()
+    deadline = time.monotonic() + 3
+
+    def same_token(_: int) -> Grant:
+        return Grant("same", max(0.1, deadline - time.monotonic()), None, None)
+
+    flow.login_answer = same_token
+    m = manager(managers, flow)
+    await m.get()
+    await asyncio.sleep(2.5)
+    # Renewal at 1.5 s left gets the same deadline back; the next try waits for expiry.
+    assert len(flow.calls) <= 3, flow.calls
+
+
+async def test_zero_lifetime_answers_are_failures_not_loops(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant("jwt-less", None, None, None)
+    m = manager(managers, flow)
+    token = await m.get()
+    # No expires_in and not a JWT: a default lifetime applies; no immediate renewal.
+    await asyncio.sleep(0.3)
+    assert flow.calls == ["login"]
+    assert token.expires_at - time.monotonic() > 200

@@ -1,0 +1,77 @@
+"""Shared fixtures: the sandbox (real TLS and mTLS emulators) and sidecars in front of it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar import logs
+from sidecar.app import Sidecar
+from sidecar.config import validate_config
+from sidecar.sandbox.demo import sandbox_config
+from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
+
+SidecarFactory = Callable[..., Awaitable[Sidecar]]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _json_logs() -> None:
+    logs.configure("info", "json")
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxStack]:
+    stack = await start_sandbox(tmp_path / "pki")
+    try:
+        yield stack
+    finally:
+        await stop_sandbox(stack)
+
+
+@pytest.fixture
+def sidecar_config(sandbox: SandboxStack, tmp_path: Path) -> dict[str, Any]:
+    """The sandbox config on ephemeral ports; tests change it before starting a sidecar."""
+    return sandbox_config(
+        sandbox, tmp_path / "secrets", proxy="127.0.0.1:0", admin="127.0.0.1:0"
+    )
+
+
+@pytest.fixture
+async def make_sidecar(sidecar_config: dict[str, Any]) -> AsyncIterator[SidecarFactory]:
+    started: list[Sidecar] = []
+
+    async def make(upstream: dict[str, Any] | None = None, **top: Any) -> Sidecar:
+        data = deep_merge(sidecar_config, top)
+        if upstream:
+            data["upstreams"]["moex-ntb"] = deep_merge(data["upstreams"]["moex-ntb"], upstream)
+        sidecar = Sidecar(validate_config(data))
+        await sidecar.start()
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in started:
+        await sidecar.stop(grace=1.0)
+
+
+@pytest.fixture
+async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
+    return await make_sidecar()
+
+
+def proxy_url(sidecar: Sidecar) -> str:
+    return f"http://127.0.0.1:{sidecar.proxy_port}"

@@ -1,0 +1,113 @@
+"""The commands a user runs: `sidecar sandbox` (what `make run` starts) and `sidecar run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Running:
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", *args],
+            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+        raise AssertionError(f"{pattern!r} not seen; output:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture
+def sandbox_process(tmp_path: Path) -> Iterator[Running]:
+    running = Running(
+        ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0"],
+        tmp_path,
+    )
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.stop()
+
+
+def test_sandbox_prints_a_curl_line_that_works(sandbox_process: Running, tmp_path: Path) -> None:
+    line = sandbox_process.wait_for(r"^\s+(curl -x http://127\.0\.0\.1:\d+ http://\S+/ntb/\S+)$")
+    result = subprocess.run(
+        [*shlex.split(line.group(1)), "-sS", "--max-time", "20"],
+        capture_output=True, env=_env(), timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["headers"]["authorization"].startswith("Bearer ")
+    assert "CN=sidecar" in seen["client_cert"]["subject"]
+    # The config it wrote is a valid config a user can start from.
+    written = tmp_path / "sb" / "sidecar.yaml"
+    check = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--config", str(written)],
+        capture_output=True, text=True, env=_env(), timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "moex-ntb" in check.stdout
+    assert sandbox_process.stop() == 0
+
+
+def test_run_serves_with_written_config_and_stops_on_sigterm(
+    sandbox_process: Running, tmp_path: Path
+) -> None:
+    """A second sidecar started by `sidecar run` from the sandbox's own config file."""
+    sandbox_process.wait_for(r"curl -x")
+    # The sandbox listens on ephemeral ports (":0"), so the copy gets its own ports too.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((tmp_path / "sb" / "sidecar.yaml").read_text())
+    running = Running(["run", "--config", str(mine)], tmp_path)
+    try:
+        started = running.wait_for(r'"event": "started"')
+        proxy = json.loads(started.string)["proxy"]
+        running.wait_for(r'"event": "token_obtained"')
+        result = subprocess.run(
+            ["curl", "-sS", "-x", f"http://{proxy}", "http://api.moex.com/ntb/from-run"],
+            capture_output=True, env=_env(), timeout=30,
+        )
+        assert json.loads(result.stdout)["path"] == "/ntb/from-run"
+        password = (tmp_path / "sb" / "secrets" / "ntb-password").read_text().strip()
+    finally:
+        code = running.stop()
+    assert code == 0
+    output = "".join(running.lines) + (running.proc.stdout.read() if running.proc.stdout else "")
+    assert '"event": "stopped"' in output
+    assert password not in output
