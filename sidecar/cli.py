@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("--dir", default=".sandbox", help="where certificates and config go")
     sandbox.add_argument("--proxy-port", type=int, default=8080)
     sandbox.add_argument("--admin-port", type=int, default=9090)
+    sandbox.add_argument("--idp-port", type=int, default=8443, help="emulated MOEX SSO")
+    sandbox.add_argument("--api-port", type=int, default=8444, help="emulated MOEX NTB API")
     args = parser.parse_args(argv)
 
     try:
@@ -49,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure("info", "console")
         where = Path(args.dir).resolve()
         return _run_until_signalled(
-            lambda stop: run_sandbox(where, args.proxy_port, args.admin_port, stop)
+            lambda stop: run_sandbox(
+                where, stop, proxy_port=args.proxy_port, admin_port=args.admin_port,
+                idp_port=args.idp_port, api_port=args.api_port,
+            )
         )
     except ConfigError as exc:
         print("config error:", file=sys.stderr)

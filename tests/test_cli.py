@@ -55,7 +55,8 @@ class Running:
 @pytest.fixture
 def sandbox_process(tmp_path: Path) -> Iterator[Running]:
     running = Running(
-        ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0"],
+        ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0",
+         "--idp-port", "0", "--api-port", "0"],
         tmp_path,
     )
     try:
@@ -111,3 +112,39 @@ def test_run_serves_with_written_config_and_stops_on_sigterm(
     output = "".join(running.lines) + (running.proc.stdout.read() if running.proc.stdout else "")
     assert '"event": "stopped"' in output
     assert password not in output
+
+
+def test_example_configs_are_valid(tmp_path: Path) -> None:
+    """config/*.yaml use the contract's field names; secrets and certificates come from env."""
+    repo = Path(__file__).resolve().parents[1]
+    secret = tmp_path / "password"
+    secret.write_text("x")
+    env = _env() | {"SIDECAR_UPSTREAMS__MOEX_NTB__AUTH__PASSWORD_FILE": str(secret)}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--config", str(repo / "config/moex-ntb.yaml")],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "password_file" not in result.stdout and "password: '***'" in result.stdout
+
+
+def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    running = Running(
+        ["sandbox", "--dir", ".sandbox", "--proxy-port", "0", "--admin-port", "0",
+         "--idp-port", "0", "--api-port", "0"],
+        tmp_path,
+    )
+    try:
+        running.wait_for(r"curl -x")
+        written = (tmp_path / ".sandbox" / "sidecar.yaml").read_text()
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "check", "--config",
+             str(repo / "config/sandbox.yaml")],
+            capture_output=True, text=True, env=_env(), timeout=30, cwd=tmp_path,
+        )
+    finally:
+        running.stop()
+    assert result.returncode == 0, result.stderr
+    for path in ("pki/ca.crt", "pki/sidecar.crt", "pki/sidecar.key", "secrets/ntb-password"):
+        assert path in written

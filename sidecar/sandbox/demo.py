@@ -61,12 +61,18 @@ def sandbox_config(
 
 
 async def run_sandbox(
-    directory: Path, proxy_port: int, admin_port: int, stop: asyncio.Event
+    directory: Path,
+    stop: asyncio.Event,
+    *,
+    proxy_port: int = 8080,
+    admin_port: int = 9090,
+    idp_port: int = 8443,
+    api_port: int = 8444,
 ) -> None:
     """Run until ``stop`` is set; ``directory`` (absolute) receives the PKI and the config."""
     from sidecar.app import Sidecar
 
-    stack = await start_sandbox(directory / "pki")
+    stack = await start_sandbox(directory / "pki", idp_port=idp_port, api_port=api_port)
     try:
         data = sandbox_config(
             stack,

@@ -1,0 +1,120 @@
+"""When the target cannot serve: 502 for connection and TLS failures, 504 for timeouts, as JSON
+naming the upstream and the reason. TLS verification never falls back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.sandbox.pki import Pki
+from sidecar.sandbox.servers import SandboxStack
+from tests.conftest import SidecarFactory, proxy_url
+
+NTB = "http://api.moex.com/ntb/x"
+
+
+async def _get(proxy: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(NTB, proxy=proxy) as resp:
+            return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def silent_tls_server(sandbox: SandboxStack) -> AsyncIterator[int]:
+    """A TLS server (trusted certificate) that reads requests and never answers."""
+    cert = sandbox.pki.issue_server("silent")
+    ctx = sandbox.pki.server_ssl_context(cert)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(65536)
+            await asyncio.sleep(3600)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+async def test_untrusted_server_certificate_is_502_and_nothing_is_sent(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    other_ca = Pki(tmp_path / "other-ca", name="someone else")
+    sidecar = await make_sidecar({"tls": {"ca_file": str(other_ca.ca_file)}, "eager": False,
+                                  "auth": {"tls": {"ca_file": str(sandbox.pki.ca_file)}}})
+    status, body = await _get(proxy_url(sidecar))
+    assert status == 502
+    assert body["error"] == "upstream_tls"
+    assert body["upstream"] == "moex-ntb"
+    assert "certificate verify failed" in str(body["message"]).lower()
+    assert sandbox.ntb.stats()["requests"] == sandbox.ntb.stats()["rejected"] == 0
+
+
+async def test_certificate_for_another_host_is_502(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory
+) -> None:
+    # A certificate from the trusted CA, but naming another host than the one dialled.
+    cert = sandbox.pki.issue_server("elsewhere", hosts=("other.example",))
+    server = await asyncio.start_server(
+        lambda r, w: w.close(), "127.0.0.1", 0, ssl=sandbox.pki.server_ssl_context(cert)
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sidecar = await make_sidecar({"target": f"https://127.0.0.1:{port}"})
+        status, body = await _get(proxy_url(sidecar))
+    finally:
+        server.close()
+    assert status == 502
+    assert body["error"] == "upstream_tls"
+    assert "mismatch" in str(body["message"]).lower()
+
+
+async def test_unreachable_target_is_502(make_sidecar: SidecarFactory) -> None:
+    with_closed_port = await make_sidecar({"target": "https://127.0.0.1:1"})
+    status, body = await _get(proxy_url(with_closed_port))
+    assert status == 502
+    assert body["error"] == "upstream_unreachable"
+    assert "127.0.0.1:1" in str(body["message"])
+
+
+async def test_silent_upstream_is_504_after_read_timeout(
+    silent_tls_server: int, make_sidecar: SidecarFactory
+) -> None:
+    sidecar = await make_sidecar(
+        {"target": f"https://127.0.0.1:{silent_tls_server}", "timeouts": {"read": 0.5}}
+    )
+    started = asyncio.get_running_loop().time()
+    status, body = await _get(proxy_url(sidecar))
+    assert status == 504
+    assert body["error"] == "upstream_timeout"
+    assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_missing_client_certificate_is_refused_by_mtls_server(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory
+) -> None:
+    sidecar = await make_sidecar({"tls": {"cert_file": None, "key_file": None}})
+    status, body = await _get(proxy_url(sidecar))
+    assert status == 502
+    assert body["upstream"] == "moex-ntb"
+
+
+async def test_client_certificate_from_pkcs12(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    cert = sandbox.pki.issue_client("from-p12", "p12-user")
+    password_file = tmp_path / "p12-password"
+    password_file.write_text(cert.p12_password + "\n")
+    sidecar = await make_sidecar(
+        {"tls": {"cert_file": None, "key_file": None, "p12_file": str(cert.p12_file),
+                 "p12_password_file": str(password_file)}}
+    )
+    status, body = await _get(proxy_url(sidecar))
+    assert status == 200
+    client_cert = body["client_cert"]
+    assert isinstance(client_cert, dict) and "CN=p12-user" in client_cert["subject"]
