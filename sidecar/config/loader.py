@@ -7,6 +7,7 @@ the CLI prints them and exits 2, with no traceback.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
 
 
 def validate_config(data: dict[str, Any]) -> Config:
+    odd = [repr(k) for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError([f"{k}: unknown field (top-level keys are names)" for k in odd])
     try:
         return Config(**data)
     except ValidationError as exc:
@@ -50,6 +54,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"config file not found: {path}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
     except OSError as exc:
         raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from None
     try:
@@ -57,7 +63,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc)
+        reason = getattr(exc, "problem", None) or "syntax error"
+        # The parser quotes the text it choked on, which may be an unquoted password: cut it.
+        reason = re.sub(r"'[^']*'", "'…'", reason)
         raise ConfigError([f"{path}: not valid YAML{where}: {reason}"]) from None
     if data is None:
         data = {}
@@ -86,13 +94,19 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> Non
         for i, part in enumerate(parts):
             key = next((k for k in node if _norm(str(k)) == _norm(part)), part.lower())
             if i == len(parts) - 1:
-                node[key] = _env_value(environ[name])
+                raw = environ[name]
+                node[key] = raw if _is_secret_name(parts[-1]) else _env_value(raw)
             else:
                 child = node.get(key)
                 if not isinstance(child, dict):
                     child = {}
                     node[key] = child
                 node = child
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(w in lowered for w in _SECRET_WORDS) and not lowered.endswith(("_url", "_file"))
 
 
 def _env_value(raw: str) -> Any:
@@ -123,12 +137,16 @@ def format_errors(exc: ValidationError) -> list[str]:
         path = ".".join(loc) or "config"
         kind = err["type"]
         message = _MESSAGES.get(kind) or err["msg"].removeprefix("Value error, ")
+        if not loc and ": " in message:  # a whole-config check names its own field path
+            path, message = message.split(": ", 1)
         given = err.get("input")
         if kind == "union_tag_invalid" and isinstance(given, dict):
             message = f"unknown type {given.get('type')!r}; expected one of " + ", ".join(
                 sorted(_AUTH_TYPES)
             )
-        elif kind not in ("missing", "extra_forbidden") and not isinstance(given, dict | list):
+        elif kind not in ("missing", "extra_forbidden", "value_error") and not isinstance(
+            given, dict | list
+        ):
             if given is not None and not _is_secret_path(loc):
                 message += f" (got {given!r})"
         # Secret-file errors are raised for the whole block: move the field name into the path.

@@ -29,7 +29,9 @@ def _check_url(value: str) -> str:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"not a valid URL ({exc})") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("not a valid URL: expected http:// or https:// with a host")
+        raise ValueError(
+            f"not a valid URL: expected http:// or https:// with a host (got {value!r})"
+        )
     return value
 
 
@@ -112,6 +114,8 @@ class SecretFiles(Model):
                 data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except FileNotFoundError:
                 raise ValueError(f"{name}_file: file not found: {path}") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"{name}_file: cannot read {path}: not UTF-8 text") from None
             except OSError as exc:
                 raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
         return data
