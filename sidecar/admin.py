@@ -27,7 +27,11 @@ def admin_app(upstreams: dict[str, UpstreamRuntime]) -> web.Application:
             {
                 "version": __version__,
                 "upstreams": {
-                    name: {"target": u.config.target, "token": u.tokens.status()}
+                    name: {
+                        "target": u.config.target,
+                        "token": u.tokens.status(),
+                        "client_cert": u.client_cert.status() if u.client_cert else None,
+                    }
                     for name, u in upstreams.items()
                 },
             }

@@ -9,12 +9,12 @@ import structlog
 from aiohttp import web
 
 from sidecar.admin import admin_app
-from sidecar.auth import token_source
+from sidecar.auth import rejection_policy, token_source
 from sidecar.config import Config, parse_host_port
 from sidecar.proxy.forward import UpstreamClient
 from sidecar.proxy.listener import ProxyHandler, start_listener
 from sidecar.proxy.upstream import UpstreamRuntime
-from sidecar.tls import client_context
+from sidecar.tls import CERT_WARNING_DAYS, client_context, client_identity
 
 log = structlog.get_logger("sidecar")
 
@@ -26,6 +26,7 @@ class Sidecar:
         self._listener: asyncio.Server | None = None
         self._server: web.Server | None = None
         self._admin: web.AppRunner | None = None
+        self._cert_watch: asyncio.Task[None] | None = None
         self.proxy_port = 0
         self.admin_port = 0
 
@@ -38,10 +39,14 @@ class Sidecar:
                 config=cfg,
                 client=UpstreamClient(ctx, cfg.timeouts),
                 tokens=token_source(name, cfg, ctx),
+                rejection=rejection_policy(cfg),
+                client_cert=client_identity(cfg.tls),
             )
         for runtime in self.upstreams.values():
             if runtime.config.eager:
                 await runtime.tokens.start()
+        self.check_certificates()
+        self._cert_watch = asyncio.get_running_loop().create_task(self._watch_certificates())
 
         handler = ProxyHandler(self.upstreams, list(self.config.passthrough))
         host, port = parse_host_port(self.config.listen.proxy)
@@ -62,7 +67,27 @@ class Sidecar:
             upstreams=sorted(self.upstreams),
         )
 
+    def check_certificates(self) -> None:
+        """Warn while a client certificate is close to its end (KISC's live 14 days)."""
+        for name, runtime in self.upstreams.items():
+            cert = runtime.client_cert
+            if cert is not None and cert.days_left() < CERT_WARNING_DAYS:
+                log.warning(
+                    "client_certificate_expiring",
+                    upstream=name,
+                    subject=cert.subject,
+                    not_after=cert.not_after.isoformat(),
+                    days_left=round(cert.days_left(), 2),
+                )
+
+    async def _watch_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            self.check_certificates()
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
         if self._listener is not None:
             self._listener.close()
         if self._server is not None:

@@ -10,7 +10,7 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -24,10 +24,24 @@ class TlsSetupError(Exception):
     """A certificate, key or CA that cannot be used; the message names the file."""
 
 
+CERT_WARNING_DAYS = 14.0  # KISC's temporary certificates live 14 days
+
+
 @dataclass(frozen=True)
 class ClientIdentity:
     subject: str
     not_after: datetime
+
+    def days_left(self, now: datetime | None = None) -> float:
+        now = now or datetime.now(UTC)
+        return (self.not_after - now).total_seconds() / 86400
+
+    def status(self) -> dict[str, object]:
+        return {
+            "subject": self.subject,
+            "not_after": self.not_after.isoformat(),
+            "days_left": round(self.days_left(), 2),
+        }
 
 
 def client_context(tls: Tls) -> ssl.SSLContext:

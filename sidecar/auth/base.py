@@ -74,6 +74,28 @@ class AuthFlow(Protocol):
     async def close(self) -> None: ...
 
 
+class RejectionPolicy(Protocol):
+    """Reads an upstream's answer: does it say the token we sent is no longer valid?
+
+    ``inspect_statuses``: answers whose body (its first 64 KiB) the decision needs; for those
+    the body is read before deciding, and passed on to the app when no replay happens."""
+
+    inspect_statuses: frozenset[int]
+
+    def token_rejected(self, status: int, body: bytes) -> tuple[bool, int | None]:
+        """(token is dead, the gateway's fault code if the body carried one)."""
+        ...
+
+
+class AnyUnauthorized:
+    """Keycloak-fronted APIs (MOEX): every 401 means the token is invalid or expired."""
+
+    inspect_statuses: frozenset[int] = frozenset()
+
+    def token_rejected(self, status: int, body: bytes) -> tuple[bool, int | None]:
+        return status == 401, None
+
+
 class TokenSource(Protocol):
     """What the upstream pipeline needs: a current token, and a way to report a dead one."""
 

@@ -19,4 +19,4 @@ class ClientCredentialsFlow(OAuthFlow):
         form = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
-        return await self.endpoint.request_token(form | self._client_fields())
+        return await self._post(form)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import ssl
 
-from sidecar.auth.base import AuthFlow, TokenSource
+from sidecar.auth.base import AnyUnauthorized, AuthFlow, RejectionPolicy, TokenSource
 from sidecar.auth.client_credentials import ClientCredentialsFlow
 from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
 from sidecar.auth.oauth import TokenEndpoint
 from sidecar.auth.static import StaticToken
+from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
 from sidecar.config.models import (
     AuthCommon,
     ClientCredentialsAuth,
     OidcPasswordAuth,
     StaticAuth,
     Upstream,
+    Wso2PasswordAuth,
 )
 from sidecar.tls import client_context
 
@@ -39,4 +41,13 @@ def _flow(auth: AuthCommon, upstream_ssl: ssl.SSLContext) -> AuthFlow:
         return PasswordFlow(auth, endpoint)
     if isinstance(auth, ClientCredentialsAuth):
         return ClientCredentialsFlow(auth, endpoint)
+    if isinstance(auth, Wso2PasswordAuth):
+        return Wso2PasswordFlow(auth, endpoint)
     raise TypeError(f"no flow for auth type {type(auth).__name__}")
+
+
+def rejection_policy(upstream: Upstream) -> RejectionPolicy:
+    """How this upstream's API says a token is dead (its gateway's dialect)."""
+    if isinstance(upstream.auth, Wso2PasswordAuth):
+        return Wso2GatewayFaults()
+    return AnyUnauthorized()

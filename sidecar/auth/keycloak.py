@@ -24,4 +24,4 @@ class PasswordFlow(OAuthFlow):
         }
         if self.scope:
             form["scope"] = self.scope
-        return await self.endpoint.request_token(form | self._client_fields())
+        return await self._post(form)

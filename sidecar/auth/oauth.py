@@ -140,23 +140,28 @@ class OAuthFlow:
         client_id: str | None,
         client_secret: str | None,
         scope: str | None,
+        *,
+        basic_auth: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.client_secret = client_secret
         self.scope = scope
+        self._basic = (
+            aiohttp.BasicAuth(client_id, client_secret or "") if basic_auth and client_id else None
+        )
 
-    def _client_fields(self) -> dict[str, str]:
-        fields = {}
-        if self.client_id:
-            fields["client_id"] = self.client_id
-        if self.client_secret:
-            fields["client_secret"] = self.client_secret
-        return fields
+    async def _post(self, form: dict[str, str]) -> Grant:
+        """Client authentication in the form (Keycloak) or as HTTP Basic (WSO2)."""
+        if self._basic is None:
+            if self.client_id:
+                form["client_id"] = self.client_id
+            if self.client_secret:
+                form["client_secret"] = self.client_secret
+        return await self.endpoint.request_token(form, self._basic)
 
     async def refresh(self, refresh_token: str) -> Grant:
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        return await self.endpoint.request_token(form | self._client_fields())
+        return await self._post({"grant_type": "refresh_token", "refresh_token": refresh_token})
 
     async def close(self) -> None:
         await self.endpoint.close()

@@ -192,6 +192,19 @@ class ClientCredentialsAuth(AuthCommon):
     client_secret: SecretStr
 
 
+class Wso2PasswordAuth(AuthCommon):
+    """WSO2 API Manager (KISC): Basic consumer key/secret + password grant, over mTLS."""
+
+    secret_fields = ("password", "consumer_secret")
+
+    type: Literal["wso2_password"]
+    consumer_key: str
+    consumer_secret: SecretStr
+    username: str
+    password: SecretStr
+    scope: str | None = "default"
+
+
 class StaticAuth(SecretFiles):
     """A fixed token. ``token_file`` is kept as a path: it is re-read when it changes."""
 
@@ -207,9 +220,29 @@ class StaticAuth(SecretFiles):
 
 
 Auth = Annotated[
-    OidcPasswordAuth | ClientCredentialsAuth | StaticAuth,
+    OidcPasswordAuth | ClientCredentialsAuth | Wso2PasswordAuth | StaticAuth,
     Field(discriminator="type"),
 ]
+
+
+class HeaderDate(Model):
+    """How ``{now}`` is written in ``headers``: KISC's samples use ISO-8601 with an offset,
+    FAPI asks for an HTTP-date."""
+
+    format: Literal["iso8601", "http"] = "iso8601"
+    utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
+
+
+HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+
+
+def _check_header_template(value: str) -> str:
+    if any(ch in value for ch in "\r\n\0"):
+        raise ValueError("header values cannot contain line breaks")
+    leftover = value.replace("{uuid}", "").replace("{now}", "")
+    if "{" in leftover or "}" in leftover:
+        raise ValueError(f"unknown placeholder in {value!r}: only {{uuid}} and {{now}} exist")
+    return value
 
 
 class Upstream(Model):
@@ -217,10 +250,21 @@ class Upstream(Model):
     target: HttpUrlStr
     tls: Tls = Tls()
     auth: Auth
+    headers: dict[HeaderName, Annotated[str, AfterValidator(_check_header_template)]] = {}
+    header_date: HeaderDate = HeaderDate()
+    require_headers: dict[str, list[HeaderName]] = {}
     max_body: int | None = Field(None, gt=0)
     replay_limit: int = Field(1024 * 1024, ge=0)
     timeouts: Timeouts = Timeouts()
     eager: bool = True
+
+    @field_validator("require_headers")
+    @classmethod
+    def _methods_upper(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for method in value:
+            if method != "*" and not method.isalpha():
+                raise ValueError(f"{method!r} is not an HTTP method (or * for every method)")
+        return {m.upper(): [h.lower() for h in names] for m, names in value.items()}
 
     @field_validator("target")
     @classmethod

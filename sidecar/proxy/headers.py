@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
+
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.config.models import HeaderDate
 
 HOP_BY_HOP = frozenset(
     {
@@ -28,11 +35,37 @@ def _connection_listed(headers: CIMultiDictProxy[str]) -> set[str]:
     return listed
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], token: str) -> CIMultiDict[str]:
+def upstream_headers(
+    incoming: CIMultiDictProxy[str], added: Mapping[str, str], date: HeaderDate
+) -> CIMultiDict[str]:
+    """The app's end-to-end headers, plus configured ones the app did not send.
+
+    Made once per request, so a replay carries the same generated ids and dates; the
+    pipeline sets ``Authorization`` on each send."""
     drop = _NOT_FORWARDED_UP | _connection_listed(incoming)
     out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
-    out["Authorization"] = f"Bearer {token}"
+    for name, template in added.items():
+        if name not in out:
+            out[name] = render(template, date)
     return out
+
+
+def render(template: str, date: HeaderDate) -> str:
+    value = template
+    if "{uuid}" in value:
+        value = value.replace("{uuid}", str(uuid.uuid4()))
+    if "{now}" in value:
+        value = value.replace("{now}", _now(date))
+    return value
+
+
+def _now(date: HeaderDate) -> str:
+    if date.format == "http":
+        return format_datetime(datetime.now(UTC), usegmt=True)
+    sign = -1 if date.utc_offset.startswith("-") else 1
+    hours, minutes = date.utc_offset[1:].split(":")
+    zone = timezone(sign * timedelta(hours=int(hours), minutes=int(minutes)))
+    return datetime.now(zone).isoformat(timespec="seconds")
 
 
 def downstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -1,5 +1,5 @@
-"""One proxied request, in order: local checks → token → send (body streamed) → 401? refresh
-once and replay → stream the answer back.
+"""One proxied request, in order: local checks → token → send (body streamed) → token
+rejected? new token once and replay → stream the answer back.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.auth.base import NoToken, Token
@@ -21,6 +22,7 @@ from sidecar.proxy.upstream import UpstreamRuntime
 log = structlog.get_logger("sidecar.proxy")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+INSPECT_LIMIT = 64 * 1024  # the most of an error body read to learn why the API refused
 
 
 async def forward(
@@ -30,24 +32,19 @@ async def forward(
     name = upstream.name
     cfg = upstream.config
     length = request.content_length
-    has_body = request.body_exists
 
-    if cfg.max_body is not None and length is not None and length > cfg.max_body:
-        return error_response(
-            413, "body_too_large",
-            f"request body of {length} bytes exceeds max_body {cfg.max_body}", upstream=name,
-        )
+    refusal = _local_checks(request, upstream, length)
+    if refusal is not None:
+        return refusal
     try:
         token = await upstream.tokens.get()
     except NoToken as exc:
-        return error_response(
-            503, "no_token", exc.reason, upstream=name, retry_after=exc.retry_after
-        )
+        return _no_token(exc, name)
 
     if request.headers.get("Expect", "").lower() == "100-continue":
         # We are ready for the body now that a token is in hand.
         await request.writer.write(_CONTINUE)
-    body = RequestBody(request.content, length, cfg.replay_limit) if has_body else None
+    body = RequestBody(request.content, length, cfg.replay_limit) if request.body_exists else None
     if body is not None and cfg.max_body is not None and length is None:
         try:
             await body.buffer_up_to(cfg.max_body)
@@ -58,25 +55,30 @@ async def forward(
             )
 
     url = URL(cfg.target + path_qs, encoded=True)
+    headers = upstream_headers(request.headers, cfg.headers, cfg.header_date)
     replayed = False
+    inspected = b""
     try:
-        resp = await _send(request, upstream, url, token, body, first=True)
-        if resp.status == 401:
-            retry = await _fresh_token_for_replay(upstream, token, body)
+        resp = await _send(request, upstream, url, headers, token, body, first=True)
+        if resp.status == 401 or resp.status in upstream.rejection.inspect_statuses:
+            inspected = await _inspect(resp, upstream)
+            rejected, code = upstream.rejection.token_rejected(resp.status, inspected)
+            if code is not None:
+                log.info("upstream_fault", upstream=name, status=resp.status, code=code,
+                         token_rejected=rejected)
+            retry = await _fresh_token_for_replay(upstream, token, body) if rejected else None
             if retry is not None:
                 resp.close()
-                replayed = True
-                resp = await _send(request, upstream, url, retry, body, first=False)
+                replayed, inspected = True, b""
+                resp = await _send(request, upstream, url, headers, retry, body, first=False)
     except UpstreamFailure as exc:
         log.warning("upstream_failed", upstream=name, reason=exc.reason)
         return error_response(exc.status, exc.error, exc.reason, upstream=name)
     except NoToken as exc:
-        return error_response(
-            503, "no_token", exc.reason, upstream=name, retry_after=exc.retry_after
-        )
+        return _no_token(exc, name)
 
     try:
-        return await _stream_back(request, resp, name)
+        return await _stream_back(request, resp, name, inspected)
     finally:
         resp.release()
         log.info(
@@ -90,41 +92,90 @@ async def forward(
         )
 
 
+def _local_checks(
+    request: web.BaseRequest, upstream: UpstreamRuntime, length: int | None
+) -> web.Response | None:
+    """What the sidecar refuses itself, before a token is fetched or a byte is sent."""
+    cfg = upstream.config
+    required = cfg.require_headers.get(request.method, []) + cfg.require_headers.get("*", [])
+    missing = [h for h in required if h not in request.headers]
+    if missing:
+        return error_response(
+            400, "missing_header",
+            f"{request.method} to {upstream.name} requires header(s): {', '.join(missing)}",
+            upstream=upstream.name,
+        )
+    if cfg.max_body is not None and length is not None and length > cfg.max_body:
+        return error_response(
+            413, "body_too_large",
+            f"request body of {length} bytes exceeds max_body {cfg.max_body}",
+            upstream=upstream.name,
+        )
+    return None
+
+
+def _no_token(exc: NoToken, name: str) -> web.Response:
+    return error_response(503, "no_token", exc.reason, upstream=name, retry_after=exc.retry_after)
+
+
 async def _send(
     request: web.BaseRequest,
     upstream: UpstreamRuntime,
     url: URL,
+    headers: CIMultiDict[str],
     token: Token,
     body: RequestBody | None,
     *,
     first: bool,
 ) -> aiohttp.ClientResponse:
     data = None if body is None else (body.stream() if first else body.replay())
-    headers = upstream_headers(request.headers, token.value)
+    headers["Authorization"] = f"Bearer {token.value}"
     return await upstream.client.send(request.method, url, headers, data)
+
+
+async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> bytes:
+    """Read the start of an error answer whose body tells whether the token was refused."""
+    if resp.status not in upstream.rejection.inspect_statuses:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < INSPECT_LIMIT:
+            chunk = await resp.content.read(INSPECT_LIMIT - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamFailure(
+            502, "upstream_error", f"{upstream.name} broke off its {resp.status} answer"
+        ) from exc
+    return b"".join(chunks)
 
 
 async def _fresh_token_for_replay(
     upstream: UpstreamRuntime, used: Token, body: RequestBody | None
 ) -> Token | None:
-    """After a 401: drop the token (if still current) and get another, if a replay can work."""
+    """The token was refused: drop it (if still current) and get another, if a replay can work."""
     upstream.tokens.invalidate(used)
     if body is not None and not body.replayable:
         log.info("replay_impossible", upstream=upstream.name, reason="body over replay_limit")
         return None
     fresh = await upstream.tokens.get()
     if fresh.value == used.value:
-        return None  # nothing new to try: the app gets the upstream's 401
+        return None  # nothing new to try: the app gets the upstream's answer
     return fresh
 
 
 async def _stream_back(
-    request: web.BaseRequest, resp: aiohttp.ClientResponse, name: str
+    request: web.BaseRequest, resp: aiohttp.ClientResponse, name: str, already_read: bytes
 ) -> web.StreamResponse:
     out = web.StreamResponse(status=resp.status, reason=resp.reason)
     out.headers.extend(downstream_headers(resp.headers))
     await out.prepare(request)
     try:
+        if already_read:
+            await out.write(already_read)
         async for chunk in resp.content.iter_any():
             await out.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.auth.base import TokenSource
+from sidecar.auth.base import RejectionPolicy, TokenSource
 from sidecar.config.models import Upstream
 from sidecar.proxy.forward import UpstreamClient
+from sidecar.tls import ClientIdentity
 
 
 @dataclass
@@ -15,6 +16,8 @@ class UpstreamRuntime:
     config: Upstream
     client: UpstreamClient
     tokens: TokenSource
+    rejection: RejectionPolicy
+    client_cert: ClientIdentity | None = None
 
     async def close(self) -> None:
         await self.tokens.close()

@@ -140,6 +140,8 @@ class Pki:
         name: str,
         common_name: str | None = None,
         key_type: Literal["rsa", "ec"] = "rsa",
+        *,
+        valid_days: float = _LEAF_VALIDITY.days,
     ) -> IssuedCert:
         """Issue a TLS client certificate (EKU clientAuth) with CN ``common_name or name``."""
         key: PrivateKey
@@ -155,6 +157,7 @@ class Pki:
             key=key,
             eku=ExtendedKeyUsageOID.CLIENT_AUTH,
             extra=[],
+            validity=dt.timedelta(days=valid_days),
         )
 
     def _issue(
@@ -165,6 +168,7 @@ class Pki:
         key: PrivateKey,
         eku: x509.ObjectIdentifier,
         extra: list[x509.ExtensionType],
+        validity: dt.timedelta = _LEAF_VALIDITY,
     ) -> IssuedCert:
         if not name or "/" in name or name.startswith(".") or name == "ca":
             raise ValueError(f"invalid certificate name {name!r}")
@@ -185,7 +189,7 @@ class Pki:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _LEAF_VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from sidecar.config.models import HeaderDate
 from sidecar.proxy.headers import downstream_headers, upstream_headers
 
 
@@ -26,8 +27,8 @@ def test_upstream_headers() -> None:
             ]
         )
     )
-    out = upstream_headers(incoming, "tok")
-    assert out.getall("Authorization") == ["Bearer tok"]
+    out = upstream_headers(incoming, {}, HeaderDate())
+    assert "Authorization" not in out  # the app's is dropped; the pipeline sets the token
     assert out.getall("X-Custom") == ["a", "b"]
     assert out["Content-Type"] == "application/xml"
     for gone in ("Host", "Proxy-Authorization", "Connection", "X-Hop", "Keep-Alive", "TE",
@@ -52,3 +53,26 @@ def test_downstream_headers_keep_cookies_and_drop_hop_by_hop() -> None:
     assert out.getall("Set-Cookie") == ["a=1", "b=2"]
     assert out["Content-Length"] == "10" and out["Location"] == "/status/1"
     assert "Connection" not in out and "Transfer-Encoding" not in out
+
+
+def test_configured_headers_are_added_only_when_missing() -> None:
+    import re
+    import uuid
+    from email.utils import parsedate_to_datetime
+
+    templates = {
+        "x-fapi-interaction-id": "{uuid}",
+        "x-fapi-auth-date": "{now}",
+        "x-client": "legacy-{uuid}",
+    }
+    incoming = CIMultiDictProxy(CIMultiDict([("X-Client", "the-apps-own")]))
+    kz = upstream_headers(incoming, templates, HeaderDate(format="iso8601", utc_offset="+06:00"))
+    assert str(uuid.UUID(kz["x-fapi-interaction-id"])) == kz["x-fapi-interaction-id"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+06:00", kz["x-fapi-auth-date"])
+    assert kz.getall("X-Client") == ["the-apps-own"]
+
+    fapi = upstream_headers(incoming, templates, HeaderDate(format="http"))
+    assert fapi["x-fapi-auth-date"].endswith(" GMT")
+    assert parsedate_to_datetime(fapi["x-fapi-auth-date"]).tzinfo is not None
+    other = upstream_headers(incoming, templates, HeaderDate())
+    assert other["x-fapi-interaction-id"] != fapi["x-fapi-interaction-id"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog.testing
 
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack
@@ -118,3 +119,21 @@ async def test_client_certificate_from_pkcs12(
     assert status == 200
     client_cert = body["client_cert"]
     assert isinstance(client_cert, dict) and "CN=p12-user" in client_cert["subject"]
+
+
+async def test_client_certificate_expiry_in_status_and_warned(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory
+) -> None:
+    cert = sandbox.pki.issue_client("short-lived", "bank-user", valid_days=3)
+    with structlog.testing.capture_logs() as events:
+        sidecar = await make_sidecar(
+            {"tls": {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)}}
+        )
+    warnings = [e for e in events if e["event"] == "client_certificate_expiring"]
+    assert len(warnings) == 1 and warnings[0]["subject"].startswith("CN=bank-user,")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/status") as resp:
+            status = await resp.json()
+    shown = status["upstreams"]["moex-ntb"]["client_cert"]
+    assert shown["subject"].startswith("CN=bank-user,")
+    assert 2.9 < shown["days_left"] < 3.01

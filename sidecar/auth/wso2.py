@@ -1,0 +1,74 @@
+"""``wso2_password``: WSO2 API Manager as KISC runs it (PROTOCOLS §6).
+
+Login: HTTP Basic ``consumer_key:consumer_secret`` + password grant, over mutual TLS. Renewal
+must use the refresh grant: WSO2 hands back the *same* still-valid token on a repeated login,
+and rotates refresh tokens (each is single-use). The gateway says "token no longer valid" with
+fault codes 900901-900903 in a 401 body, JSON or the APIM 2.x XML form.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from sidecar.auth.base import Grant
+from sidecar.auth.oauth import OAuthFlow, TokenEndpoint
+from sidecar.config.models import Wso2PasswordAuth
+
+TOKEN_INVALID_CODES = frozenset({900901, 900902, 900903})
+_XML_CODE = re.compile(rb"<(?:\w+:)?code>\s*(\d{6})\s*</(?:\w+:)?code>")
+
+
+class Wso2PasswordFlow(OAuthFlow):
+    grant_type = "password"
+
+    def __init__(self, cfg: Wso2PasswordAuth, endpoint: TokenEndpoint) -> None:
+        super().__init__(
+            endpoint,
+            cfg.consumer_key,
+            cfg.consumer_secret.get_secret_value(),
+            cfg.scope,
+            basic_auth=True,
+        )
+        self._username = cfg.username
+        self._password = cfg.password
+
+    async def login(self) -> Grant:
+        form = {
+            "grant_type": "password",
+            "username": self._username,
+            "password": self._password.get_secret_value(),
+        }
+        if self.scope:
+            form["scope"] = self.scope
+        return await self._post(form)
+
+
+def fault_code(body: bytes) -> int | None:
+    """The WSO2 gateway fault code in a JSON ``{"fault": {"code": …}}`` or XML ``ams:fault``."""
+    text = body.strip()
+    if text.startswith(b"{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        fault = data.get("fault") if isinstance(data, dict) else None
+        code = fault.get("code") if isinstance(fault, dict) else None
+        try:
+            return int(code) if code is not None else None
+        except (TypeError, ValueError):
+            return None
+    found = _XML_CODE.search(text)
+    return int(found.group(1)) if found else None
+
+
+class Wso2GatewayFaults:
+    """Which upstream answers mean "the token is dead": only 401 faults 900901-900903.
+
+    Other 401s and 403s (scope, subscription, 900908-900910) are the app's business."""
+
+    inspect_statuses = frozenset({401, 403})
+
+    def token_rejected(self, status: int, body: bytes) -> tuple[bool, int | None]:
+        code = fault_code(body)
+        return status == 401 and code in TOKEN_INVALID_CODES, code
