@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import __version__
+from sidecar.metrics import Metrics
 from sidecar.proxy.upstream import UpstreamRuntime
 
 
-def admin_app(upstreams: dict[str, UpstreamRuntime]) -> web.Application:
+def admin_app(upstreams: dict[str, UpstreamRuntime], metrics: Metrics) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -37,7 +39,13 @@ def admin_app(upstreams: dict[str, UpstreamRuntime]) -> web.Application:
             }
         )
 
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
     app = web.Application()
+    app.router.add_get("/metrics", scrape)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)

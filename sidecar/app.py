@@ -11,6 +11,7 @@ from aiohttp import web
 from sidecar.admin import admin_app
 from sidecar.auth import rejection_policy, token_source
 from sidecar.config import Config, parse_host_port
+from sidecar.metrics import Metrics
 from sidecar.proxy.forward import UpstreamClient
 from sidecar.proxy.listener import ProxyHandler, start_listener
 from sidecar.proxy.upstream import UpstreamRuntime
@@ -23,6 +24,7 @@ class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.upstreams: dict[str, UpstreamRuntime] = {}
+        self.metrics = Metrics()
         self._listener: asyncio.Server | None = None
         self._server: web.Server | None = None
         self._admin: web.AppRunner | None = None
@@ -34,13 +36,18 @@ class Sidecar:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
         for name, cfg in self.config.upstreams.items():
             ctx = client_context(cfg.tls)
+            metrics = self.metrics.for_upstream(name)
+            cert = client_identity(cfg.tls)
+            if cert is not None:
+                metrics.client_cert_expiry.set(cert.not_after.timestamp())
             self.upstreams[name] = UpstreamRuntime(
                 name=name,
                 config=cfg,
                 client=UpstreamClient(ctx, cfg.timeouts),
-                tokens=token_source(name, cfg, ctx),
+                tokens=token_source(name, cfg, ctx, metrics),
                 rejection=rejection_policy(cfg),
-                client_cert=client_identity(cfg.tls),
+                metrics=metrics,
+                client_cert=cert,
             )
         for runtime in self.upstreams.values():
             if runtime.config.eager:
@@ -48,14 +55,14 @@ class Sidecar:
         self.check_certificates()
         self._cert_watch = asyncio.get_running_loop().create_task(self._watch_certificates())
 
-        handler = ProxyHandler(self.upstreams, list(self.config.passthrough))
+        handler = ProxyHandler(self.upstreams, list(self.config.passthrough), self.metrics)
         host, port = parse_host_port(self.config.listen.proxy)
         self._listener, self._server = await start_listener(handler, host, port)
         self.proxy_port = self._listener.sockets[0].getsockname()[1]
 
         ahost, aport = parse_host_port(self.config.listen.admin)
         self._admin = web.AppRunner(
-            admin_app(self.upstreams), access_log=None, handle_signals=False
+            admin_app(self.upstreams, self.metrics), access_log=None, handle_signals=False
         )
         await self._admin.setup()
         await web.TCPSite(self._admin, ahost, aport, reuse_address=True).start()

@@ -96,6 +96,14 @@ class AnyUnauthorized:
         return status == 401, None
 
 
+class TokenEvents(Protocol):
+    """Where a token source reports what it did (metrics); optional."""
+
+    def token_fetched(self, grant: str, ok: bool, seconds: float) -> None: ...
+
+    def token_state(self, expires_at_unix: float, consecutive_failures: int) -> None: ...
+
+
 class TokenSource(Protocol):
     """What the upstream pipeline needs: a current token, and a way to report a dead one."""
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import ssl
 
-from sidecar.auth.base import AnyUnauthorized, AuthFlow, RejectionPolicy, TokenSource
+from sidecar.auth.base import (
+    AnyUnauthorized,
+    AuthFlow,
+    RejectionPolicy,
+    TokenEvents,
+    TokenSource,
+)
 from sidecar.auth.client_credentials import ClientCredentialsFlow
 from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
@@ -22,13 +28,22 @@ from sidecar.config.models import (
 from sidecar.tls import client_context
 
 
-def token_source(name: str, upstream: Upstream, upstream_ssl: ssl.SSLContext) -> TokenSource:
+def token_source(
+    name: str,
+    upstream: Upstream,
+    upstream_ssl: ssl.SSLContext,
+    events: TokenEvents | None = None,
+) -> TokenSource:
     auth = upstream.auth
     if isinstance(auth, StaticAuth):
-        return StaticToken(name, auth)
+        return StaticToken(name, auth, events)
     flow = _flow(auth, upstream_ssl)
     return TokenManager(
-        name, flow, token_wait=upstream.timeouts.token_wait, backoff_cap=auth.backoff_cap
+        name,
+        flow,
+        token_wait=upstream.timeouts.token_wait,
+        backoff_cap=auth.backoff_cap,
+        events=events,
     )
 
 

@@ -16,14 +16,22 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import structlog
 
 from sidecar import logs
 from sidecar.auth import jwt
-from sidecar.auth.base import AuthError, AuthFlow, Grant, InvalidGrant, NoToken, Token
+from sidecar.auth.base import (
+    AuthError,
+    AuthFlow,
+    Grant,
+    InvalidGrant,
+    NoToken,
+    Token,
+    TokenEvents,
+)
 
 log = structlog.get_logger("sidecar.auth")
 
@@ -51,8 +59,10 @@ class TokenManager:
         backoff_initial: float = 0.5,
         backoff_cap: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        events: TokenEvents | None = None,
     ) -> None:
         self.upstream = upstream
+        self._events = events
         self._flow = flow
         self._token_wait = token_wait
         self._backoff_initial = backoff_initial
@@ -182,12 +192,23 @@ class TokenManager:
         refresh = self._refresh_token
         if refresh and (self._refresh_deadline is None or now < self._refresh_deadline - 1.0):
             try:
-                return await self._flow.refresh(refresh), "refresh_token"
+                return await self._timed("refresh_token", self._flow.refresh(refresh))
             except InvalidGrant as exc:
                 # Never retry a rejected refresh token (Keycloak would kill the session).
                 self._log.info("refresh_token_rejected", reason=exc.reason)
                 self._refresh_token = None
-        return await self._flow.login(), self._flow.grant_type
+        return await self._timed(self._flow.grant_type, self._flow.login())
+
+    async def _timed(self, grant: str, call: Awaitable[Grant]) -> tuple[Grant, str]:
+        started = self._clock()
+        ok = False
+        try:
+            result = await call
+            ok = True
+            return result, grant
+        finally:
+            if self._events is not None:
+                self._events.token_fetched(grant, ok, self._clock() - started)
 
     def _accept(self, grant: Grant, sent_at: float) -> Token:
         lifetime = grant.expires_in
@@ -217,6 +238,7 @@ class TokenManager:
         self._failures = 0
         self._last_error = None
         self._last_success = time.time()
+        self._report()
         outcome, self._outcome = self._outcome, None
         if outcome is not None and not outcome.done():
             outcome.set_result(token)
@@ -229,6 +251,7 @@ class TokenManager:
             delay = max(delay, min(exc.retry_after, 60.0))
         self._retry_at = self._clock() + delay
         self._last_error = exc.reason
+        self._report()
         self._log.warning(
             "token_fetch_failed",
             reason=exc.reason,
@@ -240,6 +263,12 @@ class TokenManager:
         if outcome is not None and not outcome.done():
             outcome.set_exception(exc)
             outcome.exception()  # waiters may have gone; do not warn about it
+
+    def _report(self) -> None:
+        if self._events is not None:
+            token = self._token
+            expiry = time.time() + (token.expires_at - self._clock()) if token else 0.0
+            self._events.token_state(expiry, self._failures)
 
     def _retry_after(self) -> float:
         return max(1.0, math.ceil(self._retry_at - self._clock()))

@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 
 from sidecar import logs
-from sidecar.auth.base import NoToken, Token
+from sidecar.auth.base import NoToken, Token, TokenEvents
 from sidecar.config.models import StaticAuth
 
 log = structlog.get_logger("sidecar.auth")
@@ -22,8 +22,11 @@ RECHECK_INTERVAL = 1.0  # seconds between stat() calls on the request path
 
 
 class StaticToken:
-    def __init__(self, upstream: str, cfg: StaticAuth) -> None:
+    def __init__(
+        self, upstream: str, cfg: StaticAuth, events: TokenEvents | None = None
+    ) -> None:
         self.upstream = upstream
+        self._events = events
         self._path: Path | None = cfg.token_file
         self._token: Token | None = (
             Token(cfg.token.get_secret_value(), math.inf, margin=0.0) if cfg.token else None
@@ -34,6 +37,11 @@ class StaticToken:
 
     async def start(self) -> None:
         self._reload_if_changed()
+        self._report()
+
+    def _report(self) -> None:
+        if self._events is not None:
+            self._events.token_state(math.inf if self._token else 0.0, 0 if self._token else 1)
 
     async def get(self) -> Token:
         now = time.monotonic()
@@ -63,6 +71,7 @@ class StaticToken:
         if not value:
             self._error = f"token_file {self._path} is empty"
             self._token = None
+            self._report()
             log.warning("static_token_unreadable", upstream=self.upstream, reason=self._error)
             return
         self._identity = identity
@@ -71,6 +80,7 @@ class StaticToken:
         if self._token is None or self._token.value != value:
             self._token = Token(value, math.inf, margin=0.0)
             log.info("static_token_loaded", upstream=self.upstream)
+            self._report()
 
     @property
     def ready(self) -> bool:

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from sidecar.config.models import parse_host_port
+from sidecar.metrics import NO_UPSTREAM, Metrics
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.pipeline import forward
 from sidecar.proxy.router import BadTarget, Router, request_target
@@ -23,9 +24,10 @@ log = structlog.get_logger("sidecar.proxy")
 
 class ProxyHandler:
     def __init__(
-        self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str]
+        self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str], metrics: Metrics
     ) -> None:
         self.upstreams = upstreams
+        self._metrics = metrics
         self._router = Router({name: u.config.match for name, u in upstreams.items()})
         self._passthrough = Router({"passthrough": passthrough}) if passthrough else None
 
@@ -33,29 +35,34 @@ class ProxyHandler:
         if request.method == "CONNECT":
             return await self._connect(request)
         if "Upgrade" in request.headers:
-            return error_response(400, "upgrade_refused", "protocol upgrades are not proxied")
+            return self._refuse(400, "upgrade_refused", "protocol upgrades are not proxied")
         try:
             target = request_target(request.raw_path, request.headers.get("Host"))
         except BadTarget as exc:
-            return error_response(400, "bad_request", str(exc))
+            return self._refuse(400, "bad_request", str(exc))
         name = self._router.resolve(target.host, target.port)
         if name is None:
             log.info("refused_unknown_host", host=target.host, port=target.port)
-            return error_response(
+            return self._refuse(
                 403, "unknown_host",
                 f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
                 "forwards to hosts listed in upstreams.*.match",
             )
         return await forward(request, self.upstreams[name], target.path_qs)
 
+    def _refuse(self, status: int, error: str, message: str) -> web.Response:
+        # No upstream is known yet, so these are counted under a fixed label, never the host.
+        self._metrics.local_rejections.labels(NO_UPSTREAM, error).inc()
+        return error_response(status, error, message)
+
     async def _connect(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             host, port = parse_host_port(request.raw_path)
         except ValueError:
-            return error_response(400, "bad_request", "CONNECT needs host:port")
+            return self._refuse(400, "bad_request", "CONNECT needs host:port")
         if self._passthrough is None or self._passthrough.resolve(host, port) is None:
             log.info("refused_connect", host=host, port=port)
-            return error_response(
+            return self._refuse(
                 403, "connect_refused",
                 f"CONNECT to {host}:{port} is not allowed; only hosts in passthrough are tunnelled",
             )

@@ -1,10 +1,12 @@
 """One proxied request, in order: local checks → token → send (body streamed) → token
-rejected? new token once and replay → stream the answer back.
+rejected? new token once and replay → stream the answer back. Then one access-log line.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
@@ -23,114 +25,137 @@ log = structlog.get_logger("sidecar.proxy")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 INSPECT_LIMIT = 64 * 1024  # the most of an error body read to learn why the API refused
+REQUEST_ID = "X-Request-ID"
+
+
+@dataclass
+class Exchange:
+    """What one request picked up on its way through, for the access line and metrics."""
+
+    request: web.BaseRequest
+    upstream: UpstreamRuntime
+    path_qs: str
+    request_id: str
+    started: float = field(default_factory=time.monotonic)
+    body: RequestBody | None = None
+    replayed: bool = False
+    bytes_out: int = 0
+    refused: str | None = None  # the sidecar's own error code, when it answered itself
 
 
 async def forward(
     request: web.BaseRequest, upstream: UpstreamRuntime, path_qs: str
 ) -> web.StreamResponse:
-    started = time.monotonic()
-    name = upstream.name
+    request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+    ex = Exchange(request, upstream, path_qs, request_id)
+    upstream.metrics.inflight.inc()
+    response: web.StreamResponse | None = None
+    try:
+        response = await _exchange(ex)
+        return response
+    finally:
+        upstream.metrics.inflight.dec()
+        _account(ex, response)
+
+
+async def _exchange(ex: Exchange) -> web.StreamResponse:
+    request, upstream = ex.request, ex.upstream
     cfg = upstream.config
     length = request.content_length
 
-    refusal = _local_checks(request, upstream, length)
+    refusal = _local_checks(ex, length)
     if refusal is not None:
         return refusal
     try:
         token = await upstream.tokens.get()
     except NoToken as exc:
-        return _no_token(exc, name)
+        return _no_token(ex, exc)
 
     if request.headers.get("Expect", "").lower() == "100-continue":
         # We are ready for the body now that a token is in hand.
         await request.writer.write(_CONTINUE)
-    body = RequestBody(request.content, length, cfg.replay_limit) if request.body_exists else None
-    if body is not None and cfg.max_body is not None and length is None:
-        try:
-            await body.buffer_up_to(cfg.max_body)
-        except BodyTooLarge:
-            return error_response(
-                413, "body_too_large",
-                f"chunked request body exceeds max_body {cfg.max_body}", upstream=name,
-            )
+    if request.body_exists:
+        ex.body = RequestBody(request.content, length, cfg.replay_limit)
+        if cfg.max_body is not None and length is None:
+            try:
+                await ex.body.buffer_up_to(cfg.max_body)
+            except BodyTooLarge:
+                return _refuse(
+                    ex, 413, "body_too_large",
+                    f"chunked request body exceeds max_body {cfg.max_body}",
+                )
 
-    url = URL(cfg.target + path_qs, encoded=True)
+    url = URL(cfg.target + ex.path_qs, encoded=True)
     headers = upstream_headers(request.headers, cfg.headers, cfg.header_date)
-    replayed = False
+    headers[REQUEST_ID] = ex.request_id
     inspected = b""
     try:
-        resp = await _send(request, upstream, url, headers, token, body, first=True)
+        resp = await _send(ex, url, headers, token, first=True)
         if resp.status == 401 or resp.status in upstream.rejection.inspect_statuses:
             inspected = await _inspect(resp, upstream)
             rejected, code = upstream.rejection.token_rejected(resp.status, inspected)
             if code is not None:
-                log.info("upstream_fault", upstream=name, status=resp.status, code=code,
-                         token_rejected=rejected)
-            retry = await _fresh_token_for_replay(upstream, token, body) if rejected else None
+                log.info("upstream_fault", upstream=upstream.name, status=resp.status,
+                         code=code, token_rejected=rejected, request_id=ex.request_id)
+            retry = await _fresh_token_for_replay(upstream, token, ex.body) if rejected else None
             if retry is not None:
                 resp.close()
-                replayed, inspected = True, b""
-                resp = await _send(request, upstream, url, headers, retry, body, first=False)
+                ex.replayed, inspected = True, b""
+                upstream.metrics.replays.inc()
+                resp = await _send(ex, url, headers, retry, first=False)
     except UpstreamFailure as exc:
-        log.warning("upstream_failed", upstream=name, reason=exc.reason)
-        return error_response(exc.status, exc.error, exc.reason, upstream=name)
+        log.warning("upstream_failed", upstream=upstream.name, reason=exc.reason,
+                    request_id=ex.request_id)
+        return _refuse(ex, exc.status, exc.error, exc.reason)
     except NoToken as exc:
-        return _no_token(exc, name)
+        return _no_token(ex, exc)
 
     try:
-        return await _stream_back(request, resp, name, inspected)
+        return await _stream_back(ex, resp, inspected)
     finally:
         resp.release()
-        log.info(
-            "request",
-            upstream=name,
-            method=request.method,
-            path=path_qs.split("?", 1)[0],
-            status=resp.status,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-            replayed=replayed,
-        )
 
 
-def _local_checks(
-    request: web.BaseRequest, upstream: UpstreamRuntime, length: int | None
-) -> web.Response | None:
+def _local_checks(ex: Exchange, length: int | None) -> web.Response | None:
     """What the sidecar refuses itself, before a token is fetched or a byte is sent."""
-    cfg = upstream.config
+    request, cfg = ex.request, ex.upstream.config
     required = cfg.require_headers.get(request.method, []) + cfg.require_headers.get("*", [])
     missing = [h for h in required if h not in request.headers]
     if missing:
-        return error_response(
-            400, "missing_header",
-            f"{request.method} to {upstream.name} requires header(s): {', '.join(missing)}",
-            upstream=upstream.name,
+        return _refuse(
+            ex, 400, "missing_header",
+            f"{request.method} to {ex.upstream.name} requires header(s): {', '.join(missing)}",
         )
     if cfg.max_body is not None and length is not None and length > cfg.max_body:
-        return error_response(
-            413, "body_too_large",
+        return _refuse(
+            ex, 413, "body_too_large",
             f"request body of {length} bytes exceeds max_body {cfg.max_body}",
-            upstream=upstream.name,
         )
     return None
 
 
-def _no_token(exc: NoToken, name: str) -> web.Response:
-    return error_response(503, "no_token", exc.reason, upstream=name, retry_after=exc.retry_after)
+def _refuse(
+    ex: Exchange, status: int, error: str, message: str, retry_after: float | None = None
+) -> web.Response:
+    ex.refused = error
+    response = error_response(
+        status, error, message, upstream=ex.upstream.name, retry_after=retry_after
+    )
+    response.headers[REQUEST_ID] = ex.request_id
+    return response
+
+
+def _no_token(ex: Exchange, exc: NoToken) -> web.Response:
+    return _refuse(ex, 503, "no_token", exc.reason, retry_after=exc.retry_after)
 
 
 async def _send(
-    request: web.BaseRequest,
-    upstream: UpstreamRuntime,
-    url: URL,
-    headers: CIMultiDict[str],
-    token: Token,
-    body: RequestBody | None,
-    *,
-    first: bool,
+    ex: Exchange, url: URL, headers: CIMultiDict[str], token: Token, *, first: bool
 ) -> aiohttp.ClientResponse:
+    body = ex.body
     data = None if body is None else (body.stream() if first else body.replay())
     headers["Authorization"] = f"Bearer {token.value}"
-    return await upstream.client.send(request.method, url, headers, data)
+    return await ex.upstream.client.send(ex.request.method, url, headers, data)
 
 
 async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> bytes:
@@ -168,22 +193,54 @@ async def _fresh_token_for_replay(
 
 
 async def _stream_back(
-    request: web.BaseRequest, resp: aiohttp.ClientResponse, name: str, already_read: bytes
+    ex: Exchange, resp: aiohttp.ClientResponse, already_read: bytes
 ) -> web.StreamResponse:
+    request = ex.request
     out = web.StreamResponse(status=resp.status, reason=resp.reason)
     out.headers.extend(downstream_headers(resp.headers))
+    if REQUEST_ID not in out.headers:
+        out.headers[REQUEST_ID] = ex.request_id
     await out.prepare(request)
     try:
         if already_read:
             await out.write(already_read)
+            ex.bytes_out += len(already_read)
         async for chunk in resp.content.iter_any():
             await out.write(chunk)
+            ex.bytes_out += len(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The upstream broke off mid-body. Close the app's connection too, so it sees a broken
         # response rather than a short one that looks complete.
-        log.warning("upstream_body_broken", upstream=name, reason=type(exc).__name__)
+        log.warning("upstream_body_broken", upstream=ex.upstream.name,
+                    reason=type(exc).__name__, request_id=ex.request_id)
         if request.transport is not None:
             request.transport.abort()
         return out
     await out.write_eof()
     return out
+
+
+def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
+    """The access line and the request metrics, once per request, whatever happened."""
+    status = response.status if response is not None else 499  # the app went away
+    seconds = time.monotonic() - ex.started
+    bytes_in = ex.body.bytes_read if ex.body is not None else 0
+    metrics = ex.upstream.metrics
+    metrics.request_done(ex.request.method, status, seconds)
+    metrics.request_bytes.inc(bytes_in)
+    metrics.response_bytes.inc(ex.bytes_out)
+    if ex.refused is not None and ex.refused.startswith(("missing", "body", "no_token")):
+        metrics.rejected(ex.refused)
+    log.info(
+        "request",
+        request_id=ex.request_id,
+        upstream=ex.upstream.name,
+        method=ex.request.method,
+        path=ex.path_qs.split("?", 1)[0],
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+        bytes_in=bytes_in,
+        bytes_out=ex.bytes_out,
+        replayed=ex.replayed,
+        refused=ex.refused,
+    )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sidecar.auth.base import RejectionPolicy, TokenSource
 from sidecar.config.models import Upstream
+from sidecar.metrics import UpstreamMetrics
 from sidecar.proxy.forward import UpstreamClient
 from sidecar.tls import ClientIdentity
 
@@ -17,6 +18,7 @@ class UpstreamRuntime:
     client: UpstreamClient
     tokens: TokenSource
     rejection: RejectionPolicy
+    metrics: UpstreamMetrics
     client_cert: ClientIdentity | None = None
 
     async def close(self) -> None:

@@ -1,0 +1,126 @@
+"""Prometheus metrics, one registry per sidecar instance.
+
+Label values come only from config (upstream names), HTTP methods from a fixed list, status
+codes and fixed reason words: nothing the app makes up (paths, hosts) becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar import __version__
+
+NO_UPSTREAM = "none"  # label for refusals that happen before an upstream is known
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"})
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)
+_IDP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sidecar_requests", "Proxied requests by answer status (the sidecar's own included).",
+            ["upstream", "method", "code"], registry=r,
+        )
+        self.duration = Histogram(
+            "sidecar_request_duration_seconds", "Time from request to the last response byte.",
+            ["upstream"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            "sidecar_upstream_inflight", "Requests in progress per upstream.", ["upstream"],
+            registry=r,
+        )
+        self.request_bytes = Counter(
+            "sidecar_request_body_bytes", "Request body bytes sent upstream.", ["upstream"],
+            registry=r,
+        )
+        self.response_bytes = Counter(
+            "sidecar_response_body_bytes", "Response body bytes sent to the app.", ["upstream"],
+            registry=r,
+        )
+        self.token_fetch = Counter(
+            "sidecar_token_fetch", "Calls to the identity provider, by grant and result.",
+            ["upstream", "grant", "result"], registry=r,
+        )
+        self.token_fetch_duration = Histogram(
+            "sidecar_token_fetch_duration_seconds", "Duration of identity provider calls.",
+            ["upstream", "grant"], buckets=_IDP_BUCKETS, registry=r,
+        )
+        self.token_expiry = Gauge(
+            "sidecar_token_expiry_timestamp_seconds",
+            "Unix time the current token expires (0: none).", ["upstream"], registry=r,
+        )
+        self.refresh_failures = Gauge(
+            "sidecar_token_refresh_consecutive_failures",
+            "Failed token attempts since the last success.", ["upstream"], registry=r,
+        )
+        self.replays = Counter(
+            "sidecar_auth_replays", "Requests replayed with a new token after a rejection.",
+            ["upstream"], registry=r,
+        )
+        self.rate_limit_wait = Histogram(
+            "sidecar_rate_limit_wait_seconds", "Time requests waited in the rate limiter.",
+            ["upstream"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.local_rejections = Counter(
+            "sidecar_local_rejections", "Requests the sidecar answered itself, by reason.",
+            ["upstream", "reason"], registry=r,
+        )
+        self.client_cert_expiry = Gauge(
+            "sidecar_client_cert_expiry_timestamp_seconds",
+            "Unix time the upstream's client certificate expires.", ["upstream"], registry=r,
+        )
+        self.config_reloads = Counter(
+            "sidecar_config_reloads", "Configuration reloads by result.", ["result"], registry=r,
+        )
+        self.build_info = Gauge(
+            "sidecar_build_info", "Always 1; the version is a label.", ["version"], registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
+
+    def for_upstream(self, name: str) -> UpstreamMetrics:
+        return UpstreamMetrics(self, name)
+
+
+class UpstreamMetrics:
+    """The metrics of one upstream, with its label children bound once (cheap on the hot path)."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.name = name
+        self._m = metrics
+        self.duration = metrics.duration.labels(name)
+        self.inflight = metrics.inflight.labels(name)
+        self.request_bytes = metrics.request_bytes.labels(name)
+        self.response_bytes = metrics.response_bytes.labels(name)
+        self.replays = metrics.replays.labels(name)
+        self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
+        self.token_expiry = metrics.token_expiry.labels(name)
+        self.refresh_failures = metrics.refresh_failures.labels(name)
+        self.client_cert_expiry = metrics.client_cert_expiry.labels(name)
+        self.token_expiry.set(0)
+        self.refresh_failures.set(0)
+
+    def request_done(self, method: str, status: int, seconds: float) -> None:
+        self._m.requests.labels(self.name, method_label(method), str(status)).inc()
+        self.duration.observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        self._m.local_rejections.labels(self.name, reason).inc()
+
+    # -- token manager events (auth.base.TokenEvents) -------------------------------------
+
+    def token_fetched(self, grant: str, ok: bool, seconds: float) -> None:
+        self._m.token_fetch.labels(self.name, grant, "success" if ok else "failure").inc()
+        self._m.token_fetch_duration.labels(self.name, grant).observe(seconds)
+
+    def token_state(self, expires_at_unix: float, consecutive_failures: int) -> None:
+        self.token_expiry.set(expires_at_unix)
+        self.refresh_failures.set(consecutive_failures)
