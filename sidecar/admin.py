@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import __version__
-from sidecar.metrics import Metrics
-from sidecar.proxy.upstream import UpstreamRuntime
+
+if TYPE_CHECKING:
+    from sidecar.app import Sidecar
 
 
-def admin_app(upstreams: dict[str, UpstreamRuntime], metrics: Metrics) -> web.Application:
+def admin_app(sidecar: Sidecar) -> web.Application:
+    # Handlers read sidecar.upstreams at call time: a config reload may change them.
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        if sidecar.draining:
+            return web.json_response({"status": "shutting down"}, status=503)
         missing = [
             {"upstream": name, "reason": u.tokens.status().get("last_error") or "no token yet"}
-            for name, u in upstreams.items()
+            for name, u in sidecar.upstreams.items()
             if u.config.eager and not u.tokens.ready
         ]
         if missing:
@@ -34,14 +40,15 @@ def admin_app(upstreams: dict[str, UpstreamRuntime], metrics: Metrics) -> web.Ap
                         "token": u.tokens.status(),
                         "client_cert": u.client_cert.status() if u.client_cert else None,
                     }
-                    for name, u in upstreams.items()
+                    for name, u in sidecar.upstreams.items()
                 },
             }
         )
 
     async def scrape(_: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(sidecar.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
     app = web.Application()

@@ -28,9 +28,12 @@ class Sidecar:
         self._listener: asyncio.Server | None = None
         self._server: web.Server | None = None
         self._admin: web.AppRunner | None = None
+        self._handler: ProxyHandler | None = None
         self._cert_watch: asyncio.Task[None] | None = None
         self.proxy_port = 0
         self.admin_port = 0
+        self.draining = False  # set by SIGTERM: /readyz fails so traffic moves elsewhere
+        self._stopped = False
 
     async def start(self) -> None:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
@@ -55,14 +58,14 @@ class Sidecar:
         self.check_certificates()
         self._cert_watch = asyncio.get_running_loop().create_task(self._watch_certificates())
 
-        handler = ProxyHandler(self.upstreams, list(self.config.passthrough), self.metrics)
+        self._handler = ProxyHandler(self.upstreams, list(self.config.passthrough), self.metrics)
         host, port = parse_host_port(self.config.listen.proxy)
-        self._listener, self._server = await start_listener(handler, host, port)
+        self._listener, self._server = await start_listener(self._handler, host, port)
         self.proxy_port = self._listener.sockets[0].getsockname()[1]
 
         ahost, aport = parse_host_port(self.config.listen.admin)
         self._admin = web.AppRunner(
-            admin_app(self.upstreams, self.metrics), access_log=None, handle_signals=False
+            admin_app(self), access_log=None, handle_signals=False
         )
         await self._admin.setup()
         await web.TCPSite(self._admin, ahost, aport, reuse_address=True).start()
@@ -92,14 +95,32 @@ class Sidecar:
             await asyncio.sleep(3600)
             self.check_certificates()
 
+    async def drain(self, delay: float | None = None, grace: float | None = None) -> None:
+        """Graceful stop: not ready at once, keep taking connections for ``delay``, then stop
+        accepting and give in-flight requests ``grace`` seconds."""
+        delay = self.config.shutdown.delay if delay is None else delay
+        grace = self.config.shutdown.grace if grace is None else grace
+        self.draining = True
+        log.info("draining", delay=delay, grace=grace)
+        await asyncio.sleep(delay)
+        await self.stop(grace)
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.draining = True
         if self._cert_watch is not None:
             self._cert_watch.cancel()
         if self._listener is not None:
-            self._listener.close()
+            self._listener.close()  # no new connections from here on
+        if self._handler is not None and not await self._handler.wait_idle(grace):
+            log.warning("shutdown_grace_expired", unfinished=self._handler.inflight)
         if self._server is not None:
+            # aiohttp's shutdown stops reading request bodies, so it comes only once the
+            # in-flight requests are done (or the grace is over).
             with contextlib.suppress(TimeoutError):
-                await self._server.shutdown(grace)
+                await self._server.shutdown(1.0)
         if self._admin is not None:
             await self._admin.cleanup()
         for runtime in self.upstreams.values():

@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = load_config(args.config)
             _configure_logs(config)
-            return _run_until_signalled(lambda stop: _serve(config, stop))
+            return _run_until_signalled(lambda signals: _serve(config, signals))
         from sidecar.sandbox.demo import run_sandbox
 
         logs.configure("info", "console")
         where = Path(args.dir).resolve()
         return _run_until_signalled(
-            lambda stop: run_sandbox(
-                where, stop, proxy_port=args.proxy_port, admin_port=args.admin_port,
+            lambda signals: run_sandbox(
+                where, signals.stop, proxy_port=args.proxy_port, admin_port=args.admin_port,
                 idp_port=args.idp_port, api_port=args.api_port,
             )
         )
@@ -86,29 +86,46 @@ def _configure_logs(config: Config) -> None:
     logs.configure(config.log.level, config.log.format, secrets)
 
 
-async def _serve(config: Config, stop: asyncio.Event) -> None:
+class Signals:
+    """What the process was told: SIGTERM drains gracefully, SIGINT (Ctrl-C) stops now."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.graceful = False
+
+    def terminate(self) -> None:
+        self.graceful = True
+        self.stop.set()
+
+    def interrupt(self) -> None:
+        self.stop.set()
+
+
+async def _serve(config: Config, signals: Signals) -> None:
     from sidecar.app import Sidecar
 
     sidecar = Sidecar(config)
     try:
         await sidecar.start()
-        await stop.wait()
+        await signals.stop.wait()
+        if signals.graceful:
+            await sidecar.drain()
     finally:
         await sidecar.stop()
 
 
-def _run_until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+def _run_until_signalled(body: Callable[[Signals], Awaitable[None]]) -> int:
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
     async def runner() -> None:
-        stop = asyncio.Event()
+        signals = Signals()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await body(stop)
+        loop.add_signal_handler(signal.SIGTERM, signals.terminate)
+        loop.add_signal_handler(signal.SIGINT, signals.interrupt)
+        await body(signals)
 
     asyncio.run(runner())
     return 0

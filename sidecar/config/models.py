@@ -156,6 +156,14 @@ class Tls(SecretFiles):
         return self.cert_file is not None or self.p12_file is not None
 
 
+class Shutdown(Model):
+    """SIGTERM: /readyz fails at once; new connections are still taken for ``delay`` seconds
+    (while Kubernetes removes the pod from endpoints), then in-flight requests get ``grace``."""
+
+    delay: float = Field(5.0, ge=0)
+    grace: float = Field(30.0, ge=0)
+
+
 class Timeouts(Model):
     connect: float = Field(10.0, gt=0)
     read: float = Field(60.0, gt=0)
@@ -282,6 +290,7 @@ class Config(BaseSettings):
 
     listen: Listen = Listen()
     log: Log = Log()
+    shutdown: Shutdown = Shutdown()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     passthrough: list[MatchHost] = []
 

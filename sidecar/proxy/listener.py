@@ -28,10 +28,31 @@ class ProxyHandler:
     ) -> None:
         self.upstreams = upstreams
         self._metrics = metrics
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._router = Router({name: u.config.match for name, u in upstreams.items()})
         self._passthrough = Router({"passthrough": passthrough}) if passthrough else None
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            return await self._handle(request)
+        finally:
+            self.inflight -= 1
+            if not self.inflight:
+                self._idle.set()
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait until no request is in progress; False if ``seconds`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "CONNECT":
             return await self._connect(request)
         if "Upgrade" in request.headers:

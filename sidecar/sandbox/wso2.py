@@ -561,8 +561,9 @@ class Wso2Gateway:
 
     @staticmethod
     def _token_body(row: _TokenRow, now: float) -> dict[str, Any]:
-        # Rounded down, as WSO2 does, so a client trusting it never uses a dead token.
-        expires_in = max(0, math.floor(row.access_expires_at - now))
+        # Rounded down, as WSO2 does, so a client trusting it never uses a dead token. The
+        # epsilon absorbs float error: a fresh 3600 s token must not report 3599.
+        expires_in = max(0, math.floor(row.access_expires_at - now + 1e-6))
         return {
             "access_token": row.access_token,
             "refresh_token": row.refresh_token,

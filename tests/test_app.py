@@ -1,0 +1,124 @@
+"""The sidecar process as operators run it: readiness, graceful SIGTERM, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from sidecar.sandbox.servers import SandboxStack
+
+
+class SidecarProcess:
+    """`sidecar run` as a child process, its JSON log lines collected."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        self.config_file = workdir / "sidecar.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.proxy = self.admin = ""
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "run", "--config", str(self.config_file),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )
+        self._reader = asyncio.create_task(self._read())
+        started = await self.wait_for("started")
+        self.proxy, self.admin = started["proxy"], started["admin"]
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            text = raw.decode(errors="replace")
+            self.raw.append(text)
+            try:
+                self.lines.append(json.loads(text))
+            except ValueError:
+                pass
+
+    async def wait_for(self, event: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line.get("event") == event:
+                    return line
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {event!r} in:\n{''.join(self.raw)}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with session.get(url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_readyz_before_token_and_after_sigterm_with_inflight_requests_finishing(
+    sandbox: SandboxStack, sidecar_config: dict[str, Any], tmp_path: Path
+) -> None:
+    sandbox.idp.latency = 1.0  # the first login takes a second: /readyz must say 503 meanwhile
+    config = sidecar_config | {"shutdown": {"delay": 0.5, "grace": 10}}
+    proc = SidecarProcess(config, tmp_path)
+    try:
+        await proc.start()
+        async with aiohttp.ClientSession() as session:
+            status, body = await _get(session, f"http://{proc.admin}/readyz")
+            assert status == 503 and body["missing"][0]["upstream"] == "moex-ntb"
+            await proc.wait_for("token_obtained")
+            status, _ = await _get(session, f"http://{proc.admin}/readyz")
+            assert status == 200
+
+            # A slow upload is in flight when SIGTERM arrives.
+            async def slow_body() -> Any:
+                for _ in range(20):
+                    yield os.urandom(1024)
+                    await asyncio.sleep(0.1)
+
+            upload = asyncio.create_task(
+                session.post(
+                    "http://api.moex.com/ntb/slow", data=slow_body(),
+                    proxy=f"http://{proc.proxy}",
+                )
+            )
+            await asyncio.sleep(0.3)
+            sent_at = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            status, body = await _get(session, f"http://{proc.admin}/readyz")
+            assert (status, body["status"]) == (503, "shutting down")
+            resp = await upload
+            assert resp.status == 200, "".join(proc.raw)
+            assert (await resp.json())["body_length"] == 20 * 1024
+            resp.release()
+        assert await proc.wait(timeout=15) == 0
+        assert time.monotonic() - sent_at < 10
+        assert any(line.get("event") == "draining" for line in proc.lines)
+    finally:
+        await proc.kill()
