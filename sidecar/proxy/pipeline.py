@@ -92,14 +92,14 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
     try:
         resp = await _send(ex, url, headers, token, first=True)
         if resp.status == 401 or resp.status in upstream.rejection.inspect_statuses:
-            inspected = await _inspect(resp, upstream)
-            rejected, code = upstream.rejection.token_rejected(resp.status, inspected)
-            if code is not None:
-                log.info("upstream_fault", upstream=upstream.name, status=resp.status,
-                         code=code, token_rejected=rejected, request_id=ex.request_id)
-            retry = await _fresh_token_for_replay(upstream, token, ex.body) if rejected else None
+            try:
+                inspected = await _inspect(resp, upstream)
+                retry = await _token_for_replay(ex, resp.status, inspected, token)
+            except BaseException:
+                upstream.client.release(resp, discard=True)
+                raise
             if retry is not None:
-                resp.close()
+                upstream.client.release(resp, discard=True)
                 ex.replayed, inspected = True, b""
                 upstream.metrics.replays.inc()
                 resp = await _send(ex, url, headers, retry, first=False)
@@ -113,7 +113,7 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
     try:
         return await _stream_back(ex, resp, inspected)
     finally:
-        resp.release()
+        upstream.client.release(resp)
 
 
 def _local_checks(ex: Exchange, length: int | None) -> web.Response | None:
@@ -178,11 +178,21 @@ async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> b
     return b"".join(chunks)
 
 
-async def _fresh_token_for_replay(
-    upstream: UpstreamRuntime, used: Token, body: RequestBody | None
+async def _token_for_replay(
+    ex: Exchange, status: int, inspected: bytes, used: Token
 ) -> Token | None:
-    """The token was refused: drop it (if still current) and get another, if a replay can work."""
+    """A fresh token when the answer says ours is dead and a replay can work; else None.
+
+    The dead token is dropped only if it is still the current one."""
+    upstream = ex.upstream
+    rejected, code = upstream.rejection.token_rejected(status, inspected)
+    if code is not None:
+        log.info("upstream_fault", upstream=upstream.name, status=status, code=code,
+                 token_rejected=rejected, request_id=ex.request_id)
+    if not rejected:
+        return None
     upstream.tokens.invalidate(used)
+    body = ex.body
     if body is not None and not body.replayable:
         log.info("replay_impossible", upstream=upstream.name, reason="body over replay_limit")
         return None

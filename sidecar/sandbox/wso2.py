@@ -53,7 +53,14 @@ _MAX_EVENTS = 10_000  # keep stats bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of dead token rows
 _SUPPORTED_GRANTS = ("password", "refresh_token")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_SETTINGS = ("access_ttl", "refresh_ttl", "latency", "fault_format", "max_message_bytes")
+_SETTINGS = (
+    "access_ttl",
+    "refresh_ttl",
+    "timestamp_skew",
+    "latency",
+    "fault_format",
+    "max_message_bytes",
+)
 _FAULT_FORMATS = ("json", "xml")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -339,6 +346,13 @@ def _seeded_messages() -> list[_Message]:
 class Wso2Gateway:
     """An in-memory WSO2 APIM 2.x gateway + key manager with the KISC messages API.
 
+    Token rules follow WSO2 Identity Server's grant handlers. There is one live token
+    row per consumer key, user and scope. A password grant returns that row's pair
+    while both tokens have more than 1 s left (after ``timestamp_skew``), with the
+    smaller ``expires_in``; otherwise it issues a new access token and keeps the old
+    refresh token if that outlives the new access token. A refresh grant uses up the
+    refresh token and issues a new pair.
+
     Settings are plain attributes read on every call, so tests and users can change
     them at runtime (``gw.access_ttl = 2``, ``gw.fault_format = "xml"``). ``latency``
     delays ``/token`` answers only.
@@ -356,6 +370,7 @@ class Wso2Gateway:
         users: Mapping[str, str] | None = None,
         access_ttl: float = 3600,
         refresh_ttl: float = 86400,
+        timestamp_skew: float = 0.0,
         latency: float = 0.0,
         fault_format: str = "json",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -367,6 +382,9 @@ class Wso2Gateway:
         self.users: dict[str, str] = dict(_DEFAULT_USERS if users is None else users)
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        # WSO2 subtracts this from the time left when deciding whether to hand back an
+        # existing token (identity.xml TimestampSkew; 300 s in a default install).
+        self.timestamp_skew = timestamp_skew
         self.latency = latency
         self.fault_format = fault_format
         self.max_message_bytes = max_message_bytes
@@ -536,12 +554,28 @@ class Wso2Gateway:
             if now >= row.access_expires_at and now >= row.refresh_expires_at
         ]
         for row in dead:
-            self._by_access.pop(row.access_token, None)
-            self._by_refresh.pop(row.refresh_token, None)
+            # A refresh token carried over to a newer row must stay reachable.
+            if self._by_access.get(row.access_token) is row:
+                del self._by_access[row.access_token]
+            if self._by_refresh.get(row.refresh_token) is row:
+                del self._by_refresh[row.refresh_token]
             if self._current.get(row.identity) is row:
                 del self._current[row.identity]
 
-    def _new_row(self, consumer_key: str, username: str, scope: str, now: float) -> _TokenRow:
+    def _time_left(self, expires_at: float, now: float) -> float:
+        """WSO2's remaining validity: minus the timestamp skew, and 0 unless over 1 s."""
+        left = expires_at - now - self.timestamp_skew
+        return left if left > 1.0 else 0.0
+
+    def _new_row(
+        self,
+        consumer_key: str,
+        username: str,
+        scope: str,
+        now: float,
+        *,
+        keep_refresh_of: _TokenRow | None = None,
+    ) -> _TokenRow:
         previous = self._current.get((consumer_key, username, _scope_key(scope)))
         if previous is not None and previous.state == _ACTIVE:
             previous.state = _REVOKED  # one ACTIVE row per consumer, user and scope
@@ -554,16 +588,19 @@ class Wso2Gateway:
             access_expires_at=now + max(0.0, float(self.access_ttl)),
             refresh_expires_at=now + max(0.0, float(self.refresh_ttl)),
         )
+        if keep_refresh_of is not None:
+            # The new access token inherits the old, still-valid refresh token as is.
+            row.refresh_token = keep_refresh_of.refresh_token
+            row.refresh_expires_at = keep_refresh_of.refresh_expires_at
         self._by_access[row.access_token] = row
         self._by_refresh[row.refresh_token] = row
         self._current[row.identity] = row
         return row
 
     @staticmethod
-    def _token_body(row: _TokenRow, now: float) -> dict[str, Any]:
-        # Rounded down, as WSO2 does, so a client trusting it never uses a dead token. The
-        # epsilon absorbs float error: a fresh 3600 s token must not report 3599.
-        expires_in = max(0, math.floor(row.access_expires_at - now + 1e-6))
+    def _token_body(row: _TokenRow, seconds_left: float) -> dict[str, Any]:
+        # Whole seconds, rounded down as WSO2 does (milliseconds / 1000).
+        expires_in = max(0, math.floor(seconds_left))
         return {
             "access_token": row.access_token,
             "refresh_token": row.refresh_token,
@@ -613,15 +650,19 @@ class Wso2Gateway:
         now = time.monotonic()
         self._prune(now)
         existing = self._current.get((consumer_key, username, _scope_key(scope)))
-        if (
-            existing is not None
-            and existing.state == _ACTIVE
-            and now < existing.access_expires_at
-            and now < existing.refresh_expires_at
-        ):
-            # WSO2 hands back the still-valid pair, with less time left.
-            return self._token_body(existing, now)
-        return self._token_body(self._new_row(consumer_key, username, scope, now), now)
+        keep_refresh = False
+        if existing is not None and existing.state == _ACTIVE:
+            access_left = self._time_left(existing.access_expires_at, now)
+            refresh_left = self._time_left(existing.refresh_expires_at, now)
+            if access_left > 0 and refresh_left > 0:
+                # WSO2 hands back the still-valid pair, with less time left.
+                pass
+            # A new access token; the refresh token survives if it outlives the new one.
+            keep_refresh = refresh_left > float(self.access_ttl)
+        row = self._new_row(
+            consumer_key, username, scope, now, keep_refresh_of=existing if keep_refresh else None
+        )
+        return self._token_body(row, float(self.access_ttl))
 
     def _refresh_grant(self, form: Mapping[str, str], consumer_key: str) -> dict[str, Any]:
         not_found = OAuthError(400, "invalid_grant", "Persisted access token data not found")
@@ -638,7 +679,7 @@ class Wso2Gateway:
         # RenewRefreshTokenForRefreshGrant=true: the old pair dies, a new one is issued.
         row.state = _REFRESHED
         new = self._new_row(consumer_key, row.username, row.scope, now)
-        return self._token_body(new, now)
+        return self._token_body(new, float(self.access_ttl))
 
     def _grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
         try:
