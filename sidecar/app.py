@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from sidecar import logs
 from sidecar.admin import admin_app
 from sidecar.auth import rejection_policy, token_source
-from sidecar.config import Config, parse_host_port
+from sidecar.config import Config, Upstream, parse_host_port
+from sidecar.config.models import Tls
 from sidecar.metrics import Metrics
 from sidecar.proxy.forward import UpstreamClient
 from sidecar.proxy.listener import ProxyHandler, start_listener
@@ -30,6 +36,7 @@ class Sidecar:
         self._admin: web.AppRunner | None = None
         self._handler: ProxyHandler | None = None
         self._cert_watch: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.proxy_port = 0
         self.admin_port = 0
         self.draining = False  # set by SIGTERM: /readyz fails so traffic moves elsewhere
@@ -38,20 +45,7 @@ class Sidecar:
     async def start(self) -> None:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
         for name, cfg in self.config.upstreams.items():
-            ctx = client_context(cfg.tls)
-            metrics = self.metrics.for_upstream(name)
-            cert = client_identity(cfg.tls)
-            if cert is not None:
-                metrics.client_cert_expiry.set(cert.not_after.timestamp())
-            self.upstreams[name] = UpstreamRuntime(
-                name=name,
-                config=cfg,
-                client=UpstreamClient(ctx, cfg.timeouts),
-                tokens=token_source(name, cfg, ctx, metrics),
-                rejection=rejection_policy(cfg),
-                metrics=metrics,
-                client_cert=cert,
-            )
+            self.upstreams[name] = self._build(name, cfg)
         for runtime in self.upstreams.values():
             if runtime.config.eager:
                 await runtime.tokens.start()
@@ -76,6 +70,75 @@ class Sidecar:
             admin=f"{ahost}:{self.admin_port}",
             upstreams=sorted(self.upstreams),
         )
+
+    def _build(self, name: str, cfg: Upstream) -> UpstreamRuntime:
+        ctx = client_context(cfg.tls)
+        metrics = self.metrics.for_upstream(name)
+        runtime = UpstreamRuntime(
+            name=name,
+            config=cfg,
+            client=UpstreamClient(ctx, cfg.timeouts),
+            tokens=token_source(name, cfg, ctx, metrics),
+            rejection=rejection_policy(cfg),
+            metrics=metrics,
+        )
+        runtime.set_client_cert(client_identity(cfg.tls))
+        return runtime
+
+    async def apply(self, new: Config, changed_files: set[Path] | None = None) -> None:
+        """Switch to a new config without dropping requests. Everything new is built first,
+        so a bad certificate rejects the whole reload and the old config stays.
+
+        Unchanged upstreams keep their token; when their TLS files changed (a rotated
+        certificate under the same path) new connections use the new material."""
+        built: dict[str, UpstreamRuntime] = {}
+        renewals: list[tuple[UpstreamRuntime, ssl.SSLContext, ssl.SSLContext]] = []
+        try:
+            for name, cfg in new.upstreams.items():
+                current = self.upstreams.get(name)
+                if current is None or current.config != cfg:
+                    built[name] = self._build(name, cfg)
+                elif _tls_touched(cfg, changed_files):
+                    ctx = client_context(cfg.tls)
+                    auth_tls = getattr(cfg.auth, "tls", None)
+                    renewals.append((current, ctx, client_context(auth_tls) if auth_tls else ctx))
+        except BaseException:
+            for runtime in built.values():
+                await runtime.close()
+            raise
+
+        for runtime, ctx, auth_ctx in renewals:
+            runtime.client.renew_tls(ctx)
+            runtime.tokens.renew_tls(auth_ctx)
+            runtime.set_client_cert(client_identity(runtime.config.tls))
+            log.info("tls_renewed", upstream=runtime.name)
+        retired = [rt for n, rt in self.upstreams.items() if n not in new.upstreams or n in built]
+        for name in [n for n in self.upstreams if n not in new.upstreams]:
+            del self.upstreams[name]
+        self.upstreams.update(built)
+        if self._handler is not None:
+            self._handler.update(self.upstreams, list(new.passthrough))
+        for runtime in built.values():
+            if runtime.config.eager:
+                await runtime.tokens.start()
+        for runtime in retired:
+            self._later(runtime.close_when_idle())
+        if new.listen != self.config.listen:
+            log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
+        self.config = new
+        logs.configure_for(new)  # a new log level, and new secrets to keep out of logs
+        self.check_certificates()
+        log.info(
+            "config_applied",
+            rebuilt=sorted(built),
+            renewed=sorted(r.name for r, _, _ in renewals),
+            removed=sorted(r.name for r in retired if r.name not in new.upstreams),
+        )
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def check_certificates(self) -> None:
         """Warn while a client certificate is close to its end (KISC's live 14 days)."""
@@ -125,4 +188,20 @@ class Sidecar:
             await self._admin.cleanup()
         for runtime in self.upstreams.values():
             await runtime.close()
+        for task in list(self._background):
+            task.cancel()
         log.info("stopped")
+
+
+def _tls_files(tls: Tls | None) -> set[Path]:
+    if tls is None:
+        return set()
+    return {p for p in (tls.ca_file, tls.cert_file, tls.key_file, tls.p12_file) if p is not None}
+
+
+def _tls_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
+    """Whether the upstream's TLS material may have changed (None: unknown, assume so)."""
+    if changed_files is None:
+        return True
+    files = _tls_files(cfg.tls) | _tls_files(getattr(cfg.auth, "tls", None))
+    return bool(files & changed_files)

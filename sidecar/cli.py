@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
             return 0
         if args.command == "run":
-            config = load_config(args.config)
-            _configure_logs(config)
-            return _run_until_signalled(lambda signals: _serve(config, signals))
+            path = args.config or os.environ.get("SIDECAR_CONFIG", "")
+            config = load_config(path)
+            logs.configure_for(config)
+            return _run_until_signalled(lambda signals: _serve(config, path, signals))
         from sidecar.sandbox.demo import run_sandbox
 
         logs.configure("info", "console")
@@ -69,23 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _configure_logs(config: Config) -> None:
-    secrets: list[str] = []
-
-    def collect(value: object) -> None:
-        if hasattr(value, "get_secret_value"):
-            secrets.append(value.get_secret_value())
-        elif hasattr(value, "__dict__") and hasattr(value, "model_fields"):
-            for name in type(value).model_fields:
-                collect(getattr(value, name))
-        elif isinstance(value, dict):
-            for v in value.values():
-                collect(v)
-
-    collect(config)
-    logs.configure(config.log.level, config.log.format, secrets)
-
-
 class Signals:
     """What the process was told: SIGTERM drains gracefully, SIGINT (Ctrl-C) stops now."""
 
@@ -101,13 +86,21 @@ class Signals:
         self.stop.set()
 
 
-async def _serve(config: Config, signals: Signals) -> None:
+async def _serve(config: Config, config_path: str, signals: Signals) -> None:
     from sidecar.app import Sidecar
+    from sidecar.reload import Reloader
 
     sidecar = Sidecar(config)
+    reloader = Reloader(sidecar, config_path, interval=config.reload.interval)
     try:
         await sidecar.start()
+        if config.reload.watch:
+            reloader.start()
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: reloader.trigger("SIGHUP")
+        )
         await signals.stop.wait()
+        await reloader.stop()
         if signals.graceful:
             await sidecar.drain()
     finally:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 MASK = "***"
 _SECRET_KEYS = (
@@ -109,3 +110,21 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.getLevelName(level.upper()))
+
+
+def configure_for(config: Any) -> None:
+    """Configure from a sidecar Config, registering every secret in it for redaction."""
+    found: list[str] = []
+
+    def collect(value: object) -> None:
+        if hasattr(value, "get_secret_value"):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                collect(getattr(value, name))
+        elif isinstance(value, dict):
+            for v in value.values():
+                collect(v)
+
+    collect(config)
+    configure(config.log.level, config.log.format, found)

@@ -6,6 +6,7 @@ token manager (``auth/manager.py``); the request path only asks a :class:`TokenS
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -71,6 +72,8 @@ class AuthFlow(Protocol):
 
     async def refresh(self, refresh_token: str) -> Grant: ...
 
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -112,6 +115,10 @@ class TokenSource(Protocol):
     async def get(self) -> Token: ...
 
     def invalidate(self, token: Token) -> None: ...
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        """A rotated certificate: use it for the next IdP call (the token is kept)."""
+        ...
 
     def status(self) -> dict[str, object]: ...
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -106,6 +107,9 @@ class TokenManager:
             self._log.info("token_rejected_by_upstream")
             self._token = None
             self._wake.set()
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        self._flow.renew_tls(ssl_context)
 
     # -- life cycle ------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ reason fit for logs and for the app (never a token or a secret).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from typing import Any
@@ -26,8 +27,20 @@ class TokenEndpoint:
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        """New TLS material for the next call; the old session closes then (calls are single
+        flight, so none is using it by that time)."""
+        self._ssl = ssl_context
+        if self._session is not None:
+            self._retired.append(self._session)
+            self._session = None
 
     def _client(self) -> aiohttp.ClientSession:
+        for old in self._retired:
+            asyncio.get_running_loop().create_task(old.close())
+        self._retired.clear()
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
@@ -60,8 +73,9 @@ class TokenEndpoint:
             raise AuthError(f"{where}: connection failed ({_short(exc)})") from None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
 
 
 def parse_token_response(status: int, body: bytes, retry_after: str | None = None) -> Grant:
@@ -162,6 +176,9 @@ class OAuthFlow:
 
     async def refresh(self, refresh_token: str) -> Grant:
         return await self._post({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        self.endpoint.renew_tls(ssl_context)
 
     async def close(self) -> None:
         await self.endpoint.close()

@@ -7,6 +7,7 @@ Kubernetes updates a Secret volume by swapping a symlink, so the file is identif
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from pathlib import Path
 
@@ -81,6 +82,9 @@ class StaticToken:
             self._token = Token(value, math.inf, margin=0.0)
             log.info("static_token_loaded", upstream=self.upstream)
             self._report()
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        return None  # no IdP to talk to
 
     @property
     def ready(self) -> bool:

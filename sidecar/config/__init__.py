@@ -1,6 +1,12 @@
 """Configuration: models mirror the YAML contract one to one; the loader reads and checks it."""
 
-from sidecar.config.loader import ConfigError, load_config, redacted, validate_config
+from sidecar.config.loader import (
+    ConfigError,
+    load_config,
+    redacted,
+    referenced_files,
+    validate_config,
+)
 from sidecar.config.models import Config, Upstream, parse_host_port
 
 __all__ = [
@@ -10,5 +16,6 @@ __all__ = [
     "load_config",
     "parse_host_port",
     "redacted",
+    "referenced_files",
     "validate_config",
 ]

@@ -184,3 +184,25 @@ def redacted(config: Config) -> dict[str, Any]:
         return value
 
     return walk(config.model_dump())
+
+
+def referenced_files(path: str | Path, environ: Mapping[str, str] | None = None) -> set[Path]:
+    """The config file and every ``*_file`` it names (certificates, keys, secrets)."""
+    environ = os.environ if environ is None else environ
+    data = _read_yaml(Path(path))
+    apply_env_overrides(data, environ)
+    found = {Path(path)}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and key.endswith("_file") and isinstance(value, str):
+                    found.add(Path(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(data)
+    return found

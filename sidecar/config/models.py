@@ -164,6 +164,13 @@ class Shutdown(Model):
     grace: float = Field(30.0, ge=0)
 
 
+class Reload(Model):
+    """Watch the config file and the files it names; a change reloads (as SIGHUP does)."""
+
+    watch: bool = True
+    interval: float = Field(2.0, gt=0)
+
+
 class Timeouts(Model):
     connect: float = Field(10.0, gt=0)
     read: float = Field(60.0, gt=0)
@@ -291,6 +298,7 @@ class Config(BaseSettings):
     listen: Listen = Listen()
     log: Log = Log()
     shutdown: Shutdown = Shutdown()
+    reload: Reload = Reload()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     passthrough: list[MatchHost] = []
 

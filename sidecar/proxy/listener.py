@@ -26,11 +26,15 @@ class ProxyHandler:
     def __init__(
         self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str], metrics: Metrics
     ) -> None:
-        self.upstreams = upstreams
         self._metrics = metrics
+        self.update(upstreams, passthrough)
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def update(self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str]) -> None:
+        """Route by a (new) set of upstreams; requests in progress keep the ones they have."""
+        self.upstreams = upstreams
         self._router = Router({name: u.config.match for name, u in upstreams.items()})
         self._passthrough = Router({"passthrough": passthrough}) if passthrough else None
 

@@ -49,11 +49,13 @@ async def forward(
     request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
     ex = Exchange(request, upstream, path_qs, request_id)
     upstream.metrics.inflight.inc()
+    upstream.inflight += 1
     response: web.StreamResponse | None = None
     try:
         response = await _exchange(ex)
         return response
     finally:
+        upstream.inflight -= 1
         upstream.metrics.inflight.dec()
         _account(ex, response)
 

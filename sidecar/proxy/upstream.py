@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sidecar.auth.base import RejectionPolicy, TokenSource
@@ -20,6 +21,20 @@ class UpstreamRuntime:
     rejection: RejectionPolicy
     metrics: UpstreamMetrics
     client_cert: ClientIdentity | None = None
+    inflight: int = 0  # requests in progress, so a replaced upstream closes only when idle
+
+    def set_client_cert(self, cert: ClientIdentity | None) -> None:
+        self.client_cert = cert
+        if cert is not None:
+            self.metrics.client_cert_expiry.set(cert.not_after.timestamp())
+
+    async def close_when_idle(self, limit: float = 600.0) -> None:
+        """Close after the requests still using this upstream are done (a reload replaced it)."""
+        waited = 0.0
+        while self.inflight > 0 and waited < limit:
+            await asyncio.sleep(0.1)
+            waited += 0.1
+        await self.close()
 
     async def close(self) -> None:
         await self.tokens.close()

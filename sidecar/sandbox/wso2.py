@@ -382,8 +382,8 @@ class Wso2Gateway:
         self.users: dict[str, str] = dict(_DEFAULT_USERS if users is None else users)
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
-        # WSO2 subtracts this from the time left when deciding whether to hand back an
-        # existing token (identity.xml TimestampSkew; 300 s in a default install).
+        # WSO2 subtracts its TimestampSkew (identity.xml) from the time left when deciding
+        # whether to hand back an existing token; 0 here unless a test wants it.
         self.timestamp_skew = timestamp_skew
         self.latency = latency
         self.fault_format = fault_format
@@ -656,7 +656,7 @@ class Wso2Gateway:
             refresh_left = self._time_left(existing.refresh_expires_at, now)
             if access_left > 0 and refresh_left > 0:
                 # WSO2 hands back the still-valid pair, with less time left.
-                pass
+                return self._token_body(existing, access_left)
             # A new access token; the refresh token survives if it outlives the new one.
             keep_refresh = refresh_left > float(self.access_ttl)
         row = self._new_row(

@@ -48,6 +48,9 @@ class ScriptedFlow:
     async def refresh(self, refresh_token: str) -> Grant:
         return await self._call("refresh", self.refresh_answer)
 
+    def renew_tls(self, ssl_context: object) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

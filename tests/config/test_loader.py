@@ -475,7 +475,8 @@ def test_unknown_auth_type_lists_valid_ones() -> None:
     data = base()
     upstream(data)["auth"]["type"] = "oidc"
     assert problems_of(data) == [
-        f"{UP}.auth: unknown type 'oidc'; expected one of client_credentials, oidc_password, static"
+        f"{UP}.auth: unknown type 'oidc'; expected one of "
+        "client_credentials, oidc_password, static, wso2_password"
     ]
 
 
