@@ -14,7 +14,7 @@ from aiohttp import web
 
 from sidecar import logs
 from sidecar.admin import admin_app
-from sidecar.auth import rejection_policy, token_source
+from sidecar.auth import TokenSource, rejection_policy, token_source
 from sidecar.config import Config, Upstream, parse_host_port
 from sidecar.config.models import Tls
 from sidecar.metrics import Metrics
@@ -37,6 +37,7 @@ class Sidecar:
         self._handler: ProxyHandler | None = None
         self._cert_watch: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._retired: set[UpstreamRuntime] = set()  # replaced by a reload, still draining
         self.proxy_port = 0
         self.admin_port = 0
         self.draining = False  # set by SIGTERM: /readyz fails so traffic moves elsewhere
@@ -71,14 +72,16 @@ class Sidecar:
             upstreams=sorted(self.upstreams),
         )
 
-    def _build(self, name: str, cfg: Upstream) -> UpstreamRuntime:
+    def _build(
+        self, name: str, cfg: Upstream, tokens: TokenSource | None = None
+    ) -> UpstreamRuntime:
         ctx = client_context(cfg.tls)
         metrics = self.metrics.for_upstream(name)
         runtime = UpstreamRuntime(
             name=name,
             config=cfg,
             client=UpstreamClient(ctx, cfg.timeouts),
-            tokens=token_source(name, cfg, ctx, metrics),
+            tokens=tokens or token_source(name, cfg, ctx, metrics),
             rejection=rejection_policy(cfg),
             metrics=metrics,
         )
@@ -97,7 +100,12 @@ class Sidecar:
             for name, cfg in new.upstreams.items():
                 current = self.upstreams.get(name)
                 if current is None or current.config != cfg:
-                    built[name] = self._build(name, cfg)
+                    # Same credentials and TLS: hand the live token over, so one credential
+                    # never has two managers refreshing it (WSO2 refresh tokens are single-use).
+                    keep = current is not None and (current.config.auth, current.config.tls) == (
+                        cfg.auth, cfg.tls
+                    )
+                    built[name] = self._build(name, cfg, current.tokens if keep else None)
                 elif _tls_touched(cfg, changed_files):
                     ctx = client_context(cfg.tls)
                     auth_tls = getattr(cfg.auth, "tls", None)
@@ -122,7 +130,9 @@ class Sidecar:
             if runtime.config.eager:
                 await runtime.tokens.start()
         for runtime in retired:
-            self._later(runtime.close_when_idle())
+            handed_over = any(runtime.tokens is b.tokens for b in built.values())
+            self._retired.add(runtime)
+            self._later(self._retire(runtime, keep_tokens=handed_over))
         if new.listen != self.config.listen:
             log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
         self.config = new
@@ -134,6 +144,11 @@ class Sidecar:
             renewed=sorted(r.name for r, _, _ in renewals),
             removed=sorted(r.name for r in retired if r.name not in new.upstreams),
         )
+
+    async def _retire(self, runtime: UpstreamRuntime, *, keep_tokens: bool) -> None:
+        await runtime.wait_idle()
+        self._retired.discard(runtime)
+        await (runtime.client.close() if keep_tokens else runtime.close())
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -186,10 +201,15 @@ class Sidecar:
                 await self._server.shutdown(1.0)
         if self._admin is not None:
             await self._admin.cleanup()
-        for runtime in self.upstreams.values():
-            await runtime.close()
         for task in list(self._background):
             task.cancel()
+        live = list(self.upstreams.values())
+        for runtime in [*live, *self._retired]:
+            if any(runtime.tokens is r.tokens for r in live) and runtime not in live:
+                await runtime.client.close()  # its token source lives on in a live upstream
+            else:
+                await runtime.close()
+        self._retired.clear()
         log.info("stopped")
 
 

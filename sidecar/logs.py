@@ -16,17 +16,20 @@ import structlog
 from pydantic import BaseModel
 
 MASK = "***"
-_SECRET_KEYS = (
+# A key names a secret when it is one of these words or ends with one ("refresh_token"),
+# not when it merely contains one ("token_rejected", "token_url").
+_SECRET_WORDS = (
     "authorization",
     "password",
     "secret",
     "token",
     "cookie",
+    "set-cookie",
     "signature",
     "passphrase",
     "pin",
+    "certificate",
 )
-_SAFE_KEYS = {"token_url", "token_wait", "token_state", "tokens"}
 _MAX_DYNAMIC = 256  # tokens seen at run time; the oldest are long expired
 
 
@@ -52,8 +55,8 @@ secrets = SecretRegistry()
 
 
 def _is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return k not in _SAFE_KEYS and any(word in k for word in _SECRET_KEYS)
+    k = key.lower().replace("-", "_")
+    return any(k == w or k.endswith("_" + w) for w in _SECRET_WORDS)
 
 
 def _scrub(value: Any) -> Any:

@@ -44,10 +44,17 @@ class Token:
 class AuthError(Exception):
     """The IdP refused or failed. ``reason`` is safe to log and to show the app."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        refresh_token: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.refresh_token = refresh_token  # a rotated one in an otherwise unusable answer
 
 
 class InvalidGrant(AuthError):

@@ -38,6 +38,7 @@ log = structlog.get_logger("sidecar.auth")
 
 DEFAULT_LIFETIME = 300.0  # when the IdP states no expires_in and the token is not a JWT
 MIN_RENEWAL_GAP = 0.5  # two successful renewals are never closer than this: no busy loop
+MIN_ATTEMPT_GAP = 0.5  # nor are any two IdP attempts, whatever the IdP answers
 
 
 def renew_ahead(lifetime: float) -> float:
@@ -46,8 +47,8 @@ def renew_ahead(lifetime: float) -> float:
 
 
 def usable_margin(lifetime: float) -> float:
-    """A token is not sent in its last second (or last quarter, for very short tokens)."""
-    return min(1.0, 0.25 * lifetime)
+    """A token is not sent in its last second (DESIGN), or last half for tokens under 2 s."""
+    return min(1.0, 0.5 * lifetime)
 
 
 class TokenManager:
@@ -75,6 +76,7 @@ class TokenManager:
         self._refresh_token: str | None = None
         self._refresh_deadline: float | None = None
         self._renew_at = 0.0
+        self._last_attempt = -math.inf
         self._failures = 0
         self._retry_at = 0.0
         self._last_error: str | None = None
@@ -158,22 +160,31 @@ class TokenManager:
         return self._outcome
 
     def _due(self, now: float) -> float:
+        # However the IdP answers, two attempts are never closer than MIN_ATTEMPT_GAP.
+        floor = self._last_attempt + MIN_ATTEMPT_GAP
         if self._failures and now < self._retry_at:
-            return self._retry_at
+            return max(self._retry_at, floor)
         if self._token is None or not self._token.usable(now):
-            return now
-        return self._renew_at
+            return max(now, floor)
+        return max(self._renew_at, floor)
 
     async def _run(self) -> None:
         while True:
-            self._wake.clear()
-            now = self._clock()
-            due = self._due(now)
-            if due > now:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), due - now)
-                continue
-            await self._attempt()
+            try:
+                self._wake.clear()
+                now = self._clock()
+                due = self._due(now)
+                if due > now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), due - now)
+                    continue
+                self._last_attempt = now
+                await self._attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any bug: a dead loop is a dead pod
+                self._log.exception("token_loop_error")
+                await asyncio.sleep(1.0)
 
     async def _attempt(self) -> None:
         sent_at = self._clock()
@@ -215,6 +226,13 @@ class TokenManager:
                 self._events.token_fetched(grant, ok, self._clock() - started)
 
     def _accept(self, grant: Grant, sent_at: float) -> Token:
+        if grant.refresh_token:
+            # Kept first: a rotated refresh token is the only valid one now, even if the access
+            # token below turns out unusable.
+            logs.secrets.add(grant.refresh_token, dynamic=True)
+            self._refresh_token = grant.refresh_token
+            expires = grant.refresh_expires_in
+            self._refresh_deadline = sent_at + expires if expires else None
         lifetime = grant.expires_in
         if lifetime is None:
             exp = jwt.expiry(grant.access_token)
@@ -222,6 +240,11 @@ class TokenManager:
             if lifetime <= 0:
                 raise AuthError("IdP issued a token that has already expired")
         token = Token(grant.access_token, sent_at + lifetime, margin=usable_margin(lifetime))
+        if not token.usable(self._clock()):
+            raise AuthError(
+                f"IdP issued a token that expired before it could be used "
+                f"(lifetime {lifetime:g} s, the call took {self._clock() - sent_at:.2f} s)"
+            )
         previous = self._token
         renew_at = token.expires_at - renew_ahead(lifetime)
         if previous is not None and token.expires_at <= previous.expires_at + 0.001:
@@ -230,11 +253,6 @@ class TokenManager:
             renew_at = token.expires_at - token.margin
         self._renew_at = max(renew_at, self._clock() + min(MIN_RENEWAL_GAP, lifetime / 2))
         logs.secrets.add(grant.access_token, dynamic=True)
-        if grant.refresh_token:
-            logs.secrets.add(grant.refresh_token, dynamic=True)
-            self._refresh_token = grant.refresh_token
-            expires = grant.refresh_expires_in
-            self._refresh_deadline = sent_at + expires if expires else None
         return token
 
     def _settle(self, token: Token) -> None:
@@ -248,8 +266,13 @@ class TokenManager:
             outcome.set_result(token)
 
     def _fail(self, exc: AuthError) -> None:
+        if exc.refresh_token:
+            # The IdP rotated the refresh token even though the answer was unusable: the old
+            # one is spent, so keep the new one for the next attempt.
+            self._refresh_token = exc.refresh_token
         self._failures += 1
-        delay = min(self._backoff_cap, self._backoff_initial * 2 ** (self._failures - 1))
+        doublings = min(self._failures - 1, 30)  # 2**1024 would overflow a float
+        delay = min(self._backoff_cap, self._backoff_initial * 2**doublings)
         delay *= random.uniform(0.8, 1.0)  # jitter: pods that failed together spread out
         if exc.retry_after:
             delay = max(delay, min(exc.retry_after, 60.0))
@@ -261,7 +284,7 @@ class TokenManager:
             reason=exc.reason,
             consecutive_failures=self._failures,
             retry_in=round(delay, 2),
-            has_valid_token=self.ready,
+            serving_old_token=self.ready,
         )
         outcome, self._outcome = self._outcome, None
         if outcome is not None and not outcome.done():

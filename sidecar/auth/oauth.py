@@ -88,16 +88,21 @@ def parse_token_response(status: int, body: bytes, retry_after: str | None = Non
         raise _error(status, data, retry_after)
     if not isinstance(data, dict):
         raise AuthError("IdP answered 200 without a JSON object")
-    token = data.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise AuthError("IdP answered 200 without an access_token")
     refresh = data.get("refresh_token")
-    return Grant(
-        access_token=token,
-        expires_in=_seconds(data, "expires_in"),
-        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        refresh_expires_in=_seconds(data, "refresh_expires_in", allow_zero=True),
-    )
+    refresh = refresh if isinstance(refresh, str) and refresh else None
+    try:
+        token = data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise AuthError("IdP answered 200 without an access_token")
+        return Grant(
+            access_token=token,
+            expires_in=_seconds(data, "expires_in"),
+            refresh_token=refresh,
+            refresh_expires_in=_seconds(data, "refresh_expires_in", allow_zero=True),
+        )
+    except AuthError as exc:
+        exc.refresh_token = refresh
+        raise
 
 
 def _seconds(data: dict[str, Any], key: str, *, allow_zero: bool = False) -> float | None:

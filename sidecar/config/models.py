@@ -32,6 +32,9 @@ def _check_url(value: str) -> str:
         raise ValueError(
             f"not a valid URL: expected http:// or https:// with a host (got {value!r})"
         )
+    if url.user is not None or url.password is not None:
+        # Credentials in a URL would end up in /status and logs: they belong in secret fields.
+        raise ValueError("URL must not carry a user or password; use the auth secret fields")
     return value
 
 
@@ -78,7 +81,15 @@ def _check_match(value: str) -> str:
     host, _ = parse_host_port(value, default_port=0)
     if "/" in host or "@" in host or " " in host:
         raise ValueError(f"not a host or host:port: {value!r}")
-    return value.strip().lower()
+    return _strip_dot(value.strip().lower())
+
+
+def _strip_dot(value: str) -> str:
+    host, port = parse_host_port(value, default_port=0)
+    host = host.rstrip(".")
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
 
 
 HttpUrlStr = Annotated[str, AfterValidator(_check_url)]

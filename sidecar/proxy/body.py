@@ -47,9 +47,18 @@ class RequestBody:
         """The first send: kept bytes (if buffered) then the rest of the app's stream."""
         return self._from_start()
 
+    async def freeze(self) -> None:
+        """Stop the first send from reading more of the app's body (its upstream has already
+        answered), so that ``replayable`` is final and the replay starts from a known state."""
+        self._generation += 1  # the first send's iterator stops at its next step
+        await self._not_reading.wait()
+
     def replay(self) -> AsyncIterator[bytes]:
-        """A second send after a 401: the kept bytes, then whatever the app has not sent yet."""
-        self._generation += 1  # the first send's iterator stops reading the app's stream
+        """A second send after a 401: the kept bytes, then whatever the app has not sent yet.
+
+        Call :meth:`freeze` first; a body that was not kept whole cannot be replayed."""
+        if self._kept is None:
+            raise RuntimeError("body was not kept whole: it cannot be replayed")
         return self._from_start()
 
     async def _from_start(self) -> AsyncIterator[bytes]:

@@ -7,9 +7,11 @@ module only decides where a request goes, so a faster server can take its place 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from sidecar.config.models import parse_host_port
 from sidecar.metrics import NO_UPSTREAM, Metrics
@@ -94,10 +96,27 @@ class ProxyHandler:
         return await tunnel(request, host, port, connect_timeout=10.0)
 
 
+class ConnectionProtocol(RequestHandler):
+    """aiohttp's per-connection protocol, with one hook: a CONNECT tunnel decides what the
+    app's half-close (EOF) means, instead of aiohttp closing the connection."""
+
+    on_eof: Callable[[], bool] | None = None
+
+    def eof_received(self) -> bool | None:
+        if self.on_eof is not None:
+            return self.on_eof()
+        return super().eof_received()
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return ConnectionProtocol(self, loop=self._loop, **self._kwargs)
+
+
 async def start_listener(
     handler: ProxyHandler, host: str, port: int
 ) -> tuple[asyncio.Server, web.Server]:
-    server = web.Server(
+    server = _Server(
         handler,
         auto_decompress=False,  # bodies pass untouched
         access_log=None,

@@ -41,6 +41,7 @@ class Exchange:
     replayed: bool = False
     bytes_out: int = 0
     refused: str | None = None  # the sidecar's own error code, when it answered itself
+    broken: bool = False  # the upstream broke off mid-body; the app's connection was cut
 
 
 async def forward(
@@ -86,6 +87,10 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
                     ex, 413, "body_too_large",
                     f"chunked request body exceeds max_body {cfg.max_body}",
                 )
+            try:  # a slow upload may have outlived the token: check it again
+                token = await upstream.tokens.get()
+            except NoToken as exc:
+                return _no_token(ex, exc)
 
     url = URL(cfg.target + ex.path_qs, encoded=True)
     headers = upstream_headers(request.headers, cfg.headers, cfg.header_date)
@@ -195,6 +200,8 @@ async def _token_for_replay(
         return None
     upstream.tokens.invalidate(used)
     body = ex.body
+    if body is not None:
+        await body.freeze()
     if body is not None and not body.replayable:
         log.info("replay_impossible", upstream=upstream.name, reason="body over replay_limit")
         return None
@@ -208,8 +215,7 @@ async def _stream_back(
     ex: Exchange, resp: aiohttp.ClientResponse, already_read: bytes
 ) -> web.StreamResponse:
     request = ex.request
-    out = web.StreamResponse(status=resp.status, reason=resp.reason)
-    out.headers.extend(downstream_headers(resp.headers))
+    out = RelayedResponse(resp.status, resp.reason, downstream_headers(resp.headers))
     if REQUEST_ID not in out.headers:
         out.headers[REQUEST_ID] = ex.request_id
     await out.prepare(request)
@@ -225,6 +231,7 @@ async def _stream_back(
         # response rather than a short one that looks complete.
         log.warning("upstream_body_broken", upstream=ex.upstream.name,
                     reason=type(exc).__name__, request_id=ex.request_id)
+        ex.broken = True
         if request.transport is not None:
             request.transport.abort()
         return out
@@ -235,6 +242,8 @@ async def _stream_back(
 def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
     """The access line and the request metrics, once per request, whatever happened."""
     status = response.status if response is not None else 499  # the app went away
+    if ex.broken:
+        status = 502  # what the app got was a cut connection, not the upstream's status
     seconds = time.monotonic() - ex.started
     bytes_in = ex.body.bytes_read if ex.body is not None else 0
     metrics = ex.upstream.metrics
@@ -255,4 +264,24 @@ def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
         bytes_out=ex.bytes_out,
         replayed=ex.replayed,
         refused=ex.refused,
+        broken=ex.broken,
     )
+
+
+class RelayedResponse(web.StreamResponse):
+    """The upstream's status and headers as they were: aiohttp adds no Content-Type or
+    Server of its own, and keeps the Content-Length of a 304."""
+
+    def __init__(self, status: int, reason: str | None, headers: CIMultiDict[str]) -> None:
+        super().__init__(status=status, reason=reason)
+        self.headers.extend(headers)
+        self._from_upstream = {name.lower() for name in headers}
+        self._not_modified_length = headers.get("Content-Length") if status == 304 else None
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        for name in ("Content-Type", "Server"):
+            if name.lower() not in self._from_upstream:
+                self.headers.popall(name, None)
+        if self._not_modified_length is not None:
+            self.headers["Content-Length"] = self._not_modified_length

@@ -66,20 +66,47 @@ async def tunnel(
     log.info("tunnel_open", host=host, port=port)
     client.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
     to_remote = _ToRemote(writer, client)
-    request.protocol.set_parser(to_remote)  # from now on the app's bytes go to the remote
+    protocol = request.protocol
+    protocol.set_parser(to_remote)  # from now on the app's bytes go to the remote
+
+    def half_close() -> bool:
+        # The app finished sending: pass the EOF on and keep its side open for the answer
+        # (aiohttp would otherwise close the connection and cancel this handler).
+        to_remote.feed_eof()
+        return True
+
+    if hasattr(protocol, "on_eof"):  # the listener's ConnectionProtocol
+        protocol.on_eof = half_close
+    # Relay in its own task: the handler may be cancelled when the app goes away, and the
+    # relay must then still close the remote side cleanly.
+    relay = asyncio.get_running_loop().create_task(_relay_back(reader, writer, request))
+    try:
+        sent_back = await asyncio.shield(relay)
+    except asyncio.CancelledError:
+        relay.cancel()
+        raise
+    log.info("tunnel_closed", host=host, port=port, bytes_to_app=sent_back)
+    # The connection is gone; aiohttp's attempt to send this is absorbed as a closed connection.
+    return web.Response(status=200)
+
+
+async def _relay_back(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: web.BaseRequest
+) -> int:
+    """Remote → app until the remote closes; then both sides are closed."""
+    client = request.transport
     sent_back = 0
     try:
         while chunk := await reader.read(65536):
+            if client is None or client.is_closing():
+                break
             client.write(chunk)
             sent_back += len(chunk)
             await request.writer.drain()
-            if client.is_closing():
-                break
     except ConnectionError:
         pass
     finally:
         writer.close()
-        client.close()
-    log.info("tunnel_closed", host=host, port=port, bytes_to_app=sent_back)
-    # The connection is gone; aiohttp's attempt to send this is absorbed as a closed connection.
-    return web.Response(status=200)
+        if client is not None:
+            client.close()
+    return sent_back

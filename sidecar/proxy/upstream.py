@@ -12,7 +12,7 @@ from sidecar.proxy.forward import UpstreamClient
 from sidecar.tls import ClientIdentity
 
 
-@dataclass
+@dataclass(eq=False)
 class UpstreamRuntime:
     name: str
     config: Upstream
@@ -28,13 +28,12 @@ class UpstreamRuntime:
         if cert is not None:
             self.metrics.client_cert_expiry.set(cert.not_after.timestamp())
 
-    async def close_when_idle(self, limit: float = 600.0) -> None:
-        """Close after the requests still using this upstream are done (a reload replaced it)."""
+    async def wait_idle(self, limit: float = 600.0) -> None:
+        """Until the requests still using this upstream are done (a reload replaced it)."""
         waited = 0.0
         while self.inflight > 0 and waited < limit:
             await asyncio.sleep(0.1)
             waited += 0.1
-        await self.close()
 
     async def close(self) -> None:
         await self.tokens.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -208,3 +209,55 @@ async def test_zero_lifetime_answers_are_failures_not_loops(managers: list[Token
     await asyncio.sleep(0.3)
     assert flow.calls == ["login"]
     assert token.expires_at - time.monotonic() > 200
+
+
+async def test_backoff_survives_a_very_long_outage(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    m = manager(managers, flow, backoff_cap=5)
+    m._failures = 5000  # a day and more of failures: the doubling must not overflow
+    m._fail(AuthError("still down"))
+    assert m.status()["consecutive_failures"] == 5001
+    assert 0 < m._retry_after() <= 5
+
+
+async def test_token_dead_on_arrival_is_a_failure_not_a_loop(
+    managers: list[TokenManager],
+) -> None:
+    flow = ScriptedFlow(latency=0.8)
+    flow.login_answer = lambda n: Grant(f"a{n}", 1, None, None)  # 1 s token, 0.8 s to get it
+    m = manager(managers, flow, backoff_cap=1, token_wait=0.5)
+    with pytest.raises(NoToken) as caught:
+        await m.get()
+    await asyncio.sleep(3)
+    assert "expired before it could be used" in (m.status()["last_error"] or caught.value.reason)
+    assert len(flow.calls) <= 4, flow.calls
+
+
+async def test_tiny_lifetimes_cannot_make_the_loop_spin(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", 0.01, None, None)
+    m = manager(managers, flow, token_wait=0.2)
+    with contextlib.suppress(NoToken):
+        await m.get()
+    await asyncio.sleep(2)
+    assert len(flow.calls) <= 5, len(flow.calls)  # at most one attempt per 0.5 s
+
+
+async def test_rotated_refresh_token_is_kept_from_an_unusable_answer(
+    managers: list[TokenManager],
+) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant("a1", 2, "r-first", 60)
+    used: list[str] = []
+
+    async def refresh(token: str) -> Grant:
+        used.append(token)
+        if len(used) == 1:  # rotated, but the access token part is unusable
+            raise AuthError("IdP answered an unusable expires_in: 0", refresh_token="r-second")
+        return Grant("a2", 300, "r-third", 60)
+
+    flow.refresh = refresh  # type: ignore[method-assign]
+    m = manager(managers, flow, backoff_cap=0.5)
+    await m.get()
+    await asyncio.sleep(2.5)
+    assert used[:2] == ["r-first", "r-second"]

@@ -828,3 +828,18 @@ def test_redacted_masks_every_secret(tmp_path: Path, files: Files) -> None:
     assert ups["moex-ntb"]["tls"]["cert_file"] == str(files.cert)
     assert ups["moex-ntb"]["auth"]["username"] == "trader"
     assert FILE_TOKEN not in repr(config) and PASSWORD not in repr(config)
+
+
+def test_credentials_in_urls_are_refused() -> None:
+    data = base()
+    upstream(data)["target"] = "https://svc:hunter2@api.moex.com"
+    with pytest.raises(ConfigError) as info:
+        validate_config(data)
+    line = the_problem(info.value.problems, f"{UP}.target: ")
+    assert "user or password" in line and "hunter2" not in str(info.value)
+
+
+def test_match_entries_lose_a_trailing_dot() -> None:
+    data = base()
+    upstream(data)["match"] = ["API.moex.com.", "ax.kisc.kz.:8243"]
+    assert validate_config(data).upstreams["moex-ntb"].match == ["api.moex.com", "ax.kisc.kz:8243"]

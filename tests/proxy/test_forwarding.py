@@ -16,7 +16,7 @@ import requests
 from sidecar.app import Sidecar
 from sidecar.sandbox.ntb import download_sha256
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import proxy_url
+from tests.conftest import SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 
@@ -145,3 +145,45 @@ async def test_origin_form_routes_by_host(sandbox: SandboxStack, sidecar: Sideca
     seen = json.loads(result.stdout)
     assert seen["path"] == "/ntb/direct" and seen["query"] == "a=1"
     assert seen["headers"]["host"] == sandbox.api_url.removeprefix("https://")
+
+
+async def test_response_headers_pass_as_sent(make_sidecar: SidecarFactory) -> None:
+    """No Content-Type or Server is invented; a 304 keeps its Content-Length."""
+    answers = {
+        b"/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 1\r\n\r\nhi",
+        b"/304": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"v1\"\r\n\r\n",
+    }
+
+    async def raw_api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            path = line.split(b" ")[1]
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            writer.write(answers[path])
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(raw_api, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sidecar = await make_sidecar({"target": f"http://127.0.0.1:{port}"})
+        plain = await _raw_request(sidecar.proxy_port, "/plain")
+        not_modified = await _raw_request(sidecar.proxy_port, "/304")
+    finally:
+        server.close()
+    head, _, body = plain.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"hi"
+    assert b"\r\nx-up: 1" in head.lower()
+    assert b"content-type" not in head.lower() and b"\r\nserver:" not in head.lower()
+    assert b"\r\ncontent-length: 1234" in not_modified.lower()
+
+
+async def _raw_request(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET http://api.moex.com{path} HTTP/1.1\r\nHost: api.moex.com\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data

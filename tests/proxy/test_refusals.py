@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 
 from sidecar.sandbox.servers import SandboxStack
@@ -116,3 +117,30 @@ async def test_passthrough_connect_tunnels_tls_untouched(
     assert code == "401"
     assert json.loads(body) == {"error": "invalid_token"}
     assert sandbox.ntb.stats()["rejected"] == 1
+
+
+async def test_passthrough_tunnel_survives_half_close(make_sidecar: SidecarFactory) -> None:
+    """The app sends everything and shuts its write side; the answer still comes back whole."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sidecar = await make_sidecar(passthrough=[f"127.0.0.1:{port}"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        payload = os.urandom(5_000_000)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        echoed = await asyncio.wait_for(reader.read(), 20)
+        writer.close()
+    finally:
+        server.close()
+    assert len(echoed) == len(payload) and echoed == payload
