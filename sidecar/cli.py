@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("--admin-port", type=int, default=9090)
     sandbox.add_argument("--idp-port", type=int, default=8443, help="emulated MOEX SSO")
     sandbox.add_argument("--api-port", type=int, default=8444, help="emulated MOEX NTB API")
+    sandbox.add_argument("--kisc-port", type=int, default=8243, help="emulated KISC gateway")
     args = parser.parse_args(argv)
 
     try:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_until_signalled(
             lambda signals: run_sandbox(
                 where, signals.stop, proxy_port=args.proxy_port, admin_port=args.admin_port,
-                idp_port=args.idp_port, api_port=args.api_port,
+                idp_port=args.idp_port, api_port=args.api_port, kisc_port=args.kisc_port,
             )
         )
     except ConfigError as exc:

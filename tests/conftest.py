@@ -12,8 +12,10 @@ import pytest
 from sidecar import logs
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
-from sidecar.sandbox.demo import sandbox_config
-from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
+from sidecar.sandbox.demo import kisc_upstream, sandbox_config
+from sidecar.sandbox.pki import Pki
+from sidecar.sandbox.servers import SandboxStack, TlsServer, start_sandbox, stop_sandbox
+from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
 
 SidecarFactory = Callable[..., Awaitable[Sidecar]]
 
@@ -71,6 +73,32 @@ async def make_sidecar(sidecar_config: dict[str, Any]) -> AsyncIterator[SidecarF
 @pytest.fixture
 async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
     return await make_sidecar()
+
+
+class Kisc:
+    def __init__(self, gateway: Wso2Gateway, server: TlsServer, pki: Pki) -> None:
+        self.gateway, self.server, self.pki = gateway, server, pki
+
+
+@pytest.fixture
+async def kisc(sandbox: SandboxStack) -> AsyncIterator[Kisc]:
+    gateway, server = await start_wso2(sandbox.pki)
+    try:
+        yield Kisc(gateway, server, sandbox.pki)
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def kisc_config(kisc: Kisc, tmp_path: Path) -> dict[str, Any]:
+    return kisc_upstream(
+        kisc.gateway, kisc.server.url, kisc.pki, issue_kisc_client(kisc.pki), tmp_path / "kisc"
+    )
+
+
+@pytest.fixture
+async def kisc_sidecar(make_sidecar: SidecarFactory, kisc_config: dict[str, Any]) -> Sidecar:
+    return await make_sidecar(upstreams={"kisc": kisc_config})
 
 
 def proxy_url(sidecar: Sidecar) -> str:

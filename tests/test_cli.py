@@ -56,7 +56,7 @@ class Running:
 def sandbox_process(tmp_path: Path) -> Iterator[Running]:
     running = Running(
         ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0",
-         "--idp-port", "0", "--api-port", "0"],
+         "--idp-port", "0", "--api-port", "0", "--kisc-port", "0"],
         tmp_path,
     )
     try:
@@ -132,7 +132,7 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
     repo = Path(__file__).resolve().parents[1]
     running = Running(
         ["sandbox", "--dir", ".sandbox", "--proxy-port", "0", "--admin-port", "0",
-         "--idp-port", "0", "--api-port", "0"],
+         "--idp-port", "0", "--api-port", "0", "--kisc-port", "0"],
         tmp_path,
     )
     try:
@@ -146,5 +146,36 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
     finally:
         running.stop()
     assert result.returncode == 0, result.stderr
-    for path in ("pki/ca.crt", "pki/sidecar.crt", "pki/sidecar.key", "secrets/ntb-password"):
+    for path in ("pki/ca.crt", "pki/sidecar.crt", "pki/sidecar.key", "secrets/ntb-password",
+                 "pki/kisc-client-bank-user.p12", "secrets/kisc-p12-password",
+                 "secrets/kisc-consumer-secret", "secrets/kisc-password"):
         assert path in written
+
+
+def test_kisc_example_is_valid(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from sidecar.sandbox.pki import Pki
+
+    repo = Path(__file__).resolve().parents[1]
+    pki = Pki(tmp_path / "pki")
+    client = pki.issue_client("kisc", "bank-user")
+    secret = tmp_path / "secret"
+    secret.write_text(client.p12_password)
+    assert pkcs12.load_key_and_certificates(
+        client.p12_file.read_bytes(), client.p12_password.encode()
+    )[0] is not None
+    prefix = "SIDECAR_UPSTREAMS__KISC__"
+    env = _env() | {
+        f"{prefix}TLS__CA_FILE": str(pki.ca_file),
+        f"{prefix}TLS__P12_FILE": str(client.p12_file),
+        f"{prefix}TLS__P12_PASSWORD_FILE": str(secret),
+        f"{prefix}AUTH__CONSUMER_SECRET_FILE": str(secret),
+        f"{prefix}AUTH__PASSWORD_FILE": str(secret),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--config", str(repo / "config/kisc.yaml")],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wso2_password" in result.stdout and client.p12_password not in result.stdout

@@ -7,6 +7,7 @@ reason fit for logs and for the app (never a token or a secret).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 from typing import Any
@@ -48,14 +49,14 @@ class TokenEndpoint:
             )
         return self._session
 
-    async def request_token(
-        self, form: dict[str, str], basic: aiohttp.BasicAuth | None = None
-    ) -> Grant:
+    async def request_token(self, form: dict[str, str], authorization: str | None = None) -> Grant:
         where = f"IdP {self.url.host}"
         try:
+            headers = {"Accept": "application/json"}
+            if authorization:
+                headers["Authorization"] = authorization
             async with self._client().post(
-                self.url, data=form, auth=basic, headers={"Accept": "application/json"},
-                allow_redirects=False,
+                self.url, data=form, headers=headers, allow_redirects=False
             ) as resp:
                 body = await resp.read()
                 return parse_token_response(resp.status, body, resp.headers.get("Retry-After"))
@@ -167,7 +168,9 @@ class OAuthFlow:
         self.client_secret = client_secret
         self.scope = scope
         self._basic = (
-            aiohttp.BasicAuth(client_id, client_secret or "") if basic_auth and client_id else None
+            basic_authorization(client_id, client_secret or "")
+            if basic_auth and client_id
+            else None
         )
 
     async def _post(self, form: dict[str, str]) -> Grant:
@@ -187,3 +190,8 @@ class OAuthFlow:
 
     async def close(self) -> None:
         await self.endpoint.close()
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """``Basic base64(user:password)``, as WSO2's token endpoint and ``curl -u`` send it."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")

@@ -137,6 +137,8 @@ class KeycloakEmulator:
 
         self._key = secrets.token_bytes(32)
         self._kid = secrets.token_hex(8)
+        # Every token handed out (bounded), so a test can check none of them leaked anywhere.
+        self.issued: deque[str] = deque(maxlen=_MAX_EVENTS)
         self._sessions: dict[str, _Session] = {}
         self._access: dict[str, _AccessRecord] = {}
         self._refresh: dict[str, _RefreshRecord] = {}
@@ -379,6 +381,9 @@ class KeycloakEmulator:
                 "preferred_username": session.username,
             }
             body["id_token"] = self._sign(id_claims)
+        self.issued.extend(
+            body[k] for k in ("access_token", "refresh_token", "id_token") if k in body
+        )
         return body
 
     # -- grants ----------------------------------------------------------------------------

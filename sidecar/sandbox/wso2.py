@@ -389,6 +389,8 @@ class Wso2Gateway:
         self.fault_format = fault_format
         self.max_message_bytes = max_message_bytes
 
+        # Every token handed out (bounded), so a test can check none of them leaked anywhere.
+        self.issued: deque[str] = deque(maxlen=_MAX_EVENTS)
         self._by_access: dict[str, _TokenRow] = {}
         self._by_refresh: dict[str, _TokenRow] = {}
         self._current: dict[tuple[str, str, str], _TokenRow] = {}
@@ -597,10 +599,10 @@ class Wso2Gateway:
         self._current[row.identity] = row
         return row
 
-    @staticmethod
-    def _token_body(row: _TokenRow, seconds_left: float) -> dict[str, Any]:
+    def _token_body(self, row: _TokenRow, seconds_left: float) -> dict[str, Any]:
         # Whole seconds, rounded down as WSO2 does (milliseconds / 1000).
         expires_in = max(0, math.floor(seconds_left))
+        self.issued.extend((row.access_token, row.refresh_token))
         return {
             "access_token": row.access_token,
             "refresh_token": row.refresh_token,
