@@ -12,13 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
-# Tools the tests drive as real clients; installed from Debian when missing.
+# Tools the tests drive as real programs, installed from Debian when missing:
+# curl and openssl as clients, promtool (package prometheus) to check the metrics exposition.
 system-deps:
-	@missing=""; for t in curl openssl; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; \
+	for pair in curl:curl openssl:openssl promtool:prometheus; do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; fi; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 run: $(STAMP)

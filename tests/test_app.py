@@ -122,3 +122,32 @@ async def test_readyz_before_token_and_after_sigterm_with_inflight_requests_fini
         assert any(line.get("event") == "draining" for line in proc.lines)
     finally:
         await proc.kill()
+
+
+async def test_request_id_is_kept_or_made_and_status_shows_each_upstream(
+    sandbox: SandboxStack, make_sidecar: Any
+) -> None:
+    from tests.conftest import proxy_url
+
+    sidecar = await make_sidecar()
+    async with aiohttp.ClientSession() as session:
+        async with session.get("http://api.moex.com/ntb/rid", proxy=proxy_url(sidecar),
+                               headers={"X-Request-ID": "app-chosen-42"}) as resp:
+            seen = await resp.json()
+            assert resp.headers["X-Request-ID"] == "app-chosen-42"
+        assert seen["headers"]["x-request-id"] == "app-chosen-42"
+        async with session.get("http://api.moex.com/ntb/rid", proxy=proxy_url(sidecar)) as resp:
+            made = resp.headers["X-Request-ID"]
+            assert (await resp.json())["headers"]["x-request-id"] == made
+        assert len(made) == 32
+        async with session.get("http://nowhere.example/", proxy=proxy_url(sidecar)) as resp:
+            assert resp.status == 403
+        status, body = await _get(session, f"http://127.0.0.1:{sidecar.admin_port}/status")
+    assert status == 200
+    ntb = body["upstreams"]["moex-ntb"]
+    assert ntb["token"]["state"] == "valid"
+    assert 250 < ntb["token"]["expires_in"] <= 300
+    assert ntb["token"]["last_success"] is not None
+    assert ntb["token"]["consecutive_failures"] == 0 and ntb["token"]["last_error"] is None
+    assert "CN=sidecar" in ntb["client_cert"]["subject"] and ntb["client_cert"]["days_left"] > 20
+    assert "eyJ" not in json.dumps(body)

@@ -1,0 +1,114 @@
+"""/metrics after traffic of every kind: promtool accepts it and the counters match the traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.sandbox.servers import SandboxStack
+from tests.conftest import Kisc, SidecarFactory, proxy_url
+
+NTB = "http://api.moex.com/ntb"
+KISC = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(scrape: dict[Any, float], name: str, **labels: str) -> float:
+    return scrape.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_after_every_kind_of_traffic(
+    sandbox: SandboxStack, kisc: Kisc, make_sidecar: SidecarFactory,
+    kisc_config: dict[str, Any],
+) -> None:
+    dead_idp = {
+        "match": ["dead.example"], "target": sandbox.api_url, "eager": False,
+        "tls": {"ca_file": str(sandbox.pki.ca_file)},
+        "timeouts": {"token_wait": 2},
+        "auth": {"type": "client_credentials", "token_url": "https://127.0.0.1:1/token",
+                 "client_id": "c", "client_secret": "s"},
+    }
+    sidecar = await make_sidecar(
+        {"max_body": 4096},
+        upstreams={"kisc": kisc_config, "dead": dead_idp},
+        passthrough=[],
+    )
+    proxy = proxy_url(sidecar)
+    async with aiohttp.ClientSession() as session:
+
+        async def call(method: str, url: str, **kw: Any) -> int:
+            async with session.request(method, url, proxy=proxy, **kw) as resp:
+                await resp.read()
+                return resp.status
+
+        assert [await call("GET", f"{NTB}/m/{i}") for i in range(5)] == [200] * 5
+        assert await call("POST", f"{NTB}/m", data=b"x" * 1000) == 200
+        assert await call("POST", f"{NTB}/m", data=b"x" * 5000) == 413
+        sandbox.idp.revoke_sessions()
+        assert await call("POST", f"{NTB}/replayed", data=b"y" * 100) == 200
+        assert await call("GET", "http://nowhere.example/") == 403
+        assert await call("POST", KISC, data=b"<Doc/>") == 400
+        assert await call("POST", KISC, data=b"<Doc/>",
+                          headers={"x-idempotency-key": "M-1"}) == 202
+        assert await call("GET", "http://dead.example/x") == 503
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+        writer.write(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        assert (await reader.read(100)).startswith(b"HTTP/1.1 403")
+        writer.close()
+        async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/metrics") as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = await resp.text()
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make system-deps` installs it (Debian prometheus)")
+    check = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    said, _ = await check.communicate(text.encode())
+    assert check.returncode == 0 and said == b"", said.decode()
+
+    m = samples(text)
+    assert value(m, "sidecar_requests_total", upstream="moex-ntb", method="GET", code="200") == 5
+    assert value(m, "sidecar_requests_total", upstream="moex-ntb", method="POST", code="200") == 2
+    assert value(m, "sidecar_requests_total", upstream="moex-ntb", method="POST", code="413") == 1
+    assert value(m, "sidecar_requests_total", upstream="kisc", method="POST", code="202") == 1
+    assert value(m, "sidecar_requests_total", upstream="dead", method="GET", code="503") == 1
+    assert value(m, "sidecar_request_duration_seconds_count", upstream="moex-ntb") == 8
+    assert value(m, "sidecar_request_body_bytes_total", upstream="moex-ntb") == 1100
+    assert value(m, "sidecar_auth_replays_total", upstream="moex-ntb") == 1
+    assert value(m, "sidecar_local_rejections_total", upstream="none", reason="unknown_host") == 1
+    assert value(m, "sidecar_local_rejections_total", upstream="none",
+                 reason="connect_refused") == 1
+    assert value(m, "sidecar_local_rejections_total", upstream="moex-ntb",
+                 reason="body_too_large") == 1
+    assert value(m, "sidecar_local_rejections_total", upstream="kisc",
+                 reason="missing_header") == 1
+    assert value(m, "sidecar_local_rejections_total", upstream="dead", reason="no_token") == 1
+    assert value(m, "sidecar_token_fetch_total", upstream="moex-ntb", grant="password",
+                 result="success") == 2
+    assert value(m, "sidecar_token_fetch_total", upstream="moex-ntb", grant="refresh_token",
+                 result="failure") == 1
+    assert value(m, "sidecar_token_fetch_total", upstream="dead", grant="client_credentials",
+                 result="failure") >= 1
+    assert value(m, "sidecar_token_refresh_consecutive_failures", upstream="dead") >= 1
+    assert value(m, "sidecar_token_expiry_timestamp_seconds", upstream="moex-ntb") > 1.7e9
+    assert value(m, "sidecar_client_cert_expiry_timestamp_seconds", upstream="kisc") > 1.7e9
+    assert value(m, "sidecar_upstream_inflight", upstream="moex-ntb") == 0
+    assert value(m, "sidecar_build_info", version="0.1.0") == 1
+    assert value(m, "sidecar_response_body_bytes_total", upstream="moex-ntb") > 0
+    # Nothing the app made up became a label.
+    assert "nowhere.example" not in text and "/ntb/m" not in text and "evil" not in text
