@@ -95,28 +95,27 @@ async def test_readyz_before_token_and_after_sigterm_with_inflight_requests_fini
             status, _ = await _get(session, f"http://{proc.admin}/readyz")
             assert status == 200
 
-            # A slow upload is in flight when SIGTERM arrives.
+            # Twelve slow uploads are in flight when SIGTERM arrives.
             async def slow_body() -> Any:
                 for _ in range(20):
                     yield os.urandom(1024)
                     await asyncio.sleep(0.1)
 
-            upload = asyncio.create_task(
-                session.post(
-                    "http://api.moex.com/ntb/slow", data=slow_body(),
+            async def upload(i: int) -> tuple[int, int]:
+                async with session.post(
+                    f"http://api.moex.com/ntb/slow/{i}", data=slow_body(),
                     proxy=f"http://{proc.proxy}",
-                )
-            )
+                ) as resp:
+                    return resp.status, (await resp.json())["body_length"]
+
+            uploads = asyncio.gather(*(upload(i) for i in range(12)))
             await asyncio.sleep(0.3)
             sent_at = time.monotonic()
             proc.signal(signal.SIGTERM)
             await asyncio.sleep(0.1)
             status, body = await _get(session, f"http://{proc.admin}/readyz")
             assert (status, body["status"]) == (503, "shutting down")
-            resp = await upload
-            assert resp.status == 200, "".join(proc.raw)
-            assert (await resp.json())["body_length"] == 20 * 1024
-            resp.release()
+            assert await uploads == [(200, 20 * 1024)] * 12, "".join(proc.raw)
         assert await proc.wait(timeout=15) == 0
         assert time.monotonic() - sent_at < 10
         assert any(line.get("event") == "draining" for line in proc.lines)
