@@ -12,13 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
-# Tools the tests drive as real programs, installed from Debian when missing:
-# curl and openssl as clients, promtool (package prometheus) to check the metrics exposition.
+# Tools the tests drive as real programs, installed from Debian when missing: curl and
+# openssl as clients, promtool (package prometheus) to check the metrics exposition, and
+# OpenSSL's GOST engine for the GOST signing test.
 system-deps:
 	@missing=""; \
 	for pair in curl:curl openssl:openssl promtool:prometheus; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
+	openssl engine gost -t >/dev/null 2>&1 || missing="$$missing libengine-gost-openssl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \

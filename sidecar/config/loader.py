@@ -161,7 +161,9 @@ def _is_union_tag(loc: tuple[Any, ...], i: int) -> bool:
     return i > 0 and loc[i - 1] == "auth" and loc[i] in _AUTH_TYPES
 
 
-_AUTH_TYPES = {"oidc_password", "client_credentials", "wso2_password", "static"}
+_AUTH_TYPES = {
+    "oidc_password", "client_credentials", "wso2_password", "moex_passport", "static"
+}
 _SECRET_WORDS = ("password", "secret", "token")
 
 

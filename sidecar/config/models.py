@@ -231,6 +231,82 @@ class Wso2PasswordAuth(AuthCommon):
     scope: str | None = "default"
 
 
+class CommandSignerConfig(SecretFiles):
+    """An external signer (OpenSSL with the GOST engine, CryptoPro cryptcp/csptest).
+
+    ``{in}``/``{out}`` in argv stand for temporary files; without them the data goes to stdin
+    and the signature comes from stdout. ``{pin}`` is replaced by the ``pin`` secret."""
+
+    secret_fields = ("pin",)
+
+    argv: list[str] = Field(min_length=1)
+    timeout: float = Field(10.0, gt=0)
+    output: Literal["der", "base64", "pem"] = "der"
+    pin: SecretStr | None = None
+    env: dict[str, str] = {}
+
+
+class NcaNodeSignerConfig(SecretFiles):
+    """NCANode (Kalkan inside) for Kazakh GOST keys: v3 REST, or v2 JSON-RPC."""
+
+    secret_fields = ("p12_password",)
+
+    url: HttpUrlStr = "http://127.0.0.1:14579"
+    p12_file: ExistingFile
+    p12_password: SecretStr
+    version: Literal[3, 2] = 3
+    timeout: float = Field(10.0, gt=0)
+
+
+class SignerConfig(SecretFiles):
+    """How a login challenge is signed into a CMS (PKCS#7) SignedData."""
+
+    secret_fields = ("key_password", "p12_password")
+
+    type: Literal["pkcs7", "command", "ncanode"]
+    # pkcs7: a PEM certificate and key, or a PKCS#12 bundle (RSA or EC keys).
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+    key_password: SecretStr | None = None
+    p12_file: ExistingFile | None = None
+    p12_password: SecretStr | None = None
+    detached: bool | None = None  # None: what the login flow needs (MOEX: true; MPT: false)
+    digest: Literal["sha224", "sha256", "sha384", "sha512"] = "sha256"
+    signed_attributes: bool = True
+    include_certificate: bool = True
+    command: CommandSignerConfig | None = None
+    ncanode: NcaNodeSignerConfig | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SignerConfig:
+        if self.type == "pkcs7":
+            if self.p12_file is None and (self.cert_file is None or self.key_file is None):
+                raise ValueError("a pkcs7 signer needs cert_file and key_file, or p12_file")
+            if self.p12_file is not None and self.cert_file is not None:
+                raise ValueError("give either cert_file/key_file or p12_file, not both")
+        if self.type == "command" and self.command is None:
+            raise ValueError("a command signer needs a command: {argv: [...]} block")
+        if self.type == "ncanode" and self.ncanode is None:
+            raise ValueError("an ncanode signer needs an ncanode: {url, p12_file, ...} block")
+        return self
+
+
+class MoexPassportAuth(AuthCommon):
+    """MOEX Passport two-factor login (PROTOCOLS §2): Passport token, detached signature."""
+
+    secret_fields = ("password", "client_secret")
+
+    type: Literal["moex_passport"]
+    passport_url: HttpUrlStr
+    client_id: str
+    client_secret: SecretStr
+    username: str
+    password: SecretStr
+    algorithm: Literal["RSA", "GOST"] = "RSA"
+    scope: str | None = "client_registration"
+    signer: SignerConfig
+
+
 class StaticAuth(SecretFiles):
     """A fixed token. ``token_file`` is kept as a path: it is re-read when it changes."""
 
@@ -246,7 +322,7 @@ class StaticAuth(SecretFiles):
 
 
 Auth = Annotated[
-    OidcPasswordAuth | ClientCredentialsAuth | Wso2PasswordAuth | StaticAuth,
+    OidcPasswordAuth | ClientCredentialsAuth | Wso2PasswordAuth | MoexPassportAuth | StaticAuth,
     Field(discriminator="type"),
 ]
 

@@ -1,0 +1,20 @@
+"""Building a signer from its config block."""
+
+from __future__ import annotations
+
+from sidecar.config.models import SignerConfig
+from sidecar.signing.base import Signer
+from sidecar.signing.command import CommandSigner
+from sidecar.signing.ncanode import NcaNodeSigner
+from sidecar.signing.pkcs7 import Pkcs7Signer
+
+
+def make_signer(cfg: SignerConfig, *, detached_default: bool) -> Signer:
+    detached = cfg.detached if cfg.detached is not None else detached_default
+    if cfg.type == "pkcs7":
+        return Pkcs7Signer(cfg, detached)
+    if cfg.type == "command":
+        assert cfg.command is not None
+        return CommandSigner(cfg.command, detached)
+    assert cfg.ncanode is not None
+    return NcaNodeSigner(cfg.ncanode, detached)

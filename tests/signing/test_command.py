@@ -1,0 +1,147 @@
+"""External signers: GOST R 34.10-2012 through OpenSSL's GOST engine, and failure handling."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.config.models import CommandSignerConfig, SignerConfig
+from sidecar.signing import SigningError, make_signer
+
+
+def _gost_available() -> bool:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return False
+    probe = subprocess.run([openssl, "engine", "gost", "-t"], capture_output=True, text=True)
+    return probe.returncode == 0 and "available" in probe.stdout
+
+
+def _command(**kw: object) -> SignerConfig:
+    return SignerConfig(type="command", command=CommandSignerConfig(**kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def gost_identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if not _gost_available():
+        pytest.skip("OpenSSL's GOST engine (Debian libengine-gost-openssl) is not installed; "
+                    "`make system-deps` installs it")
+    work = tmp_path_factory.mktemp("gost")
+    key, cert = work / "key.pem", work / "cert.pem"
+    subprocess.run(["openssl", "genpkey", "-engine", "gost", "-algorithm", "gost2012_256",
+                    "-pkeyopt", "paramset:A", "-out", str(key)], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-engine", "gost", "-new", "-x509", "-key", str(key),
+                    "-out", str(cert), "-subj", "/CN=gost-user", "-days", "30"],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+@pytest.mark.parametrize("detached", [True, False])
+async def test_gost_signature_verifies_with_openssl(
+    gost_identity: tuple[Path, Path], tmp_path: Path, detached: bool
+) -> None:
+    key, cert = gost_identity
+    argv = ["openssl", "cms", "-engine", "gost", "-sign", "-binary", "-signer", str(cert),
+            "-inkey", str(key), "-outform", "DER"]
+    if not detached:
+        argv.append("-nodetach")
+    signer = make_signer(_command(argv=argv), detached_default=detached)
+    data = b"MicexPassportCert+/value==\n"
+    der = await signer.sign(data)
+    (tmp_path / "sig").write_bytes(der)
+    (tmp_path / "data").write_bytes(data)
+    verify = ["openssl", "cms", "-engine", "gost", "-verify", "-binary", "-inform", "DER",
+              "-in", str(tmp_path / "sig"), "-noverify", "-out", str(tmp_path / "out")]
+    if detached:
+        verify += ["-content", str(tmp_path / "data")]
+    result = await asyncio.to_thread(subprocess.run, verify, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Verification successful" in result.stderr
+    assert (tmp_path / "out").read_bytes() == data
+    printed = await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "cms", "-engine", "gost", "-cmsout", "-print", "-inform", "DER",
+         "-in", str(tmp_path / "sig")],
+        capture_output=True, text=True,
+    )
+    assert "1.2.643.7.1.1.1.1" in printed.stdout or "GOST R 34.10-2012" in printed.stdout
+
+
+async def test_files_and_base64_output_with_line_breaks(tmp_path: Path) -> None:
+    # A stand-in for `csptest -base64 -in {in} -out {out}`: writes wrapped base64 to a file.
+    script = tmp_path / "fake_signer.py"
+    script.write_text(
+        "import base64, sys\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "text = base64.encodebytes(b'SIG:' + data).decode()\n"
+        "open(sys.argv[2], 'w').write(text)\n"
+    )
+    signer = make_signer(
+        _command(argv=[sys.executable, str(script), "{in}", "{out}"], output="base64"),
+        detached_default=True,
+    )
+    assert await signer.sign(b"x" * 200) == b"SIG:" + b"x" * 200
+
+
+async def test_failure_reports_exit_code_and_stderr_but_never_the_data_or_pin() -> None:
+    code = (
+        "import sys; d = sys.stdin.read(); "
+        "sys.stderr.write('bad PIN s3cret-pin for data ' + d + ' in container'); sys.exit(3)"
+    )
+    signer = make_signer(
+        _command(argv=[sys.executable, "-c", code, "--pin={pin}"], pin="s3cret-pin"),
+        detached_default=True,
+    )
+    with pytest.raises(SigningError) as caught:
+        await signer.sign(b"passport-token-value")
+    reason = caught.value.reason
+    assert "exited 3" in reason and "bad PIN" in reason and "in container" in reason
+    assert "s3cret-pin" not in reason and "passport-token-value" not in reason
+
+
+async def test_hanging_signer_is_killed_at_the_timeout() -> None:
+    signer = make_signer(
+        _command(argv=[sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5),
+        detached_default=True,
+    )
+    started = time.monotonic()
+    with pytest.raises(SigningError, match=r"did not finish within 0\.5 s"):
+        await signer.sign(b"x")
+    assert time.monotonic() - started < 3
+
+
+async def test_missing_program_and_garbage_output() -> None:
+    with pytest.raises(SigningError, match="cannot start signer"):
+        await make_signer(_command(argv=["/nonexistent/signer"]), detached_default=True).sign(b"x")
+    garbage = make_signer(
+        _command(argv=[sys.executable, "-c", "print('not base64 !!')"], output="base64"),
+        detached_default=True,
+    )
+    with pytest.raises(SigningError, match="not base64"):
+        await garbage.sign(b"x")
+
+
+async def test_signing_does_not_block_the_event_loop() -> None:
+    signer = make_signer(
+        _command(argv=[sys.executable, "-c", "import time,sys; time.sleep(0.5); print('AA==')"],
+                 output="base64"),
+        detached_default=True,
+    )
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await signer.sign(b"x")
+    task.cancel()
+    assert ticks >= 5
