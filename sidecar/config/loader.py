@@ -10,12 +10,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from sidecar.config.models import Config
+from sidecar.config.models import Auth, Config
 
 ENV_PREFIX = "SIDECAR_"
 ENV_CONFIG_PATH = "SIDECAR_CONFIG"
@@ -161,8 +161,9 @@ def _is_union_tag(loc: tuple[Any, ...], i: int) -> bool:
     return i > 0 and loc[i - 1] == "auth" and loc[i] in _AUTH_TYPES
 
 
+# The auth types, read from the models so this list can never drift from them.
 _AUTH_TYPES = {
-    "oidc_password", "client_credentials", "wso2_password", "moex_passport", "static"
+    get_args(model.model_fields["type"].annotation)[0] for model in get_args(get_args(Auth)[0])
 }
 _SECRET_WORDS = ("password", "secret", "token")
 
