@@ -39,6 +39,11 @@ def admin_app(sidecar: Sidecar) -> web.Application:
                         "target": u.config.target,
                         "token": u.tokens.status(),
                         "client_cert": u.client_cert.status() if u.client_cert else None,
+                        "rate_limit": (
+                            {"queue": u.limiter.queue_length,
+                             "paused_for": round(u.limiter.paused_for, 1)}
+                            if u.limiter else None
+                        ),
                     }
                     for name, u in sidecar.upstreams.items()
                 },

@@ -20,6 +20,7 @@ from sidecar.config.models import Tls
 from sidecar.metrics import Metrics
 from sidecar.proxy.forward import UpstreamClient
 from sidecar.proxy.listener import ProxyHandler, start_listener
+from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream import UpstreamRuntime
 from sidecar.tls import CERT_WARNING_DAYS, client_context, client_identity
 
@@ -84,6 +85,7 @@ class Sidecar:
             tokens=tokens or token_source(name, cfg, ctx, metrics),
             rejection=rejection_policy(cfg),
             metrics=metrics,
+            limiter=RateLimiter(cfg.rate_limit) if cfg.rate_limit else None,
         )
         runtime.set_client_cert(client_identity(cfg.tls))
         return runtime

@@ -15,7 +15,7 @@ import yaml
 
 from sidecar import __version__, logs
 from sidecar.config import Config, ConfigError, load_config, redacted
-from sidecar.tls import TlsSetupError
+from sidecar.errors import SetupError
 
 EXIT_USAGE = 2
 
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
-    except TlsSetupError as exc:
-        print(f"TLS setup error: {exc}", file=sys.stderr)
+    except SetupError as exc:
+        print(f"setup error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"cannot start: {exc.strerror or exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ import structlog
 
 from sidecar.app import Sidecar
 from sidecar.config import ConfigError, load_config, referenced_files
-from sidecar.tls import TlsSetupError
+from sidecar.errors import SetupError
 
 log = structlog.get_logger("sidecar.reload")
 
@@ -74,7 +74,7 @@ class Reloader:
             try:
                 config = load_config(self._path, self._environ)
                 await self._sidecar.apply(config, changed)
-            except (ConfigError, TlsSetupError, OSError) as exc:
+            except (ConfigError, SetupError, OSError) as exc:
                 problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
                 log.error("config_reload_rejected", reason=reason, problems=problems)
                 metrics.labels("failure").inc()

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from sidecar.config.models import Tls
+from sidecar.errors import SetupError
 
 
-class TlsSetupError(Exception):
+class TlsSetupError(SetupError):
     """A certificate, key or CA that cannot be used; the message names the file."""
 
 

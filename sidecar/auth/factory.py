@@ -14,17 +14,20 @@ from sidecar.auth.base import (
 from sidecar.auth.client_credentials import ClientCredentialsFlow
 from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
+from sidecar.auth.moex_passport import MoexPassportFlow, PassportClient
 from sidecar.auth.oauth import TokenEndpoint
 from sidecar.auth.static import StaticToken
 from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
 from sidecar.config.models import (
     AuthCommon,
     ClientCredentialsAuth,
+    MoexPassportAuth,
     OidcPasswordAuth,
     StaticAuth,
     Upstream,
     Wso2PasswordAuth,
 )
+from sidecar.signing import make_signer
 from sidecar.tls import client_context
 
 
@@ -58,6 +61,12 @@ def _flow(auth: AuthCommon, upstream_ssl: ssl.SSLContext) -> AuthFlow:
         return ClientCredentialsFlow(auth, endpoint)
     if isinstance(auth, Wso2PasswordAuth):
         return Wso2PasswordFlow(auth, endpoint)
+    if isinstance(auth, MoexPassportAuth):
+        passport = PassportClient(
+            auth.passport_url, auth.username, auth.password.get_secret_value(), ctx, auth.timeout
+        )
+        signer = make_signer(auth.signer, detached_default=True)  # MOEX: detached
+        return MoexPassportFlow(auth, endpoint, passport, signer)
     raise TypeError(f"no flow for auth type {type(auth).__name__}")
 
 

@@ -335,6 +335,16 @@ class HeaderDate(Model):
     utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
 
 
+class RateLimit(Model):
+    """At most ``rps`` requests a second leave for the upstream (``burst`` at once); one that
+    would queue longer than ``max_wait`` seconds gets the sidecar's 429."""
+
+    rps: float = Field(gt=0)
+    burst: int = Field(1, ge=1)
+    max_wait: float = Field(30.0, ge=0)
+    default_retry_after: float = Field(30.0, ge=0, description="an upstream 429 without one")
+
+
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
 
@@ -355,6 +365,8 @@ class Upstream(Model):
     headers: dict[HeaderName, Annotated[str, AfterValidator(_check_header_template)]] = {}
     header_date: HeaderDate = HeaderDate()
     require_headers: dict[str, list[HeaderName]] = {}
+    rate_limit: RateLimit | None = None
+    retry_on_429: bool = False
     max_body: int | None = Field(None, gt=0)
     replay_limit: int = Field(1024 * 1024, ge=0)
     timeouts: Timeouts = Timeouts()

@@ -4,6 +4,7 @@ rejected? new token once and replay → stream the answer back. Then one access-
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sidecar.proxy.body import BodyTooLarge, RequestBody
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.forward import UpstreamFailure
 from sidecar.proxy.headers import downstream_headers, upstream_headers
+from sidecar.proxy.ratelimit import RateLimited, retry_after_seconds
 from sidecar.proxy.upstream import UpstreamRuntime
 
 log = structlog.get_logger("sidecar.proxy")
@@ -41,6 +43,8 @@ class Exchange:
     replayed: bool = False
     bytes_out: int = 0
     refused: str | None = None  # the sidecar's own error code, when it answered itself
+    queued: float = 0.0  # seconds spent in the rate limiter's queue
+    retried_429: bool = False
     broken: bool = False  # the upstream broke off mid-body; the app's connection was cut
 
 
@@ -69,6 +73,18 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
     refusal = _local_checks(ex, length)
     if refusal is not None:
         return refusal
+    if upstream.limiter is not None:
+        try:
+            ex.queued = await upstream.limiter.acquire()
+        except RateLimited as exc:
+            return _refuse(
+                ex, 429, "rate_limited",
+                f"{upstream.name} allows {upstream.limiter.cfg.rps:g} request(s)/s; this one "
+                f"would wait {exc.retry_after:.1f} s, over max_wait "
+                f"{upstream.limiter.cfg.max_wait:g} s",
+                retry_after=exc.retry_after,
+            )
+        upstream.metrics.rate_limit_wait.observe(ex.queued)
     try:
         token = await upstream.tokens.get()
     except NoToken as exc:
@@ -110,6 +126,10 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
                 ex.replayed, inspected = True, b""
                 upstream.metrics.replays.inc()
                 resp = await _send(ex, url, headers, retry, first=False)
+        if resp.status == 429:
+            resp = await _after_429(ex, resp, url, headers, inspected)
+            if ex.retried_429:
+                inspected = b""
     except UpstreamFailure as exc:
         log.warning("upstream_failed", upstream=upstream.name, reason=exc.reason,
                     request_id=ex.request_id)
@@ -163,6 +183,48 @@ async def _send(
     data = None if body is None else (body.stream() if first else body.replay())
     headers["Authorization"] = f"Bearer {token.value}"
     return await ex.upstream.client.send(ex.request.method, url, headers, data)
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+async def _after_429(
+    ex: Exchange,
+    resp: aiohttp.ClientResponse,
+    url: URL,
+    headers: CIMultiDict[str],
+    inspected: bytes,
+) -> aiohttp.ClientResponse:
+    """The upstream says "too many": pause its queue; retry once when configured and safe."""
+    upstream, cfg = ex.upstream, ex.upstream.config
+    limiter = upstream.limiter
+    default = cfg.rate_limit.default_retry_after if cfg.rate_limit else 30.0
+    delay = retry_after_seconds(resp.headers.get("Retry-After"), default)
+    if limiter is not None:
+        limiter.pause(delay)
+    log.info("upstream_429", upstream=upstream.name, retry_after=delay, request_id=ex.request_id)
+    limit = cfg.rate_limit.max_wait if cfg.rate_limit else cfg.timeouts.read
+    if not cfg.retry_on_429 or ex.request.method not in IDEMPOTENT or delay > limit or inspected:
+        return resp
+    if ex.body is not None:
+        await ex.body.freeze()
+        if not ex.body.replayable:
+            return resp
+    if limiter is not None and limiter.expected_wait() > limit:
+        return resp
+    upstream.client.release(resp, discard=True)
+    if limiter is not None:
+        try:
+            ex.queued += await limiter.acquire()
+        except RateLimited as exc:
+            raise UpstreamFailure(
+                429, "rate_limited", f"{upstream.name} is rate limited; retry after {delay:g} s"
+            ) from exc
+    else:
+        await asyncio.sleep(delay)
+    ex.retried_429 = True
+    token = await upstream.tokens.get()
+    return await _send(ex, url, headers, token, first=False)
 
 
 async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> bytes:
@@ -250,7 +312,9 @@ def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
     metrics.request_done(ex.request.method, status, seconds)
     metrics.request_bytes.inc(bytes_in)
     metrics.response_bytes.inc(ex.bytes_out)
-    if ex.refused is not None and ex.refused.startswith(("missing", "body", "no_token")):
+    if ex.refused is not None and ex.refused.startswith(
+        ("missing", "body", "no_token", "rate_limited")
+    ):
         metrics.rejected(ex.refused)
     log.info(
         "request",
@@ -263,6 +327,8 @@ def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
         bytes_in=bytes_in,
         bytes_out=ex.bytes_out,
         replayed=ex.replayed,
+        retried_429=ex.retried_429,
+        queued_s=round(ex.queued, 3),
         refused=ex.refused,
         broken=ex.broken,
     )

@@ -9,6 +9,7 @@ from sidecar.auth.base import RejectionPolicy, TokenSource
 from sidecar.config.models import Upstream
 from sidecar.metrics import UpstreamMetrics
 from sidecar.proxy.forward import UpstreamClient
+from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.tls import ClientIdentity
 
 
@@ -20,6 +21,7 @@ class UpstreamRuntime:
     tokens: TokenSource
     rejection: RejectionPolicy
     metrics: UpstreamMetrics
+    limiter: RateLimiter | None = None
     client_cert: ClientIdentity | None = None
     inflight: int = 0  # requests in progress, so a replaced upstream closes only when idle
 
@@ -36,5 +38,7 @@ class UpstreamRuntime:
             waited += 0.1
 
     async def close(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.close()
         await self.tokens.close()
         await self.client.close()

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from sidecar.config.models import SignerConfig
+from sidecar.errors import SetupError
 from sidecar.signing.base import SigningError
 
 _DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
@@ -27,7 +28,7 @@ _DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
-class SignerSetupError(Exception):
+class SignerSetupError(SetupError):
     """A key or certificate the signer cannot use; the message names the file."""
 
 

@@ -1,0 +1,141 @@
+"""``moex_passport``: MOEX Passport two-factor login (PROTOCOLS §2; seed moex-passport-oauth).
+
+1. ``GET passport_url`` with Basic auth → the Passport token in cookie ``MicexPassportCert``
+   (from a 200, or a 302 that is not followed);
+2. a DETACHED CMS signature over the exact token bytes, by the configured signer;
+3. ``POST token_url`` with ``grant_type=password`` and ``grant_type_moex=passport``.
+
+A Passport token is fetched fresh for each full login; renewal uses the refresh grant while
+the refresh token lives. MOEX answers 403 for a bad client, secret or signature.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+
+from sidecar import logs
+from sidecar.auth.base import AuthError, Grant
+from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
+from sidecar.config.models import MoexPassportAuth
+from sidecar.signing import Signer, SigningError, b64
+
+COOKIE = "MicexPassportCert"
+
+
+class PassportClient:
+    """The Passport call: Basic credentials in, the token from ``Set-Cookie`` out."""
+
+    def __init__(self, url: str, username: str, password: str, ssl_context: ssl.SSLContext,
+                 timeout: float) -> None:
+        self.url = url
+        self._authorization = basic_authorization(username, password)
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl = ssl_context
+        self._session = None  # the old one is closed by close(); calls are single flight
+
+    async def fetch(self) -> str:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # read the cookie ourselves, byte for byte
+                trust_env=False,
+            )
+        try:
+            async with self._session.get(
+                self.url, headers={"Authorization": self._authorization}, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                status, cookies = resp.status, resp.headers.getall("Set-Cookie", [])
+        except TimeoutError:
+            raise AuthError(f"MOEX Passport: no answer within {self._timeout.total:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise AuthError(
+                f"MOEX Passport: TLS certificate failed verification ({exc.certificate_error})"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AuthError(f"MOEX Passport: cannot connect ({type(exc).__name__})") from None
+        if status in (401, 403):
+            raise AuthError(f"MOEX Passport answered {status}: login or password rejected")
+        if status not in (200, 301, 302, 303, 307, 308):
+            raise AuthError(f"MOEX Passport answered {status}")
+        token = passport_cookie(cookies)
+        if not token:
+            raise AuthError(f"MOEX Passport answered {status} without a {COOKIE} cookie")
+        logs.secrets.add(token, dynamic=True)
+        return token
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def passport_cookie(set_cookie_headers: list[str]) -> str | None:
+    """The raw ``MicexPassportCert`` value: exactly the bytes MOEX expects to be signed."""
+    for header in set_cookie_headers:
+        name, sep, rest = header.partition("=")
+        if sep and name.strip() == COOKIE:
+            value = rest.split(";", 1)[0].strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value or None
+    return None
+
+
+class MoexPassportFlow(OAuthFlow):
+    grant_type = "passport"
+
+    def __init__(
+        self,
+        cfg: MoexPassportAuth,
+        endpoint: TokenEndpoint,
+        passport: PassportClient,
+        signer: Signer,
+    ) -> None:
+        super().__init__(endpoint, cfg.client_id, cfg.client_secret.get_secret_value(), cfg.scope)
+        self._passport = passport
+        self._signer = signer
+        self._algorithm = cfg.algorithm
+
+    async def login(self) -> Grant:
+        token = await self._passport.fetch()
+        try:
+            signature = b64(await self._signer.sign(token.encode("ascii")))
+        except UnicodeEncodeError:
+            raise AuthError("MOEX Passport token is not ASCII; cannot sign it") from None
+        except SigningError as exc:
+            raise AuthError(f"signing the Passport token failed: {exc.reason}") from None
+        logs.secrets.add(signature, dynamic=True)
+        form = {
+            "grant_type": "password",
+            "grant_type_moex": "passport",
+            "certificate": token,
+            "algorithm": self._algorithm,
+            "signature": signature,
+        }
+        if self.scope:
+            form["scope"] = self.scope
+        try:
+            return await self._post(form)
+        except AuthError as exc:
+            if exc.reason.startswith("IdP answered 403"):
+                raise AuthError(
+                    f"MOEX SSO: credentials or signature rejected ({exc.reason})",
+                    retry_after=exc.retry_after,
+                ) from None
+            raise
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        super().renew_tls(ssl_context)
+        self._passport.renew_tls(ssl_context)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._passport.close()
+        await self._signer.close()

@@ -1,0 +1,121 @@
+"""Per-upstream rate limit: requests queue in arrival order and leave at most ``rps`` a second
+(a token bucket of ``burst``). One that would wait longer than ``max_wait`` is refused at once
+with 429 and a ``Retry-After``. An upstream 429 pauses the queue for the time it asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+from sidecar.config.models import RateLimit
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"would wait {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    def __init__(self, cfg: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self._tokens = float(cfg.burst)
+        self._updated = clock()
+        self._paused_until = 0.0
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def queue_length(self) -> int:
+        return sum(1 for f in self._queue if not f.done())
+
+    def expected_wait(self) -> float:
+        """How long a request arriving now would wait (an estimate, for the max_wait check)."""
+        now = self._clock()
+        self._refill(now)
+        ahead = self.queue_length
+        pause_left = max(0.0, self._paused_until - now)
+        if pause_left:
+            return pause_left + max(0.0, ahead + 1 - self._tokens) / self.cfg.rps
+        return max(0.0, (ahead + 1 - self._tokens) / self.cfg.rps)
+
+    async def acquire(self) -> float:
+        """Wait for this request's turn; the seconds waited. Raises RateLimited past max_wait."""
+        now = self._clock()
+        self._refill(now)
+        if not self._queue and self._tokens >= 1 and now >= self._paused_until:
+            self._tokens -= 1
+            return 0.0
+        wait = self.expected_wait()
+        if wait > self.cfg.max_wait:
+            raise RateLimited(wait)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._release())
+        await turn  # a cancelled waiter is skipped by the scheduler
+        return self._clock() - now
+
+    def pause(self, seconds: float) -> None:
+        """The upstream said 429: nothing leaves before ``seconds`` from now."""
+        now = self._clock()
+        self._refill(now)
+        self._paused_until = max(self._paused_until, now + seconds)
+        # Tokens do not accrue while paused: one request may go when it ends, then the rate.
+        self._tokens = min(self._tokens, 1.0)
+        self._changed.set()
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self._clock())
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - max(self._updated, self._paused_until))
+        self._tokens = min(float(self.cfg.burst), self._tokens + elapsed * self.cfg.rps)
+        self._updated = now
+
+    async def _release(self) -> None:
+        while self._queue:
+            now = self._clock()
+            self._refill(now)
+            if now < self._paused_until:
+                delay = self._paused_until - now
+            elif self._tokens < 1:
+                delay = (1 - self._tokens) / self.cfg.rps
+            else:
+                turn = self._queue.popleft()
+                if not turn.done():
+                    self._tokens -= 1
+                    turn.set_result(None)
+                continue
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), delay)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for turn in self._queue:
+            turn.cancel()
+
+
+def retry_after_seconds(value: str | None, default: float) -> float:
+    """A 429's ``Retry-After`` in seconds (delta form; an HTTP-date or nothing: ``default``)."""
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    if value:
+        from email.utils import parsedate_to_datetime
+
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            when = parsedate_to_datetime(value)
+            return max(0.0, math.ceil(when.timestamp() - time.time()))
+    return default
