@@ -15,13 +15,16 @@ from sidecar.auth.client_credentials import ClientCredentialsFlow
 from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
 from sidecar.auth.moex_passport import MoexPassportFlow, PassportClient
+from sidecar.auth.mpt import MptSigninFlow
 from sidecar.auth.oauth import TokenEndpoint
 from sidecar.auth.static import StaticToken
 from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
 from sidecar.config.models import (
+    AuthBase,
     AuthCommon,
     ClientCredentialsAuth,
     MoexPassportAuth,
+    MptSigninAuth,
     OidcPasswordAuth,
     StaticAuth,
     Upstream,
@@ -50,10 +53,13 @@ def token_source(
     )
 
 
-def _flow(auth: AuthCommon, upstream_ssl: ssl.SSLContext) -> AuthFlow:
+def _flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
     # The token call uses the upstream's TLS (client certificate included) unless auth.tls says
     # otherwise: KISC wants the same certificate on both legs.
     ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl
+    if isinstance(auth, MptSigninAuth):
+        return MptSigninFlow(auth, ctx, make_signer(auth.signer, detached_default=False))
+    assert isinstance(auth, AuthCommon)
     endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout)
     if isinstance(auth, OidcPasswordAuth):
         return PasswordFlow(auth, endpoint)

@@ -188,15 +188,20 @@ class Timeouts(Model):
     token_wait: float = Field(10.0, gt=0)
 
 
-class AuthCommon(SecretFiles):
+class AuthBase(SecretFiles):
     """Fields every token-fetching flow shares."""
+
+    tls: Tls | None = None  # IdP calls; default: the upstream's tls block
+    backoff_cap: float = Field(5.0, gt=0, description="seconds between failed logins, at most")
+    timeout: float = Field(10.0, gt=0, description="seconds one IdP call may take")
+
+
+class AuthCommon(AuthBase):
+    """The OAuth2 token endpoint flows."""
 
     token_url: HttpUrlStr
     client_id: str | None = None
     scope: str | None = None
-    tls: Tls | None = None  # token calls; default: the upstream's tls block
-    backoff_cap: float = Field(5.0, gt=0, description="seconds between failed logins, at most")
-    timeout: float = Field(10.0, gt=0, description="seconds one IdP call may take")
 
 
 class OidcPasswordAuth(AuthCommon):
@@ -307,6 +312,19 @@ class MoexPassportAuth(AuthCommon):
     signer: SignerConfig
 
 
+class MptSigninAuth(AuthBase):
+    """ИС МПТ (Kazakhstan marking): sign the server's challenge as an attached CMS (PROTOCOLS §4).
+
+    The token's lifetime is its JWT ``exp`` when it is a JWT, else ``token_ttl``."""
+
+    type: Literal["mpt_signin"]
+    base_url: HttpUrlStr  # e.g. https://stage.ismet.kz/api/v3/true-api
+    signer: SignerConfig
+    token_field: str = "token"
+    token_ttl: float = Field(3600.0, gt=0)
+    extra_fields: dict[str, str | int] = {}  # e.g. {inn: "123456789012"}
+
+
 class StaticAuth(SecretFiles):
     """A fixed token. ``token_file`` is kept as a path: it is re-read when it changes."""
 
@@ -322,7 +340,12 @@ class StaticAuth(SecretFiles):
 
 
 Auth = Annotated[
-    OidcPasswordAuth | ClientCredentialsAuth | Wso2PasswordAuth | MoexPassportAuth | StaticAuth,
+    OidcPasswordAuth
+    | ClientCredentialsAuth
+    | Wso2PasswordAuth
+    | MoexPassportAuth
+    | MptSigninAuth
+    | StaticAuth,
     Field(discriminator="type"),
 ]
 

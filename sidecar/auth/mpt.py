@@ -1,0 +1,126 @@
+"""``mpt_signin``: ИС МПТ, Kazakhstan's marking system, "true API" login (PROTOCOLS §4).
+
+1. ``GET {base_url}/auth/key`` → ``{"uuid", "data"}`` (a one-time challenge);
+2. an ATTACHED CMS over the UTF-8 bytes of ``data``, signer certificate included;
+3. ``POST {base_url}/auth/simpleSignIn`` ``{"uuid", "data": <base64 CMS>, ...extra}`` →
+   ``{"token": ...}``. The token's lifetime is its JWT ``exp`` (read without verifying),
+   else ``token_ttl``. There is no refresh: renewal is a new signed login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from typing import Any
+
+import aiohttp
+
+from sidecar import logs
+from sidecar.auth import jwt
+from sidecar.auth.base import AuthError, Grant, InvalidGrant
+from sidecar.config.models import MptSigninAuth
+from sidecar.signing import Signer, SigningError, b64
+
+
+class MptSigninFlow:
+    grant_type = "signin"
+
+    def __init__(self, cfg: MptSigninAuth, ssl_context: ssl.SSLContext, signer: Signer) -> None:
+        self._cfg = cfg
+        self._base = cfg.base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._signer = signer
+        self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+
+    async def login(self) -> Grant:
+        challenge = await self._call("GET", "/auth/key")
+        uuid, data = challenge.get("uuid"), challenge.get("data")
+        if not isinstance(uuid, str) or not isinstance(data, str) or not uuid or not data:
+            raise AuthError("MPT auth/key answer lacks uuid or data")
+        try:
+            signature = b64(await self._signer.sign(data.encode("utf-8")))
+        except SigningError as exc:
+            raise AuthError(f"signing the MPT challenge failed: {exc.reason}") from None
+        logs.secrets.add(signature, dynamic=True)
+        body = {"uuid": uuid, "data": signature, **self._cfg.extra_fields}
+        answer = await self._call("POST", "/auth/simpleSignIn", body)
+        token = answer.get(self._cfg.token_field)
+        if not isinstance(token, str) or not token:
+            raise AuthError(f"MPT simpleSignIn answer has no {self._cfg.token_field!r}")
+        return Grant(access_token=token, expires_in=self._lifetime(token))
+
+    def _lifetime(self, token: str) -> float:
+        exp = jwt.expiry(token)
+        if exp is None:
+            return self._cfg.token_ttl
+        left = exp - time.time()
+        if left <= 0:
+            raise AuthError("MPT issued a token whose exp has already passed (check the clock)")
+        return left
+
+    async def refresh(self, refresh_token: str) -> Grant:
+        raise InvalidGrant("MPT has no refresh grant")  # the manager then signs in again
+
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        where = f"MPT {path}"
+        try:
+            async with self._client().request(
+                method, self._base + path, json=body, headers={"Accept": "application/json"}
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            raise AuthError(f"{where}: no answer within {self._cfg.timeout:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise AuthError(
+                f"{where}: TLS certificate failed verification ({exc.certificate_error})"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AuthError(f"{where}: cannot connect ({type(exc).__name__})") from None
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = None
+        if status != 200:
+            raise AuthError(f"{where} answered {status}{_describe(data)}")
+        if not isinstance(data, dict):
+            raise AuthError(f"{where} answered 200 without a JSON object")
+        return data
+
+    def _client(self) -> aiohttp.ClientSession:
+        for old in self._retired:  # a rotated certificate: the old session is done with
+            asyncio.get_running_loop().create_task(old.close())
+        self._retired.clear()
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
+                timeout=aiohttp.ClientTimeout(total=self._cfg.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
+
+    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl = ssl_context
+        if self._session is not None:
+            self._retired.append(self._session)
+            self._session = None
+
+    async def close(self) -> None:
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
+        await self._signer.close()
+
+
+def _describe(data: Any) -> str:
+    """The MPT error body (``error_message``, ``code``, ``description``) in one line."""
+    if not isinstance(data, dict):
+        return ""
+    parts = [str(data[k])[:200] for k in ("code", "error_message", "description") if data.get(k)]
+    return ": " + " / ".join(parts) if parts else ""
