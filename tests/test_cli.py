@@ -179,3 +179,17 @@ def test_kisc_example_is_valid(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "wso2_password" in result.stdout and client.p12_password not in result.stdout
+
+
+def test_mpt_example_is_valid(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    repo = Path(__file__).resolve().parents[1]
+    prefix = "SIDECAR_UPSTREAMS__MPT__AUTH__SIGNER__NCANODE__"
+    env = _env() | {f"{prefix}P12_FILE": str(secret), f"{prefix}P12_PASSWORD_FILE": str(secret)}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--config", str(repo / "config/mpt.yaml")],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mpt_signin" in result.stdout and "p12_password: '***'" in result.stdout
