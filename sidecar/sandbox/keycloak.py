@@ -6,6 +6,11 @@ rotation with optional reuse revocation, SSO session idle/max limits and Keycloa
 exact error bodies. Tokens are HS256-signed JWTs with a per-instance random key, so
 clients can decode them like real ones, while only this emulator can validate them.
 
+It also speaks MOEX's two-factor extension (PROTOCOLS section 2): ``grant_type=password``
+with ``grant_type_moex=passport`` logs a MOEX Passport user in by a detached CMS signature
+over their Passport token, checked by the real ``openssl cms`` against ``ca_file`` and the
+signing certificate registered for that user in ``passport``.
+
 Fault injection (failures, hangs, latency) and statistics are available both as Python
 methods and over HTTP under ``/_sandbox/`` so a user can drive them with curl.
 """
@@ -24,14 +29,27 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sidecar.sandbox.cms import CmsInvalid, verify_cms
+
+if TYPE_CHECKING:
+    from sidecar.sandbox.passport import MoexPassport
 
 __all__ = ["KeycloakEmulator"]
 
-_DEFAULT_CLIENTS: dict[str, str | None] = {"LK_NTB_PUBLIC": None, "direct_access": None}
+_DEFAULT_CLIENTS: dict[str, str | None] = {
+    "LK_NTB_PUBLIC": None,
+    "direct_access": None,
+    # MOEX issues a client_id and client_secret per application for Passport logins.
+    "moex_registration": "registration-secret",
+}
 _DEFAULT_USERS: dict[str, str] = {"trader": "trader-password"}
 _MAX_EVENTS = 10_000  # keep stats bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of expired tokens and sessions
@@ -45,6 +63,8 @@ _INJECTED_4XX_ERRORS = {
     429: "temporarily_unavailable",
 }
 _SETTINGS = ("access_ttl", "refresh_ttl", "session_max", "revoke_refresh_token", "latency")
+_PASSPORT_FIELDS = ("certificate", "algorithm", "signature", "scope")
+_GOST_UNSUPPORTED = "GOST signatures are not supported by the sandbox; use RSA"
 
 
 class OAuthError(Exception):
@@ -98,6 +118,17 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _passport_denied(description: str) -> OAuthError:
+    # MOEX documents only "HTTP 403" for a bad token or signature, with no body; the
+    # sandbox adds a Keycloak-style body saying which check failed.
+    return OAuthError(403, "access_denied", description)
+
+
+def _plus_hint(value: str) -> str:
+    """A hint when a form value has spaces: a "+" sent without URL-encoding."""
+    return " (it has spaces: was a '+' sent without URL-encoding?)" if " " in value else ""
+
+
 def _merge_scope(requested: str | None) -> str:
     """Requested scopes plus Keycloak's default client scopes, without duplicates."""
     scopes: list[str] = []
@@ -125,6 +156,8 @@ class KeycloakEmulator:
         session_max: float = 36000,
         revoke_refresh_token: bool = False,
         latency: float = 0.0,
+        passport: MoexPassport | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.realm = realm
         self.clients: dict[str, str | None] = dict(_DEFAULT_CLIENTS if clients is None else clients)
@@ -134,6 +167,10 @@ class KeycloakEmulator:
         self.session_max = session_max
         self.revoke_refresh_token = revoke_refresh_token
         self.latency = latency
+        # For grant_type_moex=passport: the Passport that issued the tokens and the CA that
+        # issued the users' signing certificates. Without both, that branch answers 403.
+        self.passport = passport
+        self.ca_file = ca_file
 
         self._key = secrets.token_bytes(32)
         self._kid = secrets.token_hex(8)
@@ -466,6 +503,66 @@ class KeycloakEmulator:
         session.last_refresh = now
         return self._issue(request, session, with_refresh=True)
 
+    async def _passport_grant(
+        self, request: web.Request, form: Mapping[str, str], client_id: str
+    ) -> dict[str, Any]:
+        """MOEX two-factor login. Past client authentication (Keycloak's own 401s), every
+        failure is a 403, the only answer MOEX documents."""
+        if self.clients.get(client_id) is None:
+            raise _passport_denied("Passport login requires a confidential client")
+        for name in _PASSPORT_FIELDS:
+            if not form.get(name):
+                raise _passport_denied(f"Missing parameter: {name}")
+        algorithm = form["algorithm"]
+        # Checked first: openssl here has no GOST support, so a GOST signature would only
+        # fail later with a less helpful reason.
+        if algorithm == "GOST":
+            raise _passport_denied(_GOST_UNSUPPORTED)
+        if algorithm != "RSA":
+            raise _passport_denied("algorithm must be GOST or RSA")
+        if self.passport is None or self.ca_file is None:
+            raise _passport_denied("MOEX Passport login is not configured in this sandbox")
+
+        token = form["certificate"]
+        user = self.passport.token_valid(token)
+        if user is None:
+            raise _passport_denied("Unknown or expired MOEX Passport token" + _plus_hint(token))
+        signature = form["signature"]
+        if "\n" in signature or "\r" in signature:
+            raise _passport_denied("signature must be base64 without line breaks")
+        try:
+            der = base64.b64decode(signature, validate=True)
+        except ValueError:
+            raise _passport_denied(
+                "signature is not valid base64" + _plus_hint(signature)
+            ) from None
+        try:
+            # Detached: the signature covers exactly the token's bytes, nothing added.
+            verified = await verify_cms(
+                der, ca_file=self.ca_file, detached_content=token.encode("ascii")
+            )
+        except CmsInvalid as exc:
+            raise _passport_denied(f"signature does not verify: {exc.reason}") from None
+        try:
+            # openssl also accepts an attached signature when given the content; MOEX asks
+            # for a detached one, so one that verifies on its own is refused.
+            await verify_cms(der, ca_file=self.ca_file)
+        except CmsInvalid:
+            pass
+        else:
+            raise _passport_denied("signature must be detached (it carries the token inside)")
+        registered = self.passport.signers.get(user)
+        if registered is None:
+            raise _passport_denied(f"no signing certificate is registered for {user}")
+        der_cert = serialization.Encoding.DER
+        if verified.signer.public_bytes(der_cert) != registered.public_bytes(der_cert):
+            raise _passport_denied(f"the signer is not the certificate registered for {user}")
+        if not isinstance(verified.signer.public_key(), rsa.RSAPublicKey):
+            raise _passport_denied("algorithm RSA does not match the signer's key")
+        now = time.monotonic()
+        session = self._new_session(client_id, user, _merge_scope(form["scope"]), now)
+        return self._issue(request, session, with_refresh=True)
+
     def _client_credentials_grant(
         self, request: web.Request, form: Mapping[str, str], client_id: str
     ) -> dict[str, Any]:
@@ -479,7 +576,7 @@ class KeycloakEmulator:
         # Keycloak issues no refresh token for client_credentials by default.
         return self._issue(request, session, with_refresh=False)
 
-    def _grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
+    async def _grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
         try:
             if request.match_info["realm"] != self.realm:
                 return web.json_response({"error": "Realm does not exist"}, status=404)
@@ -489,7 +586,9 @@ class KeycloakEmulator:
             if grant not in _SUPPORTED_GRANTS:
                 raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
             client_id = self._authenticate_client(request, form)
-            if grant == "password":
+            if grant == "password" and form.get("grant_type_moex") == "passport":
+                body = await self._passport_grant(request, form, client_id)
+            elif grant == "password":
                 body = self._password_grant(request, form, client_id)
             elif grant == "refresh_token":
                 body = self._refresh_grant(request, form, client_id)
@@ -525,6 +624,8 @@ class KeycloakEmulator:
             form = await request.post()
             raw_grant = form.get("grant_type")
             grant = raw_grant if isinstance(raw_grant, str) else None
+            if grant == "password" and form.get("grant_type_moex") == "passport":
+                grant = "passport"  # counted apart from plain password logins
             release = self._release
             if release is not None:
                 await release.wait()
@@ -533,7 +634,7 @@ class KeycloakEmulator:
             if self._closing:
                 response = OAuthError(503, "server_error", "Server is shutting down").response()
             else:
-                response = self._take_injected_failure() or self._grant(
+                response = self._take_injected_failure() or await self._grant(
                     request, {k: v for k, v in form.items() if isinstance(v, str)}
                 )
             status = response.status

@@ -1,0 +1,634 @@
+"""A MOEX online client registration API for the sandbox (PROTOCOLS section 2).
+
+``POST /client/v1/applications/`` takes a registration document (``application/xml``)
+and answers 202 with the status URL in ``Location``; ``GET
+/client/v1/applications/{DOC_DATE}/{DOC_NUM}`` reports the status. The test stand's
+limits are enforced as MOEX publishes them, because they are what a client must cope with:
+
+* at most one request per second per client (the token's ``azp``), else 429 with
+  ``Retry-After: 30``. The rule is strict: a request less than ``min_interval`` after the
+  previous request the limiter let through is refused. It covers every API request, GETs
+  included, since MOEX limits "requests", not documents;
+* 11:00-16:00 Moscow time only, else 503 (not registered, no ``Retry-After``). The clock
+  is settable (``clock``, ``/_sandbox/clock``) and ``hours=None`` disables the check;
+* at most 1 MB of body, else 413; the body must be well-formed XML, else 400.
+
+Every request needs a live bearer token with scope ``client_registration`` (from the
+Keycloak emulator's ``grant_type_moex=passport`` login). ``start_moex_registration`` starts
+the whole MOEX stack: Passport, this API, and the IdP wiring between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+import xml.etree.ElementTree as ET
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from datetime import time as dtime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from sidecar.sandbox.keycloak import KeycloakEmulator
+from sidecar.sandbox.ntb import _bearer_token, _headers
+from sidecar.sandbox.passport import MoexPassport
+from sidecar.sandbox.pki import IssuedCert, Pki
+from sidecar.sandbox.servers import TlsServer
+
+__all__ = [
+    "APPLICATIONS_PATH",
+    "DEFAULT_HOURS",
+    "MSK",
+    "REGISTRATION_CLIENT_ID",
+    "REGISTRATION_SCOPE",
+    "MoexStack",
+    "RegistrationApi",
+    "start_moex_registration",
+]
+
+APPLICATIONS_PATH = "/client/v1/applications"
+REGISTRATION_SCOPE = "client_registration"
+REGISTRATION_CLIENT_ID = "moex_registration"
+_DEFAULT_CLIENT_SECRET = "registration-secret"
+MSK = timezone(timedelta(hours=3), "MSK")  # Moscow has had no DST since 2014
+DEFAULT_HOURS = (dtime(11, 0), dtime(16, 0))
+MAX_BODY = 1024 * 1024  # "Maximum request payload size - 1 Mb"
+RETRY_AFTER = 30  # seconds; MOEX: "Please try again in 30 seconds"
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+_MAX_EVENTS = 10_000  # keep stats bounded during long runs
+# The sandbox keeps documents in memory: the oldest are forgotten past these bounds.
+_MAX_STORED_DOCUMENTS = 1000
+_MAX_STORED_BYTES = 64 * 1024 * 1024
+_PASSPORT_SETTINGS = frozenset({"users", "token_ttl", "redirect"})
+_SETTINGS = ("min_interval", "processing_delay", "max_body", "hours")
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+_INSUFFICIENT_SCOPE = {
+    "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{REGISTRATION_SCOPE}"'
+}
+
+
+def _real_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_hours(value: Any) -> tuple[dtime, dtime] | None:
+    """``null`` or ``["HH:MM", "HH:MM"]`` from the settings endpoint."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError('hours must be null or ["HH:MM", "HH:MM"]')
+    start, end = (dtime.fromisoformat(str(v)) for v in value)
+    if start.tzinfo is not None or end.tzinfo is not None:
+        raise ValueError("hours are Moscow times without a UTC offset")
+    return start, end
+
+
+def _local_name(name: str) -> str:
+    """An XML tag or attribute name without its ``{namespace}``."""
+    return name.rsplit("}", 1)[-1].lower()
+
+
+def _doc_field(root: ET.Element, name: str) -> str | None:
+    """The first non-empty attribute or element called ``name`` (case-insensitive)."""
+    for element in root.iter():
+        for attr, value in element.attrib.items():
+            if _local_name(attr) == name and value.strip():
+                return value.strip()
+        if _local_name(element.tag) == name and element.text and element.text.strip():
+            return element.text.strip()
+    return None
+
+
+@dataclass
+class _Body:
+    data: bytes | None  # None: not kept (drained, or over the limit and cut short)
+    sha256: str | None
+    length: int
+
+
+async def _read_body(request: web.Request, limit: int | None) -> _Body:
+    """Read the body in chunks. With a ``limit``, stop as soon as it is exceeded and keep
+    nothing; without one, drain and hash it all (so an early error reaches the client
+    instead of a connection reset)."""
+    digest = hashlib.sha256()
+    chunks: list[bytes] = []
+    length = 0
+    while chunk := await request.content.readany():
+        length += len(chunk)
+        if limit is not None:
+            if length > limit:
+                # aiohttp discards the unread rest after the answer, so the 413 still arrives.
+                return _Body(None, None, length)
+            chunks.append(chunk)
+        digest.update(chunk)
+    return _Body(b"".join(chunks) if limit is not None else None, digest.hexdigest(), length)
+
+
+@dataclass
+class _Application:
+    doc_date: str
+    doc_num: str
+    client_id: str
+    root_tag: str
+    body: bytes
+    sha256: str
+    received_at: datetime  # by the API's clock, in MSK
+    accepted_at: float  # time.monotonic(); drives accepted -> processed
+
+    def status(self, processing_delay: float) -> dict[str, Any]:
+        done = time.monotonic() - self.accepted_at >= processing_delay
+        return {
+            "doc_date": self.doc_date,
+            "doc_num": self.doc_num,
+            "status": "processed" if done else "accepted",
+            "received_at": self.received_at.isoformat(),
+            "client_id": self.client_id,
+            "root": self.root_tag,
+            "body_sha256": self.sha256,
+            "body_length": len(self.body),
+        }
+
+
+class RegistrationApi:
+    """The registration API; ``validate_token`` returns a live token's claims or None.
+
+    Settings are attributes read on every request: ``clock`` (aware datetimes), ``hours``
+    (Moscow times, start inclusive, end exclusive; None = always open), ``min_interval``,
+    ``max_body`` and ``processing_delay`` (seconds until a document reads "processed").
+    """
+
+    def __init__(
+        self,
+        validate_token: Callable[[str], Mapping[str, Any] | None],
+        *,
+        clock: Callable[[], datetime] | None = None,
+        hours: tuple[dtime, dtime] | None = DEFAULT_HOURS,
+        min_interval: float = 1.0,
+        max_body: int = MAX_BODY,
+        processing_delay: float = 2.0,
+    ) -> None:
+        self._validate = validate_token
+        self.clock: Callable[[], datetime] = clock or _real_clock
+        self.hours = hours
+        self.min_interval = min_interval
+        self.max_body = max_body
+        self.processing_delay = processing_delay
+
+        self._applications: OrderedDict[tuple[str, str], _Application] = OrderedDict()
+        self._stored_bytes = 0
+        self._numbers = itertools.count(1)
+        self._last_let_through: dict[str, float] = {}  # client -> time.monotonic()
+        self._fail_status: int | None = None
+        self._fail_remaining: int | None = None
+
+        self.arrivals: deque[float] = deque(maxlen=_MAX_EVENTS)
+        self.last_request: dict[str, Any] | None = None
+        self._counts: dict[str, int] = {}
+        self.reset_stats()
+
+        self._app = web.Application()
+        for path in (APPLICATIONS_PATH + "/", APPLICATIONS_PATH):
+            self._app.router.add_post(path, self._post_handler)
+        self._app.router.add_get(APPLICATIONS_PATH + "/{doc_date}/{doc_num}", self._get_handler)
+        self._app.router.add_post("/_sandbox/fail", self._fail_handler)
+        self._app.router.add_get("/_sandbox/stats", self._stats_handler)
+        self._app.router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
+        self._app.router.add_get("/_sandbox/clock", self._clock_handler)
+        self._app.router.add_post("/_sandbox/clock", self._clock_handler)
+        self._app.router.add_get("/_sandbox/settings", self._settings_handler)
+        self._app.router.add_post("/_sandbox/settings", self._settings_handler)
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    # -- controls --------------------------------------------------------------------------
+
+    def set_clock(self, now: datetime | None) -> None:
+        """Freeze the clock at ``now`` (an aware datetime); None goes back to real time."""
+        if now is None:
+            self.clock = _real_clock
+            return
+        if now.tzinfo is None:
+            raise ValueError("the clock needs an aware datetime (with a UTC offset)")
+        self.clock = lambda: now
+
+    def is_open(self) -> bool:
+        """Whether the clock is inside the business hours (always, if ``hours`` is None)."""
+        if self.hours is None:
+            return True
+        start, end = self.hours
+        now = self.clock().astimezone(MSK).time()
+        if start <= end:
+            return start <= now < end
+        return now >= start or now < end  # a window across midnight
+
+    def fail_with(self, status: int | None, count: int | None = None) -> None:
+        """Answer the next ``count`` API requests (all if None) with ``status``.
+
+        ``status=None`` (or ``count=0``) clears the failure.
+        """
+        if status is not None and not 400 <= status <= 599:
+            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
+        if count is not None and count < 1:
+            status = None
+        self._fail_status = status
+        self._fail_remaining = count if status is not None else None
+
+    def document(self, doc_date: str, doc_num: str) -> bytes | None:
+        """The stored bytes of an accepted document, if still kept."""
+        found = self._applications.get((doc_date, doc_num))
+        return found.body if found is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self._counts,
+            "arrivals": list(self.arrivals),
+            "documents": len(self._applications),
+            "last_request": self.last_request,
+        }
+
+    def reset_stats(self) -> None:
+        self.arrivals.clear()
+        self.last_request = None
+        self._counts = dict.fromkeys(
+            (
+                "requests",
+                "accepted",
+                "status_requests",
+                "rate_limited",
+                "outside_hours",
+                "bad_xml",
+                "bad_content_type",
+                "duplicates",
+                "too_large",
+                "unauthorized",
+                "forbidden",
+                "injected",
+            ),
+            0,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        hours = self.hours
+        return {
+            "min_interval": self.min_interval,
+            "processing_delay": self.processing_delay,
+            "max_body": self.max_body,
+            "hours": [t.strftime("%H:%M") for t in hours] if hours is not None else None,
+        }
+
+    # -- request handling ------------------------------------------------------------------
+
+    @staticmethod
+    def _error(
+        status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+    def _take_injected_failure(self) -> web.Response | None:
+        status = self._fail_status
+        if status is None:
+            return None
+        if self._fail_remaining is not None:
+            self._fail_remaining -= 1
+            if self._fail_remaining <= 0:
+                self.fail_with(None)
+        self._counts["injected"] += 1
+        error = "server_error" if status >= 500 else "invalid_request"
+        return self._error(status, error, f"Injected sandbox failure (HTTP {status})")
+
+    async def _gate(
+        self, request: web.Request, summary: dict[str, Any]
+    ) -> tuple[web.Response | None, str]:
+        """The checks every API request passes, in gateway order; returns (refusal, client).
+
+        A refusal is returned with the body already drained.
+        """
+        refusal = self._take_injected_failure()
+        client = ""
+        if refusal is None:
+            token = _bearer_token(request.headers.get("Authorization"))
+            claims = self._validate(token) if token is not None else None
+            if claims is None:
+                self._counts["unauthorized"] += 1
+                refusal = web.json_response(
+                    {
+                        "error": "invalid_token",
+                        "error_description": "missing, invalid or expired access token",
+                    },
+                    status=401,
+                    headers=_INVALID_TOKEN,
+                )
+            else:
+                client = str(claims.get("azp") or claims.get("sub") or "")
+                summary["token_azp"] = claims.get("azp")
+                summary["token_sub"] = claims.get("sub")
+                refusal = self._authorise(claims, client)
+        if refusal is not None:
+            self._record(summary, await _read_body(request, None))
+        return refusal, client
+
+    def _authorise(self, claims: Mapping[str, Any], client: str) -> web.Response | None:
+        if REGISTRATION_SCOPE not in str(claims.get("scope", "")).split():
+            self._counts["forbidden"] += 1
+            return web.json_response(
+                {
+                    "error": "insufficient_scope",
+                    "error_description": f"the token lacks scope {REGISTRATION_SCOPE}",
+                },
+                status=403,
+                headers=_INSUFFICIENT_SCOPE,
+            )
+        now = time.monotonic()
+        last = self._last_let_through.get(client)
+        if last is not None and now - last < self.min_interval:
+            # Refused requests do not move the window: only the last one let through counts.
+            self._counts["rate_limited"] += 1
+            return self._error(
+                429,
+                "too_many_requests",
+                f"at most 1 request per {self.min_interval:g} s; retry after {RETRY_AFTER} s",
+                {"Retry-After": str(RETRY_AFTER)},
+            )
+        self._last_let_through[client] = now
+        if not self.is_open():
+            self._counts["outside_hours"] += 1
+            start, end = self.hours or DEFAULT_HOURS
+            return self._error(
+                503,
+                "service_unavailable",
+                f"The client registration service works {start:%H:%M}-{end:%H:%M} MSK; "
+                "the request was not registered",
+            )
+        return None
+
+    def _record(self, summary: dict[str, Any], body: _Body) -> None:
+        summary["body_sha256"] = body.sha256
+        summary["body_length"] = body.length
+        summary["body_complete"] = body.sha256 is not None
+
+    def _summary(self, request: web.Request) -> dict[str, Any]:
+        return {
+            "method": request.method,
+            "path": request.path,
+            "headers": _headers(request),
+            "token_azp": None,
+            "token_sub": None,
+        }
+
+    async def _post_handler(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
+        self._counts["requests"] += 1
+        summary = self._summary(request)
+        self.last_request = summary
+        response = await self._post(request, summary)
+        summary["status"] = response.status
+        return response
+
+    async def _post(self, request: web.Request, summary: dict[str, Any]) -> web.Response:
+        refusal, client = await self._gate(request, summary)
+        if refusal is not None:
+            return refusal
+        if request.content_type != "application/xml":
+            self._record(summary, await _read_body(request, None))
+            self._counts["bad_content_type"] += 1
+            return self._error(
+                400,
+                "invalid_request",
+                f"Content-Type must be application/xml, got {request.content_type!r}",
+            )
+        body = await _read_body(request, self.max_body)
+        self._record(summary, body)
+        if body.data is None:
+            self._counts["too_large"] += 1
+            return self._error(
+                413, "payload_too_large", f"the request body exceeds {self.max_body} bytes"
+            )
+        try:
+            # expat (2.4+) refuses entity-expansion bombs and never fetches external entities.
+            root = ET.fromstring(body.data)
+        except ET.ParseError as exc:
+            self._counts["bad_xml"] += 1
+            return self._error(
+                400, "invalid_request", f"the document is not well-formed XML: {exc}"
+            )
+
+        received_at = self.clock().astimezone(MSK)
+        doc_date = _doc_field(root, "doc_date") or received_at.date().isoformat()
+        doc_num = _doc_field(root, "doc_num")
+        if doc_num is None:
+            doc_num = str(next(self._numbers))
+            while (doc_date, doc_num) in self._applications:
+                doc_num = str(next(self._numbers))
+        key = (doc_date, doc_num)
+        if key in self._applications:
+            # An assumption: a registry keyed by document number refuses a repeated one.
+            self._counts["duplicates"] += 1
+            return self._error(
+                400, "invalid_request", f"document {doc_date}/{doc_num} is already registered"
+            )
+        self._store(
+            _Application(
+                doc_date=doc_date,
+                doc_num=doc_num,
+                client_id=client,
+                root_tag=_local_name(root.tag),
+                body=body.data,
+                sha256=str(body.sha256),
+                received_at=received_at,
+                accepted_at=time.monotonic(),
+            )
+        )
+        self._counts["accepted"] += 1
+        location = f"{APPLICATIONS_PATH}/{quote(doc_date, safe='')}/{quote(doc_num, safe='')}"
+        summary["location"] = location
+        return web.Response(status=202, headers={"Location": location})
+
+    def _store(self, application: _Application) -> None:
+        self._applications[(application.doc_date, application.doc_num)] = application
+        self._stored_bytes += len(application.body)
+        while len(self._applications) > 1 and (
+            len(self._applications) > _MAX_STORED_DOCUMENTS
+            or self._stored_bytes > _MAX_STORED_BYTES
+        ):
+            _, oldest = self._applications.popitem(last=False)
+            self._stored_bytes -= len(oldest.body)
+
+    async def _get_handler(self, request: web.Request) -> web.Response:
+        self._counts["status_requests"] += 1
+        summary = self._summary(request)
+        self.last_request = summary
+        refusal, _ = await self._gate(request, summary)
+        if refusal is None:
+            self._record(summary, await _read_body(request, None))
+            key = (request.match_info["doc_date"], request.match_info["doc_num"])
+            found = self._applications.get(key)
+            if found is None:
+                response = self._error(404, "not_found", f"no document {key[0]}/{key[1]}")
+            else:
+                response = web.json_response(found.status(self.processing_delay))
+        else:
+            response = refusal
+        summary["status"] = response.status
+        return response
+
+    # -- /_sandbox -------------------------------------------------------------------------
+
+    async def _fail_handler(self, request: web.Request) -> web.Response:
+        try:
+            raw_status = request.query.get("status")
+            raw_count = request.query.get("count")
+            status = int(raw_status) if raw_status else None
+            count = int(raw_count) if raw_count else None
+            self.fail_with(status, count)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
+
+    async def _stats_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.json_response(self.stats())
+
+    async def _clock_handler(self, request: web.Request) -> web.Response:
+        """GET shows the clock; POST ``{"now": "<ISO 8601 with offset>"}`` freezes it there,
+        ``{"now": null}`` goes back to real time."""
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                if not isinstance(body, dict) or "now" not in body:
+                    raise ValueError('expected {"now": "<ISO 8601>"} or {"now": null}')
+                raw = body["now"]
+                if raw is not None and not isinstance(raw, str):
+                    raise ValueError("now must be an ISO 8601 string or null")
+                self.set_clock(datetime.fromisoformat(raw) if raw is not None else None)
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+                return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(
+            {
+                "now": self.clock().astimezone(MSK).isoformat(),
+                "fixed": self.clock is not _real_clock,
+                "open": self.is_open(),
+            }
+        )
+
+    async def _settings_handler(self, request: web.Request) -> web.Response:
+        """GET shows the settings; POST with a JSON object changes some of them."""
+        if request.method == "POST":
+            try:
+                changes = await request.json()
+                if not isinstance(changes, dict):
+                    raise ValueError("expected a JSON object")
+                updates: dict[str, Any] = {}
+                for name, value in changes.items():
+                    if name not in _SETTINGS:
+                        raise ValueError(f"unknown setting {name!r}")
+                    if name == "hours":
+                        updates[name] = _parse_hours(value)
+                        continue
+                    if isinstance(value, bool) or not isinstance(value, int | float):
+                        raise ValueError(f"{name} must be a number")
+                    if value < 0:
+                        raise ValueError(f"{name} must not be negative")
+                    if name == "max_body" and not isinstance(value, int):
+                        raise ValueError("max_body must be an integer")
+                    updates[name] = value
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+                return web.json_response({"error": str(exc)}, status=400)
+            for name, value in updates.items():
+                setattr(self, name, value)
+        return web.json_response(self.settings())
+
+
+@dataclass
+class MoexStack:
+    """What ``start_moex_registration`` started, with the values a sidecar config needs."""
+
+    passport: MoexPassport
+    passport_server: TlsServer
+    registration: RegistrationApi
+    registration_server: TlsServer
+    passport_url: str  # the GET /authenticate URL
+    api_url: str  # the registration API's base URL (scheme://host:port)
+    signer: IssuedCert  # the default Passport user's RSA signing certificate
+    user: str  # that Passport user
+    client_id: str
+    client_secret: str
+
+    async def stop(self) -> None:
+        """Stop both servers; safe to call more than once."""
+        try:
+            await self.registration_server.stop()
+        finally:
+            await self.passport_server.stop()
+
+
+async def start_moex_registration(
+    pki: Pki,
+    idp: KeycloakEmulator,
+    *,
+    passport_port: int = 0,
+    api_port: int = 0,
+    **settings: Any,
+) -> MoexStack:
+    """Start MOEX Passport and the registration API over TLS and wire ``idp`` to them.
+
+    ``settings`` named ``users``, ``token_ttl`` or ``redirect`` go to ``MoexPassport``,
+    the others to ``RegistrationApi``. The IdP gets the Passport, the PKI's CA as the
+    signing CA and a confidential client ``moex_registration`` if it has none.
+    """
+    passport = MoexPassport(**{k: v for k, v in settings.items() if k in _PASSPORT_SETTINGS})
+    registration = RegistrationApi(
+        idp.introspect, **{k: v for k, v in settings.items() if k not in _PASSPORT_SETTINGS}
+    )
+    if not passport.users:
+        raise ValueError("MOEX Passport needs at least one user")
+    user = next(iter(passport.users))
+    # As MOEX's CA does for each Passport user: an RSA certificate in the user's name.
+    signer = pki.issue_client("moex-signer", common_name=user)
+    passport.register_signer(user, signer.cert)
+
+    idp.passport = passport
+    idp.ca_file = pki.ca_file
+    secret = idp.clients.get(REGISTRATION_CLIENT_ID)
+    if secret is None:  # absent or public: a Passport login needs a client secret
+        secret = _DEFAULT_CLIENT_SECRET
+        idp.clients[REGISTRATION_CLIENT_ID] = secret
+
+    passport_server = TlsServer(
+        passport.app,
+        pki.server_ssl_context(pki.issue_server("moex-passport", _LOOPBACK_HOSTS)),
+        port=passport_port,
+    )
+    registration_server = TlsServer(
+        registration.app,
+        pki.server_ssl_context(pki.issue_server("moex-apim", _LOOPBACK_HOSTS)),
+        port=api_port,
+    )
+    await passport_server.start()
+    try:
+        await registration_server.start()
+    except BaseException:
+        await passport_server.stop()
+        raise
+    return MoexStack(
+        passport=passport,
+        passport_server=passport_server,
+        registration=registration,
+        registration_server=registration_server,
+        passport_url=passport_server.url + "/authenticate",
+        api_url=registration_server.url,
+        signer=signer,
+        user=user,
+        client_id=REGISTRATION_CLIENT_ID,
+        client_secret=secret,
+    )
