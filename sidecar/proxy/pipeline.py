@@ -73,6 +73,12 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
     refusal = _local_checks(ex, length)
     if refusal is not None:
         return refusal
+    try:
+        token = await upstream.tokens.get()
+    except NoToken as exc:
+        return _no_token(ex, exc)
+    # The limiter comes after the token: it paces when requests are *sent*, and a login that
+    # takes a while must not let a queue of released requests leave together.
     if upstream.limiter is not None:
         try:
             ex.queued = await upstream.limiter.acquire()
@@ -85,10 +91,11 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
                 retry_after=exc.retry_after,
             )
         upstream.metrics.rate_limit_wait.observe(ex.queued)
-    try:
-        token = await upstream.tokens.get()
-    except NoToken as exc:
-        return _no_token(ex, exc)
+        if ex.queued:
+            try:  # a long wait in the queue may have outlived the token
+                token = await upstream.tokens.get()
+            except NoToken as exc:
+                return _no_token(ex, exc)
 
     if request.headers.get("Expect", "").lower() == "100-continue":
         # We are ready for the body now that a token is in hand.

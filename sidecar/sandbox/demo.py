@@ -16,6 +16,7 @@ import yaml
 from sidecar.config import validate_config
 from sidecar.sandbox.keycloak import KeycloakEmulator
 from sidecar.sandbox.pki import IssuedCert, Pki
+from sidecar.sandbox.registration import MoexStack
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
 from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
 
@@ -62,6 +63,43 @@ def kisc_upstream(
         "headers": {"x-fapi-interaction-id": "{uuid}", "x-fapi-auth-date": "{now}"},
         "header_date": {"format": "iso8601", "utc_offset": "+06:00"},
         "require_headers": {"POST": ["x-idempotency-key"]},
+    }
+
+
+MOEX_REGISTRATION_HOST = "play-apim.moex.com"
+
+
+def moex_registration_upstream(
+    moex: MoexStack, token_url: str, pki: Pki, secrets_dir: Path
+) -> dict[str, Any]:
+    """MOEX client registration as a broker would configure it: Passport + an RSA signature,
+    1 request/s and 1 MB, the test stand's limits."""
+    return {
+        "match": [MOEX_REGISTRATION_HOST],
+        "target": moex.api_url,
+        "tls": {"ca_file": str(pki.ca_file)},
+        "max_body": 1024 * 1024,
+        "rate_limit": {"rps": 1, "burst": 1, "max_wait": 30},
+        "auth": {
+            "type": "moex_passport",
+            "passport_url": moex.passport_url,
+            "token_url": token_url,
+            "client_id": moex.client_id,
+            "client_secret_file": str(
+                _secret(secrets_dir, "moex-client-secret", moex.client_secret)
+            ),
+            "username": moex.user,
+            "password_file": str(
+                _secret(secrets_dir, "moex-passport-password", moex.passport.users[moex.user])
+            ),
+            "algorithm": "RSA",
+            "scope": "client_registration",
+            "signer": {
+                "type": "pkcs7",
+                "cert_file": str(moex.signer.cert_file),
+                "key_file": str(moex.signer.key_file),
+            },
+        },
     }
 
 

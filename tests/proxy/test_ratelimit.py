@@ -43,7 +43,8 @@ async def test_late_requests_are_refused_with_a_retry_after() -> None:
     results = await asyncio.gather(*(limiter.acquire() for _ in range(6)), return_exceptions=True)
     waited = [r for r in results if isinstance(r, float)]
     refused = [r for r in results if isinstance(r, RateLimited)]
-    assert len(waited) == 3 and len(refused) == 3
+    # Waits of 0 s and ~1.02 s (1/rps plus the jitter margin) fit; ~2.04 s does not.
+    assert len(waited) == 2 and len(refused) == 4
     assert all(r.retry_after > 2 for r in refused)
     await limiter.close()
 
