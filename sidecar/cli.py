@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ import yaml
 from sidecar import __version__, logs
 from sidecar.config import Config, ConfigError, load_config, redacted
 from sidecar.errors import SetupError
+from sidecar.sandbox.ports import Ports
 
 EXIT_USAGE = 2
 
@@ -32,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         "sandbox", help="start local emulators of the APIs with the sidecar in front"
     )
     sandbox.add_argument("--dir", default=".sandbox", help="where certificates and config go")
-    sandbox.add_argument("--proxy-port", type=int, default=8080)
-    sandbox.add_argument("--admin-port", type=int, default=9090)
-    sandbox.add_argument("--idp-port", type=int, default=8443, help="emulated MOEX SSO")
-    sandbox.add_argument("--api-port", type=int, default=8444, help="emulated MOEX NTB API")
-    sandbox.add_argument("--kisc-port", type=int, default=8243, help="emulated KISC gateway")
+    for field in dataclasses.fields(Ports):
+        sandbox.add_argument(
+            f"--{field.name}-port", type=int, default=field.default,
+            help=f"port of the {field.name} listener (0: any free port)",
+        )
     args = parser.parse_args(argv)
 
     try:
@@ -49,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(path)
             logs.configure_for(config)
             return _run_until_signalled(lambda signals: _serve(config, path, signals))
-        from sidecar.sandbox.demo import run_sandbox
 
         logs.configure("info", "console")
         where = Path(args.dir).resolve()
+        from sidecar.sandbox.demo import run_sandbox  # only the sandbox needs the emulators
+
+        fields = dataclasses.fields(Ports)
+        ports = Ports(**{f.name: getattr(args, f"{f.name}_port") for f in fields})
         return _run_until_signalled(
-            lambda signals: run_sandbox(
-                where, signals.stop, proxy_port=args.proxy_port, admin_port=args.admin_port,
-                idp_port=args.idp_port, api_port=args.api_port, kisc_port=args.kisc_port,
-            )
+            lambda signals: run_sandbox(where, signals.stop, ports)
         )
     except ConfigError as exc:
         print("config error:", file=sys.stderr)

@@ -56,7 +56,8 @@ class Running:
 def sandbox_process(tmp_path: Path) -> Iterator[Running]:
     running = Running(
         ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0",
-         "--idp-port", "0", "--api-port", "0", "--kisc-port", "0"],
+         "--idp-port", "0", "--api-port", "0", "--kisc-port", "0",
+         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0"],
         tmp_path,
     )
     try:
@@ -132,7 +133,8 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
     repo = Path(__file__).resolve().parents[1]
     running = Running(
         ["sandbox", "--dir", ".sandbox", "--proxy-port", "0", "--admin-port", "0",
-         "--idp-port", "0", "--api-port", "0", "--kisc-port", "0"],
+         "--idp-port", "0", "--api-port", "0", "--kisc-port", "0",
+         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0"],
         tmp_path,
     )
     try:
@@ -148,7 +150,9 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     for path in ("pki/ca.crt", "pki/sidecar.crt", "pki/sidecar.key", "secrets/ntb-password",
                  "pki/kisc-client-bank-user.p12", "secrets/kisc-p12-password",
-                 "secrets/kisc-consumer-secret", "secrets/kisc-password"):
+                 "secrets/kisc-consumer-secret", "secrets/kisc-password",
+                 "pki/moex-signer.crt", "secrets/moex-client-secret",
+                 "secrets/moex-passport-password", "pki/mpt-signer.key"):
         assert path in written
 
 

@@ -7,6 +7,7 @@ client certificate by path), so a user can read it as an example and edit it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import structlog
 import yaml
 
 from sidecar.config import validate_config
-from sidecar.sandbox.keycloak import KeycloakEmulator
+from sidecar.sandbox.mpt import start_mpt
 from sidecar.sandbox.pki import IssuedCert, Pki
-from sidecar.sandbox.registration import MoexStack
+from sidecar.sandbox.ports import Ports
+from sidecar.sandbox.registration import MoexStack, start_moex_registration
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
 from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
 
@@ -138,63 +140,85 @@ def sandbox_config(
     }
 
 
-async def run_sandbox(
-    directory: Path,
-    stop: asyncio.Event,
-    *,
-    proxy_port: int = 8080,
-    admin_port: int = 9090,
-    idp_port: int = 8443,
-    api_port: int = 8444,
-    kisc_port: int = 8243,
-) -> None:
+async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> None:
     """Run until ``stop`` is set; ``directory`` (absolute) receives the PKI and the config."""
     from sidecar.app import Sidecar
 
-    stack = await start_sandbox(directory / "pki", idp_port=idp_port, api_port=api_port)
-    gateway, gateway_server = await start_wso2(stack.pki, port=kisc_port)
-    try:
+    secrets_dir = directory / "secrets"
+    stack = await start_sandbox(directory / "pki", idp_port=ports.idp, api_port=ports.api)
+    async with contextlib.AsyncExitStack() as running:
+        running.push_async_callback(stop_sandbox, stack)
+        gateway, gateway_server = await start_wso2(stack.pki, port=ports.kisc)
+        running.push_async_callback(gateway_server.stop)
+        moex = await start_moex_registration(
+            stack.pki, stack.idp, passport_port=ports.passport, api_port=ports.registration
+        )
+        running.push_async_callback(moex.stop)
+        mpt, mpt_server = await start_mpt(stack.pki, port=ports.mpt)
+        running.push_async_callback(mpt_server.stop)
+
         data = sandbox_config(
-            stack,
-            directory / "secrets",
-            proxy=f"127.0.0.1:{proxy_port}",
-            admin=f"127.0.0.1:{admin_port}",
+            stack, secrets_dir, proxy=f"127.0.0.1:{ports.proxy}", admin=f"127.0.0.1:{ports.admin}"
         )
-        data["upstreams"]["kisc"] = kisc_upstream(
-            gateway, gateway_server.url, stack.pki, issue_kisc_client(stack.pki),
-            directory / "secrets",
+        upstreams = data["upstreams"]
+        upstreams["kisc"] = kisc_upstream(
+            gateway, gateway_server.url, stack.pki, issue_kisc_client(stack.pki), secrets_dir
         )
+        upstreams["moex-registration"] = moex_registration_upstream(
+            moex, stack.token_url, stack.pki, secrets_dir
+        )
+        upstreams["mpt"] = mpt_upstream(mpt_server.url, mpt.key_path, stack.pki)
         config_file = directory / "sidecar.yaml"
         config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         sidecar = Sidecar(validate_config(data))
-        try:
-            await sidecar.start()
-            banner = _banner(stack, gateway_server.url, sidecar.proxy_port, sidecar.admin_port,
-                             config_file)
-            print(banner, flush=True)
-            await stop.wait()
-        finally:
-            await sidecar.stop()
-    finally:
-        await gateway_server.stop()
-        await stop_sandbox(stack)
+        running.push_async_callback(sidecar.stop)
+        await sidecar.start()
+        urls = {
+            "MOEX SSO (IdP)": f"{stack.idp_server.url}   realm {stack.idp.realm}",
+            "MOEX NTB API": f"{stack.api_url}   (mTLS, client certificate required)",
+            "MOEX Passport": moex.passport_url,
+            "MOEX registration": f"{moex.api_url}   (1 request/s, 11:00-16:00 MSK)",
+            "KISC gateway": f"{gateway_server.url}   (WSO2, mTLS on /token and the API)",
+            "MPT true API": mpt_server.url + MPT_BASE,
+        }
+        print(_banner(urls, sidecar.proxy_port, sidecar.admin_port, config_file), flush=True)
+        await stop.wait()
 
 
-def _banner(
-    stack: SandboxStack, kisc_url: str, proxy_port: int, admin_port: int, config_file: Path
-) -> str:
-    idp: KeycloakEmulator = stack.idp
-    control = stack.idp_server.url + "/_sandbox"
+MPT_HOST = "stage.ismet.kz"
+MPT_BASE = "/api/v3/true-api"
+
+
+def mpt_upstream(server_url: str, key_path: str, pki: Pki) -> dict[str, Any]:
+    """MPT with an RSA key signed in-process (Kazakh GOST keys would use ncanode)."""
+    signer = pki.issue_client("mpt-signer", "sandbox-company")
+    return {
+        "match": [MPT_HOST],
+        "target": server_url,
+        "tls": {"ca_file": str(pki.ca_file)},
+        "auth": {
+            "type": "mpt_signin",
+            "base_url": server_url + key_path.removesuffix("/auth/key"),
+            "signer": {
+                "type": "pkcs7",
+                "cert_file": str(signer.cert_file),
+                "key_file": str(signer.key_file),
+            },
+        },
+    }
+
+
+def _banner(urls: dict[str, str], proxy_port: int, admin_port: int, config_file: Path) -> str:
+    control = urls["MOEX SSO (IdP)"].split()[0] + "/_sandbox"
+    proxy = f"http://127.0.0.1:{proxy_port}"
     return "\n".join(
         [
             "",
             "authsidecar sandbox is up",
-            f"  sidecar proxy   http://127.0.0.1:{proxy_port}",
-            f"  admin / status  http://127.0.0.1:{admin_port}/status",
-            f"  MOEX SSO (IdP)  {stack.idp_server.url}   realm {idp.realm}",
-            f"  MOEX NTB API    {stack.api_url}   (mTLS, client certificate required)",
-            f"  KISC gateway    {kisc_url}   (WSO2, mTLS on /token and the API)",
-            f"  config written  {config_file}",
+            f"  {'sidecar proxy':<18} {proxy}",
+            f"  {'admin / status':<18} http://127.0.0.1:{admin_port}/status",
+            *(f"  {name:<18} {url}" for name, url in urls.items()),
+            f"  {'config written':<18} {config_file}",
             "",
             "Try it (the sidecar logs in, adds the Bearer token and the client certificate):",
             f"  curl -x http://127.0.0.1:{proxy_port} http://{NTB_HOST}/ntb/hello",
@@ -205,6 +229,10 @@ def _banner(
             f"  curl -x http://127.0.0.1:{proxy_port} http://{KISC_HOST}/etsfo/1.0.0/messages/",
             f"  curl -x http://127.0.0.1:{proxy_port} http://{KISC_HOST}/etsfo/1.0.0/messages/ "
             "-H 'x-idempotency-key: DEMO-1' -H 'Content-Type: application/xml' -d '<Doc/>'",
+            f"  curl -x {proxy} http://{MPT_HOST}{MPT_BASE}/cises/info   # signed-challenge login",
+            f"  curl -x {proxy} http://{MOEX_REGISTRATION_HOST}/client/v1/applications/ "
+            "-H 'Content-Type: application/xml' -d '<DOC DOC_DATE=\"2026-11-20\" DOC_NUM=\"1\"/>'"
+            "   # Passport + signature (answers 503 outside 11:00-16:00 MSK)",
             f"  curl -x http://127.0.0.1:{proxy_port} http://unknown.example/   # refused: 403",
             f"  curl -k -X POST {control}/revoke   # end the SSO session; sidecar logs in again",
             f"  curl -k {control}/stats",
