@@ -197,3 +197,26 @@ def test_mpt_example_is_valid(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "mpt_signin" in result.stdout and "p12_password: '***'" in result.stdout
+
+
+def test_moex_passport_example_is_valid(tmp_path: Path) -> None:
+    from sidecar.sandbox.pki import Pki
+
+    client = Pki(tmp_path / "pki").issue_client("signer", "you")
+    secret = tmp_path / "secret"
+    secret.write_text(client.p12_password)
+    repo = Path(__file__).resolve().parents[1]
+    prefix = "SIDECAR_UPSTREAMS__MOEX_REGISTRATION__AUTH__"
+    env = _env() | {
+        f"{prefix}CLIENT_SECRET_FILE": str(secret),
+        f"{prefix}PASSWORD_FILE": str(secret),
+        f"{prefix}SIGNER__P12_FILE": str(client.p12_file),
+        f"{prefix}SIGNER__P12_PASSWORD_FILE": str(secret),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--config",
+         str(repo / "config/moex-passport.yaml")],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "moex_passport" in result.stdout and client.p12_password not in result.stdout
