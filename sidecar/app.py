@@ -74,7 +74,11 @@ class Sidecar:
         )
 
     def _build(
-        self, name: str, cfg: Upstream, tokens: TokenSource | None = None
+        self,
+        name: str,
+        cfg: Upstream,
+        tokens: TokenSource | None = None,
+        limiter: RateLimiter | None = None,
     ) -> UpstreamRuntime:
         ctx = client_context(cfg.tls)
         metrics = self.metrics.for_upstream(name)
@@ -85,7 +89,7 @@ class Sidecar:
             tokens=tokens or token_source(name, cfg, ctx, metrics),
             rejection=rejection_policy(cfg),
             metrics=metrics,
-            limiter=RateLimiter(cfg.rate_limit) if cfg.rate_limit else None,
+            limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
         )
         runtime.set_client_cert(client_identity(cfg.tls))
         return runtime
@@ -101,13 +105,24 @@ class Sidecar:
         try:
             for name, cfg in new.upstreams.items():
                 current = self.upstreams.get(name)
-                if current is None or current.config != cfg:
+                signer_rotated = _signer_touched(cfg, changed_files)
+                if current is None or current.config != cfg or signer_rotated:
                     # Same credentials and TLS: hand the live token over, so one credential
-                    # never has two managers refreshing it (WSO2 refresh tokens are single-use).
-                    keep = current is not None and (current.config.auth, current.config.tls) == (
-                        cfg.auth, cfg.tls
+                    # never has two managers refreshing it (WSO2 refresh tokens are single-use);
+                    # the same for the rate limiter, so one target never gets two queues.
+                    old = current.config if current is not None else None
+                    keep_tokens = (
+                        old is not None
+                        and (old.auth, old.tls) == (cfg.auth, cfg.tls)
+                        and not signer_rotated
                     )
-                    built[name] = self._build(name, cfg, current.tokens if keep else None)
+                    keep_limiter = old is not None and old.rate_limit == cfg.rate_limit
+                    built[name] = self._build(
+                        name,
+                        cfg,
+                        current.tokens if keep_tokens and current else None,
+                        current.limiter if keep_limiter and current else None,
+                    )
                 elif _tls_touched(cfg, changed_files):
                     ctx = client_context(cfg.tls)
                     auth_tls = getattr(cfg.auth, "tls", None)
@@ -132,9 +147,8 @@ class Sidecar:
             if runtime.config.eager:
                 await runtime.tokens.start()
         for runtime in retired:
-            handed_over = any(runtime.tokens is b.tokens for b in built.values())
             self._retired.add(runtime)
-            self._later(self._retire(runtime, keep_tokens=handed_over))
+            self._later(self._retire(runtime))
         if new.listen != self.config.listen:
             log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
         self.config = new
@@ -147,10 +161,19 @@ class Sidecar:
             removed=sorted(r.name for r in retired if r.name not in new.upstreams),
         )
 
-    async def _retire(self, runtime: UpstreamRuntime, *, keep_tokens: bool) -> None:
+    async def _retire(self, runtime: UpstreamRuntime) -> None:
         await runtime.wait_idle()
         self._retired.discard(runtime)
-        await (runtime.client.close() if keep_tokens else runtime.close())
+        await self._close_parts(runtime)
+
+    async def _close_parts(self, runtime: UpstreamRuntime) -> None:
+        """Close what a retired upstream does not share with a live one (token source, limiter
+        handed over on reload)."""
+        live = [r for r in self.upstreams.values() if r is not runtime]
+        await runtime.close(
+            tokens=not any(runtime.tokens is r.tokens for r in live),
+            limiter=not any(runtime.limiter is r.limiter for r in live if r.limiter),
+        )
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -205,12 +228,10 @@ class Sidecar:
             await self._admin.cleanup()
         for task in list(self._background):
             task.cancel()
-        live = list(self.upstreams.values())
-        for runtime in [*live, *self._retired]:
-            if any(runtime.tokens is r.tokens for r in live) and runtime not in live:
-                await runtime.client.close()  # its token source lives on in a live upstream
-            else:
-                await runtime.close()
+        for runtime in list(self._retired):
+            await self._close_parts(runtime)
+        for runtime in self.upstreams.values():
+            await runtime.close()
         self._retired.clear()
         log.info("stopped")
 
@@ -227,3 +248,14 @@ def _tls_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
         return True
     files = _tls_files(cfg.tls) | _tls_files(getattr(cfg.auth, "tls", None))
     return bool(files & changed_files)
+
+
+def _signer_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
+    """Whether a signing key or certificate file of the upstream's login changed on disk."""
+    signer = getattr(cfg.auth, "signer", None)
+    if signer is None or changed_files is None:
+        return False  # SIGHUP with no file news: a changed config is caught by comparison
+    files = {signer.cert_file, signer.key_file, signer.p12_file}
+    if signer.ncanode is not None:
+        files.add(signer.ncanode.p12_file)
+    return bool({f for f in files if f is not None} & changed_files)

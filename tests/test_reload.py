@@ -122,3 +122,31 @@ async def test_sighup_rejects_a_broken_config_and_applies_a_good_one(
         assert 'sidecar_config_reloads_total{result="success"} 1.0' in scrape
     finally:
         await proc.kill()
+
+
+async def test_reload_hands_the_token_and_the_rate_limiter_to_the_rebuilt_upstream(
+    sandbox: SandboxStack, make_sidecar: Any, sidecar_config: dict[str, Any], tmp_path: Path
+) -> None:
+    sidecar = await make_sidecar({"rate_limit": {"rps": 5, "burst": 1}})
+    before = sidecar.upstreams["moex-ntb"]
+    changed = load_config_from(sidecar_config, tmp_path, {
+        "rate_limit": {"rps": 5, "burst": 1}, "headers": {"x-added": "1"},
+    })
+    await sidecar.apply(changed)
+    after = sidecar.upstreams["moex-ntb"]
+    assert after is not before and after.config.headers == {"x-added": "1"}
+    assert after.tokens is before.tokens and after.limiter is before.limiter
+    # A different rate gets a new limiter; new credentials a new token source.
+    other = load_config_from(sidecar_config, tmp_path, {"rate_limit": {"rps": 2, "burst": 1}})
+    await sidecar.apply(other)
+    assert sidecar.upstreams["moex-ntb"].limiter is not before.limiter
+    assert sidecar.upstreams["moex-ntb"].tokens is before.tokens
+
+
+def load_config_from(base: dict[str, Any], tmp_path: Path, upstream: dict[str, Any]) -> Any:
+    from tests.conftest import deep_merge
+
+    data = deep_merge(base, {"upstreams": {"moex-ntb": upstream}})
+    path = tmp_path / "reloaded.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)

@@ -34,12 +34,18 @@ class PassportClient:
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         self._ssl = ssl_context
-        self._session = None  # the old one is closed by close(); calls are single flight
+        if self._session is not None:
+            self._retired.append(self._session)  # closed on the next call (single flight)
+            self._session = None
 
     async def fetch(self) -> str:
+        for old in self._retired:
+            await old.close()
+        self._retired.clear()
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
@@ -72,20 +78,25 @@ class PassportClient:
         return token
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
 
 
 def passport_cookie(set_cookie_headers: list[str]) -> str | None:
-    """The raw ``MicexPassportCert`` value: exactly the bytes MOEX expects to be signed."""
+    """The raw ``MicexPassportCert`` value: exactly the bytes MOEX expects to be signed.
+
+    As a browser would (RFC 6265), a later cookie of the same name replaces an earlier one;
+    an empty value (a clearing cookie) is no token."""
+    found = None
     for header in set_cookie_headers:
         name, sep, rest = header.partition("=")
         if sep and name.strip() == COOKIE:
             value = rest.split(";", 1)[0].strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
-            return value or None
-    return None
+            found = value or found
+    return found
 
 
 class MoexPassportFlow(OAuthFlow):

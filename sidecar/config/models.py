@@ -22,6 +22,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from yarl import URL
 
+from sidecar.errors import SetupError
+
 
 def _check_url(value: str) -> str:
     try:
@@ -250,6 +252,12 @@ class CommandSignerConfig(SecretFiles):
     pin: SecretStr | None = None
     env: dict[str, str] = {}
 
+    @model_validator(mode="after")
+    def _pin_given(self) -> CommandSignerConfig:
+        if any("{pin}" in a for a in self.argv) and self.pin is None:
+            raise ValueError("argv uses {pin}: give pin or pin_file")
+        return self
+
 
 class NcaNodeSignerConfig(SecretFiles):
     """NCANode (Kalkan inside) for Kazakh GOST keys: v3 REST, or v2 JSON-RPC."""
@@ -294,6 +302,14 @@ class SignerConfig(SecretFiles):
         if self.type == "ncanode" and self.ncanode is None:
             raise ValueError("an ncanode signer needs an ncanode: {url, p12_file, ...} block")
         return self
+
+    def check_detached(self, detached: bool) -> None:
+        """NCANode's v2 cms.sign always attaches the data: refuse what it cannot do."""
+        if self.type == "ncanode" and self.ncanode and self.ncanode.version == 2 and detached:
+            raise SetupError(
+                "signer.ncanode.version 2 cannot make detached signatures (MOEX needs them); "
+                "use version 3"
+            )
 
 
 class MoexPassportAuth(AuthCommon):

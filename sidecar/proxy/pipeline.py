@@ -74,28 +74,11 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     try:
-        token = await upstream.tokens.get()
+        token = await _token_and_slot(ex)
     except NoToken as exc:
         return _no_token(ex, exc)
-    # The limiter comes after the token: it paces when requests are *sent*, and a login that
-    # takes a while must not let a queue of released requests leave together.
-    if upstream.limiter is not None:
-        try:
-            ex.queued = await upstream.limiter.acquire()
-        except RateLimited as exc:
-            return _refuse(
-                ex, 429, "rate_limited",
-                f"{upstream.name} allows {upstream.limiter.cfg.rps:g} request(s)/s; this one "
-                f"would wait {exc.retry_after:.1f} s, over max_wait "
-                f"{upstream.limiter.cfg.max_wait:g} s",
-                retry_after=exc.retry_after,
-            )
-        upstream.metrics.rate_limit_wait.observe(ex.queued)
-        if ex.queued:
-            try:  # a long wait in the queue may have outlived the token
-                token = await upstream.tokens.get()
-            except NoToken as exc:
-                return _no_token(ex, exc)
+    except RateLimited as exc:
+        return _rate_limited(ex, exc)
 
     if request.headers.get("Expect", "").lower() == "100-continue":
         # We are ready for the body now that a token is in hand.
@@ -132,6 +115,8 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
                 upstream.client.release(resp, discard=True)
                 ex.replayed, inspected = True, b""
                 upstream.metrics.replays.inc()
+                if upstream.limiter is not None:  # a replay is a send like any other
+                    ex.queued += await upstream.limiter.acquire()
                 resp = await _send(ex, url, headers, retry, first=False)
         if resp.status == 429:
             resp = await _after_429(ex, resp, url, headers, inspected)
@@ -143,11 +128,42 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
         return _refuse(ex, exc.status, exc.error, exc.reason)
     except NoToken as exc:
         return _no_token(ex, exc)
+    except RateLimited as exc:
+        return _rate_limited(ex, exc)
 
     try:
         return await _stream_back(ex, resp, inspected)
     finally:
         upstream.client.release(resp)
+
+
+async def _token_and_slot(ex: Exchange) -> Token:
+    """A token, then a rate-limit slot (the limiter paces *sends*). When the token had to be
+    waited for after the slot was granted (a login in between), the slot is spent and the
+    request queues again: a slow login must not let the queue leave all at once."""
+    upstream = ex.upstream
+    token = await upstream.tokens.get()
+    limiter = upstream.limiter
+    if limiter is None:
+        return token
+    for _ in range(3):  # bounded: after that the request goes with the next token anyway
+        ex.queued += await limiter.acquire()
+        if upstream.tokens.ready:
+            break
+        await upstream.tokens.get()
+    upstream.metrics.rate_limit_wait.observe(ex.queued)
+    return await upstream.tokens.get()  # ready: returns at once
+
+
+def _rate_limited(ex: Exchange, exc: RateLimited) -> web.Response:
+    limiter = ex.upstream.limiter
+    assert limiter is not None
+    return _refuse(
+        ex, 429, "rate_limited",
+        f"{ex.upstream.name} allows {limiter.cfg.rps:g} request(s)/s; this one would wait "
+        f"{exc.retry_after:.1f} s, over max_wait {limiter.cfg.max_wait:g} s",
+        retry_after=exc.retry_after,
+    )
 
 
 def _local_checks(ex: Exchange, length: int | None) -> web.Response | None:
@@ -231,7 +247,10 @@ async def _after_429(
         await asyncio.sleep(delay)
     ex.retried_429 = True
     token = await upstream.tokens.get()
-    return await _send(ex, url, headers, token, first=False)
+    retried = await _send(ex, url, headers, token, first=False)
+    if retried.status == 429 and limiter is not None:
+        limiter.pause(retry_after_seconds(retried.headers.get("Retry-After"), default))
+    return retried
 
 
 async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> bytes:

@@ -34,13 +34,13 @@ class RateLimiter:
         self._tokens = float(cfg.burst)
         self._updated = clock()
         self._paused_until = 0.0
-        self._queue: deque[asyncio.Future[None]] = deque()
+        self._queue: deque[tuple[asyncio.Future[None], float]] = deque()  # (turn, queued at)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
     @property
     def queue_length(self) -> int:
-        return sum(1 for f in self._queue if not f.done())
+        return sum(1 for f, _ in self._queue if not f.done())
 
     def expected_wait(self) -> float:
         """How long a request arriving now would wait (an estimate, for the max_wait check)."""
@@ -63,7 +63,7 @@ class RateLimiter:
         if wait > self.cfg.max_wait:
             raise RateLimited(wait)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(turn)
+        self._queue.append((turn, now))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._release())
         await turn  # a cancelled waiter is skipped by the scheduler
@@ -76,6 +76,20 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, now + seconds)
         # Tokens do not accrue while paused: one request may go when it ends, then the rate.
         self._tokens = min(self._tokens, 1.0)
+        # Requests already queued were promised at most max_wait: those the pause would keep
+        # longer get their 429 now instead of hanging.
+        kept: deque[tuple[asyncio.Future[None], float]] = deque()
+        position = 0
+        for turn, queued_at in self._queue:
+            if turn.done():
+                continue
+            leaves_at = self._paused_until + max(0.0, position + 1 - self._tokens) / self._rate
+            if leaves_at - queued_at > self.cfg.max_wait:
+                turn.set_exception(RateLimited(leaves_at - now))
+            else:
+                kept.append((turn, queued_at))
+                position += 1
+        self._queue = kept
         self._changed.set()
 
     @property
@@ -96,7 +110,7 @@ class RateLimiter:
             elif self._tokens < 1:
                 delay = (1 - self._tokens) / self._rate
             else:
-                turn = self._queue.popleft()
+                turn, _ = self._queue.popleft()
                 if not turn.done():
                     self._tokens -= 1
                     turn.set_result(None)
@@ -110,7 +124,7 @@ class RateLimiter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for turn in self._queue:
+        for turn, _ in self._queue:
             turn.cancel()
 
 

@@ -37,8 +37,10 @@ class UpstreamRuntime:
             await asyncio.sleep(0.1)
             waited += 0.1
 
-    async def close(self) -> None:
-        if self.limiter is not None:
+    async def close(self, *, tokens: bool = True, limiter: bool = True) -> None:
+        """Close this upstream; ``tokens``/``limiter`` False when a live one took them over."""
+        if limiter and self.limiter is not None:
             await self.limiter.close()
-        await self.tokens.close()
+        if tokens:
+            await self.tokens.close()
         await self.client.close()

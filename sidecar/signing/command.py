@@ -67,12 +67,14 @@ class CommandSigner:
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), self._cfg.timeout)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            await proc.wait()
+            await _kill(proc)
             raise SigningError(
                 f"signer {self._program} did not finish within {self._cfg.timeout:g} s"
             ) from None
+        except BaseException:
+            # Cancelled (shutdown, reload): never leave a signer running, holding a token device.
+            await asyncio.shield(_kill(proc))
+            raise
         return out, err, proc.returncode or 0
 
     def _fill(self, arg: str, in_path: Path, out_path: Path) -> str:
@@ -109,3 +111,9 @@ class CommandSigner:
 
     async def close(self) -> None:
         return None
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 9)  # the whole group: wrappers often fork the real signer
+    await proc.wait()

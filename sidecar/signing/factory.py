@@ -11,6 +11,7 @@ from sidecar.signing.pkcs7 import Pkcs7Signer
 
 def make_signer(cfg: SignerConfig, *, detached_default: bool) -> Signer:
     detached = cfg.detached if cfg.detached is not None else detached_default
+    cfg.check_detached(detached)
     if cfg.type == "pkcs7":
         return Pkcs7Signer(cfg, detached)
     if cfg.type == "command":

@@ -89,7 +89,20 @@ def _load(cfg: SignerConfig) -> tuple[SigningKey, x509.Certificate, list[x509.Ce
         raise SignerSetupError(
             f"signer.key_file {cfg.key_file}: cannot load (not a PEM key, or wrong key_password)"
         ) from None
-    return _usable(key, cfg.key_file), certs[0], certs[1:]
+    usable = _usable(key, cfg.key_file)
+    mine = [c for c in certs if _same_key(c, usable)]
+    if not mine:
+        raise SignerSetupError(
+            f"signer.cert_file {cfg.cert_file} does not hold the certificate of "
+            f"signer.key_file {cfg.key_file}"
+        )
+    return usable, mine[0], [c for c in certs if c is not mine[0]]
+
+
+def _same_key(cert: x509.Certificate, key: SigningKey) -> bool:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
 
 
 def _usable(key: object, path: Path) -> SigningKey:

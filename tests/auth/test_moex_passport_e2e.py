@@ -182,3 +182,25 @@ async def test_a_hanging_or_failing_signer_gives_503_not_a_hang(
     expected = b"did not finish within 1 s" if behaviour == "hangs" else b"exited 4"
     assert b"signing the Passport token failed" in body and expected in body
     assert moex.registration.stats()["arrivals"] == []
+
+
+async def test_a_slow_relogin_does_not_release_the_queue_at_once(
+    sandbox: SandboxStack, moex: MoexStack, make_sidecar: SidecarFactory,
+    moex_config: dict[str, Any],
+) -> None:
+    sidecar = await make_sidecar(upstreams={"registration": moex_config})
+    async with aiohttp.ClientSession() as session:
+        assert (await _post(session, proxy_url(sidecar), document(600)))[0] == 202
+        await asyncio.sleep(1.1)
+        moex.registration.reset_stats()
+        sandbox.idp.revoke_sessions()  # the token dies...
+        moex.passport.hang(True)  # ...and the new login takes seconds
+        posts = [asyncio.create_task(_post(session, proxy_url(sidecar), document(610 + i)))
+                 for i in range(4)]
+        await asyncio.sleep(3)
+        moex.passport.hang(False)
+        results = await asyncio.gather(*posts)
+    assert [status for status, _ in results] == [202] * 4
+    stats = moex.registration.stats()
+    gaps = [b - a for a, b in itertools.pairwise(sorted(stats["arrivals"]))]
+    assert stats["rate_limited"] == 0 and min(gaps) > 0.97, gaps

@@ -73,3 +73,15 @@ def test_rate_must_be_positive(rps: float) -> None:
 
     with pytest.raises(ValidationError):
         RateLimit(rps=rps)
+
+
+async def test_a_long_pause_refuses_queued_requests_instead_of_hanging() -> None:
+    limiter = RateLimiter(RateLimit(rps=1, burst=1, max_wait=2))
+    await limiter.acquire()
+    queued = asyncio.create_task(limiter.acquire())  # ~1 s wait: within max_wait
+    await asyncio.sleep(0.1)
+    limiter.pause(3600)  # the upstream says: come back in an hour
+    with pytest.raises(RateLimited) as caught:
+        await asyncio.wait_for(queued, 1)
+    assert caught.value.retry_after > 3000
+    await limiter.close()

@@ -145,3 +145,30 @@ async def test_signing_does_not_block_the_event_loop() -> None:
     await signer.sign(b"x")
     task.cancel()
     assert ticks >= 5
+
+
+async def test_a_cancelled_signing_kills_the_signer(tmp_path: Path) -> None:
+    import os
+
+    pid_file = tmp_path / "pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    signer = make_signer(_command(argv=[sys.executable, "-c", code], timeout=30),
+                         detached_default=True)
+    task = asyncio.create_task(signer.sign(b"x"))
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        await asyncio.sleep(0.05)
+    pid = int(pid_file.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone: no signer left holding a token device
+
+
+def test_pin_placeholder_needs_a_pin() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="give pin or pin_file"):
+        CommandSignerConfig(argv=["cryptcp", "-pin", "{pin}"])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.models import NcaNodeSignerConfig, SignerConfig
-from sidecar.sandbox.cms import verify_cms
+from sidecar.errors import SetupError
+from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.ncanode import NcaNode, start_ncanode
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.servers import TlsServer
@@ -36,8 +37,7 @@ def _signer(server: TlsServer, key: IssuedCert, version: int, password: str | No
     )
 
 
-@pytest.mark.parametrize("version", [3, 2])
-@pytest.mark.parametrize("detached", [False, True])
+@pytest.mark.parametrize(("version", "detached"), [(3, False), (3, True), (2, False)])
 async def test_ncanode_cms_verifies(
     node: tuple[NcaNode, TlsServer], tmp_path: Path, version: int, detached: bool
 ) -> None:
@@ -51,6 +51,15 @@ async def test_ncanode_cms_verifies(
     verified = await verify_cms(der, ca_file=pki.ca_file,
                                 detached_content=data if detached else None)
     assert verified.content == data and "CN=nca-user" in verified.signer.subject.rfc4514_string()
+    if detached:  # the data must really be left out, not just also given
+        with pytest.raises(CmsInvalid):
+            await verify_cms(der, ca_file=pki.ca_file)
+
+
+async def test_ncanode_v2_refuses_detached(node: tuple[NcaNode, TlsServer], tmp_path: Path) -> None:
+    key = Pki(tmp_path).issue_client("nca", "nca-user")
+    with pytest.raises(SetupError, match="version 2 cannot make detached"):
+        make_signer(_signer(node[1], key, 2, detached=True), detached_default=True)
 
 
 @pytest.mark.parametrize("version", [3, 2])

@@ -89,3 +89,12 @@ def test_unusable_keys_are_clear_errors(pki: Pki, tmp_path: Path) -> None:
             SignerConfig(type="pkcs7", p12_file=cert.p12_file, p12_password="nope"),
             detached_default=True,
         )
+
+
+def test_certificate_and_key_must_belong_together(pki: Pki) -> None:
+    one, other = pki.issue_client("pair-a", "a"), pki.issue_client("pair-b", "b")
+    with pytest.raises(SignerSetupError, match="does not hold the certificate"):
+        make_signer(
+            SignerConfig(type="pkcs7", cert_file=one.cert_file, key_file=other.key_file),
+            detached_default=True,
+        )
