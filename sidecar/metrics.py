@@ -104,13 +104,17 @@ class UpstreamMetrics:
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
         self.token_expiry = metrics.token_expiry.labels(name)
         self.refresh_failures = metrics.refresh_failures.labels(name)
-        self.client_cert_expiry = metrics.client_cert_expiry.labels(name)
         self.token_expiry.set(0)
         self.refresh_failures.set(0)
 
     def request_done(self, method: str, status: int, seconds: float) -> None:
         self._m.requests.labels(self.name, method_label(method), str(status)).inc()
         self.duration.observe(seconds)
+
+    def client_cert_expiry(self, not_after_unix: float) -> None:
+        # Only upstreams with a client certificate get the series: a 0 would read as
+        # "expired" and page someone forever.
+        self._m.client_cert_expiry.labels(self.name).set(not_after_unix)
 
     def rejected(self, reason: str) -> None:
         self._m.local_rejections.labels(self.name, reason).inc()

@@ -28,7 +28,7 @@ class UpstreamRuntime:
     def set_client_cert(self, cert: ClientIdentity | None) -> None:
         self.client_cert = cert
         if cert is not None:
-            self.metrics.client_cert_expiry.set(cert.not_after.timestamp())
+            self.metrics.client_cert_expiry(cert.not_after.timestamp())
 
     async def wait_idle(self, limit: float = 600.0) -> None:
         """Until the requests still using this upstream are done (a reload replaced it)."""
