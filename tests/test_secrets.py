@@ -6,11 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from sidecar.sandbox.demo import moex_registration_upstream, mpt_upstream
+from sidecar.sandbox.mpt import MptApi, start_mpt
+from sidecar.sandbox.registration import MSK, MoexStack, start_moex_registration
 from sidecar.sandbox.servers import SandboxStack
 from tests.conftest import Kisc
 from tests.test_app import SidecarProcess
@@ -18,12 +24,30 @@ from tests.test_app import SidecarProcess
 NTB = "http://api.moex.com/ntb"
 KISC = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
 JWT = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]+")
+# A base64 DER CMS signature starts with "MII" (a long SEQUENCE); none may be written down.
+SIGNATURE = re.compile(r"MII[A-Za-z0-9+/]{200,}")
+REGISTRATION = "http://play-apim.moex.com/client/v1/applications/"
+MPT = "http://stage.ismet.kz/api/v3/true-api"
+
+
+@pytest.fixture
+async def signed_logins(sandbox: SandboxStack) -> AsyncIterator[tuple[MoexStack, MptApi, str]]:
+    moex = await start_moex_registration(sandbox.pki, sandbox.idp)
+    moex.registration.set_clock(datetime(2026, 11, 20, 12, 0, tzinfo=MSK))
+    mpt, mpt_server = await start_mpt(sandbox.pki)
+    try:
+        yield moex, mpt, mpt_server.url
+    finally:
+        await mpt_server.stop()
+        await moex.stop()
 
 
 async def test_nothing_secret_is_written_anywhere(
     sandbox: SandboxStack, kisc: Kisc, sidecar_config: dict[str, Any],
     kisc_config: dict[str, Any], tmp_path: Path,
+    signed_logins: tuple[MoexStack, MptApi, str],
 ) -> None:
+    moex, mpt, mpt_url = signed_logins
     wrong_password = "Wr0ng-Passw0rd-31337"
     client_secret = "svc-S3CRET-2468"
     sandbox.idp.clients["svc"] = client_secret
@@ -55,6 +79,10 @@ async def test_nothing_secret_is_written_anywhere(
                                   "password_file": None}},
     }
     config["upstreams"]["broken-login"]["auth"].pop("password_file")
+    config["upstreams"]["moex-registration"] = moex_registration_upstream(
+        moex, sandbox.token_url, sandbox.pki, tmp_path / "moex"
+    )
+    config["upstreams"]["mpt"] = mpt_upstream(mpt_url, mpt.key_path, sandbox.pki)
     proc = SidecarProcess(config, tmp_path)
     collected: list[str] = []
     try:
@@ -84,6 +112,12 @@ async def test_nothing_secret_is_written_anywhere(
             assert await call("GET", KISC) == 403
             assert await call("POST", KISC, data=b"<D/>") == 400
             assert await call("GET", "http://broken.example/ntb/e") == 503
+            registration = await call(
+                "POST", REGISTRATION, data=b'<DOC DOC_DATE="2026-11-20" DOC_NUM="9"/>',
+                headers={"Content-Type": "application/xml"},
+            )
+            assert registration == 202
+            assert await call("GET", f"{MPT}/cises/info") == 200
             assert await call("GET", "http://unknown.example/") == 403
             for path in ("status", "metrics", "readyz"):
                 async with session.get(f"http://{proc.admin}/{path}") as resp:
@@ -107,8 +141,10 @@ async def test_nothing_secret_is_written_anywhere(
     }
     for name, secret in secrets.items():
         assert secret not in everything, f"{name} leaked"
-    issued = [*sandbox.idp.issued, *kisc.gateway.issued]
-    assert len(issued) >= 8
+    issued = [*sandbox.idp.issued, *kisc.gateway.issued, *moex.passport.issued, *mpt.issued]
+    assert len(issued) >= 10 and moex.passport.issued and mpt.issued
     leaked = [t for t in issued if t in everything]
     assert not leaked, f"{len(leaked)} issued tokens leaked"
     assert not JWT.search(everything), JWT.search(everything)
+    assert not SIGNATURE.search(everything), "a base64 CMS signature was written"
+    assert "passport" in sandbox.idp.stats()["by_grant"] and mpt.stats()["signins"] == 1
