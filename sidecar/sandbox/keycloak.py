@@ -17,7 +17,6 @@ methods and over HTTP under ``/_sandbox/`` so a user can drive them with curl.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -37,6 +36,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sidecar.sandbox import controls
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ _DEFAULT_CLIENTS: dict[str, str | None] = {
     "moex_registration": "registration-secret",
 }
 _DEFAULT_USERS: dict[str, str] = {"trader": "trader-password"}
-_MAX_EVENTS = 10_000  # keep stats bounded during long load runs
+_MAX_EVENTS = 10_000  # keep the issued-token log bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of expired tokens and sessions
 _SUPPORTED_GRANTS = ("password", "refresh_token", "client_credentials")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -62,7 +62,13 @@ _INJECTED_4XX_ERRORS = {
     403: "access_denied",
     429: "temporarily_unavailable",
 }
-_SETTINGS = ("access_ttl", "refresh_ttl", "session_max", "revoke_refresh_token", "latency")
+_SETTINGS: dict[str, controls.Validator] = {
+    "access_ttl": controls.number,
+    "refresh_ttl": controls.number,
+    "session_max": controls.number,
+    "revoke_refresh_token": controls.boolean,
+    "latency": controls.number,
+}
 _PASSPORT_FIELDS = ("certificate", "algorithm", "signature", "scope")
 _GOST_UNSUPPORTED = "GOST signatures are not supported by the sandbox; use RSA"
 
@@ -116,6 +122,16 @@ def _b64url(data: bytes) -> str:
 
 def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _injected_failure(status: int) -> web.Response:
+    """An injected failure worded as an OAuth error, so clients parse it like a real one."""
+    error = "server_error" if status >= 500 else _INJECTED_4XX_ERRORS.get(status, "invalid_request")
+    return OAuthError(status, error, controls.failure_text(status)).response()
+
+
+def _shutting_down() -> web.Response:
+    return OAuthError(503, "server_error", "Server is shutting down").response()
 
 
 def _passport_denied(description: str) -> OAuthError:
@@ -181,17 +197,9 @@ class KeycloakEmulator:
         self._refresh: dict[str, _RefreshRecord] = {}
         self._next_prune = 0.0
 
-        self._fail_status: int | None = None
-        self._fail_remaining: int | None = None
-        self._hanging = False
-        self._release: asyncio.Event | None = None
-        self._closing = False
-
+        self._controls = controls.FaultControls()
         self._calls = 0
         self._by_grant: Counter[str] = Counter()
-        self._in_flight = 0
-        self._max_concurrent = 0
-        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
 
         self._app = web.Application()
         self._app.router.add_post(
@@ -201,14 +209,7 @@ class KeycloakEmulator:
             "/auth/realms/{realm}/.well-known/openid-configuration", self._discovery_handler
         )
         self._app.router.add_post("/_sandbox/revoke", self._revoke_handler)
-        self._app.router.add_post("/_sandbox/fail", self._fail_handler)
-        self._app.router.add_post("/_sandbox/hang", self._hang_handler)
-        self._app.router.add_get("/_sandbox/stats", self._stats_handler)
-        self._app.router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
-        self._app.router.add_get("/_sandbox/settings", self._settings_handler)
-        self._app.router.add_post("/_sandbox/settings", self._settings_handler)
-        self._app.on_startup.append(self._on_startup)
-        self._app.on_shutdown.append(self._on_shutdown)
+        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS)
 
     @property
     def app(self) -> web.Application:
@@ -231,39 +232,26 @@ class KeycloakEmulator:
 
         ``status=None`` (or ``count=0``) clears the failure.
         """
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
-        if count is not None and count < 1:
-            status = None
-        self._fail_status = status
-        self._fail_remaining = count if status is not None else None
+        self._controls.fail_with(status, count)
 
     def hang(self, enabled: bool) -> None:
         """While enabled, token calls wait and never answer (until disabled or shutdown)."""
-        self._hanging = enabled
-        if enabled:
-            if self._release is None:
-                self._release = asyncio.Event()
-        elif self._release is not None:
-            self._release.set()
-            self._release = None
+        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         return {
             "calls": self._calls,
             "by_grant": dict(self._by_grant),
-            "max_concurrent": self._max_concurrent,
-            "in_flight": self._in_flight,
+            "max_concurrent": self._controls.max_concurrent,
+            "in_flight": self._controls.in_flight,
             "sessions": len(self._sessions),
-            "events": [dict(e) for e in self._events],
+            "events": [dict(e) for e in self._controls.events],
         }
 
     def reset_stats(self) -> None:
         self._calls = 0
         self._by_grant.clear()
-        # Calls still in progress keep counting towards the new maximum.
-        self._max_concurrent = self._in_flight
-        self._events.clear()
+        self._controls.reset_stats()
 
     def settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _SETTINGS}
@@ -598,57 +586,27 @@ class KeycloakEmulator:
             return exc.response()
         return web.json_response(body, headers=_NO_STORE)
 
-    def _take_injected_failure(self) -> web.Response | None:
-        status = self._fail_status
-        if status is None:
-            return None
-        if self._fail_remaining is not None:
-            self._fail_remaining -= 1
-            if self._fail_remaining <= 0:
-                self.fail_with(None)
-        if status >= 500:
-            error = "server_error"
-        else:
-            error = _INJECTED_4XX_ERRORS.get(status, "invalid_request")
-        return OAuthError(status, error, f"Injected sandbox failure (HTTP {status})").response()
-
     # -- HTTP handlers ---------------------------------------------------------------------
 
     async def _token_handler(self, request: web.Request) -> web.Response:
-        start = time.monotonic()
-        self._in_flight += 1
-        self._max_concurrent = max(self._max_concurrent, self._in_flight)
-        grant: str | None = None
-        status: int | None = None  # stays None if the call never completes (cancelled)
+        event: dict[str, Any] = {"grant": None, "start": time.monotonic()}
         try:
-            form = await request.post()
-            raw_grant = form.get("grant_type")
-            grant = raw_grant if isinstance(raw_grant, str) else None
-            if grant == "password" and form.get("grant_type_moex") == "passport":
-                grant = "passport"  # counted apart from plain password logins
-            release = self._release
-            if release is not None:
-                await release.wait()
-            if self.latency > 0:
-                await asyncio.sleep(self.latency)
-            if self._closing:
-                response = OAuthError(503, "server_error", "Server is shutting down").response()
-            else:
-                response = self._take_injected_failure() or await self._grant(
+            with self._controls.track(event) as call:
+                form = await request.post()
+                raw_grant = form.get("grant_type")
+                grant = raw_grant if isinstance(raw_grant, str) else None
+                if grant == "password" and form.get("grant_type_moex") == "passport":
+                    grant = "passport"  # counted apart from plain password logins
+                event["grant"] = grant
+                response = await self._controls.intercept(
+                    self.latency, closed=_shutting_down, failure=_injected_failure
+                ) or await self._grant(
                     request, {k: v for k, v in form.items() if isinstance(v, str)}
                 )
-            status = response.status
-            return response
-        except web.HTTPException as exc:  # e.g. 413 from an oversized form
-            status = exc.status
-            raise
+                return call.done(response)
         finally:
-            self._in_flight -= 1
             self._calls += 1
-            self._by_grant[grant or "(missing)"] += 1
-            self._events.append(
-                {"grant": grant, "start": start, "end": time.monotonic(), "status": status}
-            )
+            self._by_grant[event["grant"] or "(missing)"] += 1
 
     async def _discovery_handler(self, request: web.Request) -> web.Response:
         if request.match_info["realm"] != self.realm:
@@ -668,67 +626,3 @@ class KeycloakEmulator:
 
     async def _revoke_handler(self, request: web.Request) -> web.Response:
         return web.json_response({"revoked_sessions": self.revoke_sessions()})
-
-    async def _fail_handler(self, request: web.Request) -> web.Response:
-        try:
-            raw_status = request.query.get("status")
-            raw_count = request.query.get("count")
-            status = int(raw_status) if raw_status else None
-            count = int(raw_count) if raw_count else None
-            self.fail_with(status, count=count)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
-
-    async def _hang_handler(self, request: web.Request) -> web.Response:
-        raw = request.query.get("enabled", "1").lower()
-        if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return web.json_response({"error": "enabled must be a boolean"}, status=400)
-        self.hang(raw in ("1", "true", "yes", "on"))
-        return web.json_response({"hang": self._hanging})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
-
-    async def _settings_handler(self, request: web.Request) -> web.Response:
-        """GET shows the settings; POST with a JSON object changes some of them."""
-        if request.method == "POST":
-            try:
-                changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                updates: dict[str, Any] = {}
-                for name, value in changes.items():
-                    if name not in _SETTINGS:
-                        raise ValueError(f"unknown setting {name!r}")
-                    if name == "revoke_refresh_token":
-                        if not isinstance(value, bool):
-                            raise ValueError(f"{name} must be a boolean")
-                    elif isinstance(value, bool) or not isinstance(value, int | float):
-                        raise ValueError(f"{name} must be a number")
-                    elif value < 0:
-                        raise ValueError(f"{name} must not be negative")
-                    updates[name] = value
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-                return web.json_response({"error": str(exc)}, status=400)
-            for name, value in updates.items():
-                setattr(self, name, value)
-        return web.json_response(self.settings())
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def _on_startup(self, app: web.Application) -> None:
-        self._closing = False
-        if self._hanging and self._release is None:
-            self._release = asyncio.Event()
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        # Let hung handlers finish (with a 503) so the server can stop promptly.
-        self._closing = True
-        if self._release is not None:
-            self._release.set()
-            self._release = None

@@ -41,11 +41,9 @@ are available as Python methods and over HTTP under ``/_sandbox/``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import math
 import secrets
 import ssl
 import string
@@ -61,6 +59,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from sidecar.sandbox import controls
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.keycloak import _b64url, _b64url_decode
 from sidecar.sandbox.ncanode import java_b64decode
@@ -76,11 +75,8 @@ _CHALLENGE_ALPHABET = string.ascii_uppercase + string.digits
 _CHALLENGE_LENGTH = 30
 _FORGET_AFTER = 600.0  # seconds a spent or expired challenge is remembered, to name the reason
 _MAX_CHALLENGES = 100_000  # bound memory if a client fetches keys and never signs in
-_MAX_EVENTS = 10_000  # keep stats bounded during long load runs
+_MAX_EVENTS = 10_000  # keep the issued-token log bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of dead challenges and tokens
-_SETTINGS = ("challenge_ttl", "token_ttl", "token_field", "latency")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 _AUTH_FAILED = "Ошибка авторизации. Код ошибки: {code}"
 _UNAUTHORIZED = "Токен авторизации отсутствует или недействителен"
 
@@ -139,6 +135,28 @@ def _error(status: int, message: str, description: str | None = None) -> web.Res
     return web.json_response(body, status=status)
 
 
+def _injected_failure(status: int) -> web.Response:
+    return _error(status, controls.failure_text(status), "sandbox fault")
+
+
+def _shutting_down() -> web.Response:
+    return _error(503, "Service Unavailable", "Server is shutting down")
+
+
+def _token_field(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+_SETTINGS: dict[str, controls.Validator] = {
+    "challenge_ttl": controls.finite_number,
+    "token_ttl": controls.finite_number,
+    "token_field": _token_field,
+    "latency": controls.finite_number,
+}
+
+
 def _common_name(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else cert.subject.rfc4514_string()
@@ -188,21 +206,13 @@ class MptApi:
         self._tokens: dict[str, float] = {}  # jti -> expiry, time.monotonic()
         self._next_prune = 0.0
 
-        self._fail_status: int | None = None
-        self._fail_remaining: int | None = None
-        self._hanging = False
-        self._release: asyncio.Event | None = None
-        self._closing = False
-
+        self._controls = controls.FaultControls()
         self._keys_issued = 0
         self._signins = 0
         self._rejected: Counter[str] = Counter()
         self._reused = 0
         self._requests = 0
         self._unauthorized = 0
-        self._in_flight = 0
-        self._max_concurrent = 0
-        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
         self.last_signin: dict[str, Any] | None = None
         self.last_request: dict[str, Any] | None = None
 
@@ -211,15 +221,8 @@ class MptApi:
         router.add_route("*", self.key_path, self._key_handler)
         router.add_route("*", self.signin_path, self._signin_handler)
         router.add_post("/_sandbox/expire", self._expire_handler)
-        router.add_post("/_sandbox/fail", self._fail_handler)
-        router.add_post("/_sandbox/hang", self._hang_handler)
-        router.add_get("/_sandbox/stats", self._stats_handler)
-        router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
-        router.add_get("/_sandbox/settings", self._settings_handler)
-        router.add_post("/_sandbox/settings", self._settings_handler)
+        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, none_status=True)
         router.add_route("*", "/{tail:.*}", self._api_handler)
-        self._app.on_startup.append(self._on_startup)
-        self._app.on_shutdown.append(self._on_shutdown)
 
     @property
     def app(self) -> web.Application:
@@ -249,22 +252,11 @@ class MptApi:
         Both ``/auth/key`` and ``/auth/simpleSignIn`` count. ``status=None`` (or
         ``count=0``) clears the failure.
         """
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
-        if count is not None and count < 1:
-            status = None
-        self._fail_status = status
-        self._fail_remaining = count if status is not None else None
+        self._controls.fail_with(status, count)
 
     def hang(self, enabled: bool) -> None:
         """While enabled, auth calls wait and never answer (until disabled or shutdown)."""
-        self._hanging = enabled
-        if enabled:
-            if self._release is None:
-                self._release = asyncio.Event()
-        elif self._release is not None:
-            self._release.set()
-            self._release = None
+        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         """``signins`` counts tokens issued, ``rejected`` refusals by reason (see REJECTIONS),
@@ -276,9 +268,9 @@ class MptApi:
             "reused": self._reused,
             "requests": self._requests,
             "unauthorized": self._unauthorized,
-            "max_concurrent": self._max_concurrent,
-            "in_flight": self._in_flight,
-            "events": [dict(e) for e in self._events],
+            "max_concurrent": self._controls.max_concurrent,
+            "in_flight": self._controls.in_flight,
+            "events": [dict(e) for e in self._controls.events],
             "last_signin": self.last_signin,
             "last_request": self.last_request,
         }
@@ -290,9 +282,7 @@ class MptApi:
         self._reused = 0
         self._requests = 0
         self._unauthorized = 0
-        # Calls still in progress keep counting towards the new maximum.
-        self._max_concurrent = self._in_flight
-        self._events.clear()
+        self._controls.reset_stats()
         self.last_signin = None
         self.last_request = None
 
@@ -439,16 +429,6 @@ class MptApi:
         event["sub"] = subject
         return web.json_response({self.token_field: token})
 
-    def _take_injected_failure(self) -> web.Response | None:
-        status = self._fail_status
-        if status is None:
-            return None
-        if self._fail_remaining is not None:
-            self._fail_remaining -= 1
-            if self._fail_remaining <= 0:
-                self.fail_with(None)
-        return _error(status, f"Injected sandbox failure (HTTP {status})", "sandbox fault")
-
     async def _auth_call(
         self,
         request: web.Request,
@@ -457,28 +437,16 @@ class MptApi:
         answer: Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]],
     ) -> web.Response:
         """Run one auth endpoint with the sandbox's hang, latency, faults and stats."""
-        start = time.monotonic()
-        self._in_flight += 1
-        self._max_concurrent = max(self._max_concurrent, self._in_flight)
-        event: dict[str, Any] = {"endpoint": endpoint, "start": start}
-        status: int | None = None  # stays None if the call never completes (cancelled)
-        try:
+        event: dict[str, Any] = {"endpoint": endpoint, "start": time.monotonic()}
+        with self._controls.track(event) as call:
             if request.method != method:
                 await request.read()
-                response = _error(405, "Method Not Allowed", f"Use {method} {request.path}")
-                status = response.status
-                return response
-            release = self._release
-            if release is not None:
-                await release.wait()
-            if self.latency > 0:
-                await asyncio.sleep(self.latency)
-            if self._closing:
+                return call.done(_error(405, "Method Not Allowed", f"Use {method} {request.path}"))
+            response = await self._controls.intercept(
+                self.latency, closed=_shutting_down, failure=_injected_failure
+            )
+            if response is not None:
                 await request.read()
-                response = _error(503, "Service Unavailable", "Server is shutting down")
-            elif (injected := self._take_injected_failure()) is not None:
-                await request.read()
-                response = injected
             else:
                 try:
                     response = await answer(request, event)
@@ -486,15 +454,7 @@ class MptApi:
                     self._rejected[exc.rejection.reason] += 1
                     event["reason"] = exc.rejection.reason
                     response = exc.response()
-            status = response.status
-            return response
-        except web.HTTPException as exc:  # e.g. 413 from an oversized body
-            status = exc.status
-            raise
-        finally:
-            self._in_flight -= 1
-            event.update(end=time.monotonic(), status=status)
-            self._events.append(event)
+            return call.done(response)
 
     async def _answer_key(self, request: web.Request, event: dict[str, Any]) -> web.Response:
         await request.read()
@@ -539,70 +499,6 @@ class MptApi:
 
     async def _expire_handler(self, request: web.Request) -> web.Response:
         return web.json_response({"expired": self.expire_tokens()})
-
-    async def _fail_handler(self, request: web.Request) -> web.Response:
-        try:
-            raw_status = request.query.get("status")
-            raw_count = request.query.get("count")
-            status = int(raw_status) if raw_status and raw_status.lower() != "none" else None
-            count = int(raw_count) if raw_count else None
-            self.fail_with(status, count)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
-
-    async def _hang_handler(self, request: web.Request) -> web.Response:
-        raw = request.query.get("enabled", "1").lower()
-        if raw not in _TRUE + _FALSE:
-            return web.json_response({"error": "enabled must be a boolean"}, status=400)
-        self.hang(raw in _TRUE)
-        return web.json_response({"hang": self._hanging})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
-
-    async def _settings_handler(self, request: web.Request) -> web.Response:
-        """GET shows the settings; POST with a JSON object changes some of them."""
-        if request.method == "POST":
-            try:
-                changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                updates: dict[str, Any] = {}
-                for name, value in changes.items():
-                    if name not in _SETTINGS:
-                        raise ValueError(f"unknown setting {name!r}")
-                    if name == "token_field":
-                        if not isinstance(value, str) or not value:
-                            raise ValueError(f"{name} must be a non-empty string")
-                    elif isinstance(value, bool) or not isinstance(value, int | float):
-                        raise ValueError(f"{name} must be a number")
-                    elif value < 0 or not math.isfinite(value):
-                        raise ValueError(f"{name} must be a finite, non-negative number")
-                    updates[name] = value
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-                return web.json_response({"error": str(exc)}, status=400)
-            for name, value in updates.items():
-                setattr(self, name, value)
-        return web.json_response(self.settings())
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def _on_startup(self, app: web.Application) -> None:
-        self._closing = False
-        if self._hanging and self._release is None:
-            self._release = asyncio.Event()
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        # Let hung auth calls finish (with a 503) so the server can stop promptly.
-        self._closing = True
-        if self._release is not None:
-            self._release.set()
-            self._release = None
 
 
 async def start_mpt(pki: Pki, *, port: int = 0, **settings: Any) -> tuple[MptApi, TlsServer]:

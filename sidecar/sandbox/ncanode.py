@@ -46,9 +46,10 @@ import base64
 import datetime as dt
 import json
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -57,16 +58,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7, pkcs12
 
+from sidecar.sandbox import controls
 from sidecar.sandbox.servers import TlsServer
 
 __all__ = ["DEFAULT_PORT", "NcaNode", "java_b64decode", "start_ncanode"]
 
 DEFAULT_PORT = 14579  # NCANode's own default (NCANODE_PORT)
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024**2  # Spring has no JSON body limit; keep big batches working
-_MAX_EVENTS = 10_000  # keep stats bounded during long load runs
-_SETTINGS = ("latency", "detailed_errors")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_SETTINGS: dict[str, controls.Validator] = {
+    "latency": controls.number,
+    "detailed_errors": controls.boolean,
+}
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _SHA2 = (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _REASONS = {
@@ -222,6 +224,11 @@ def _spring_error(status: int, path: str) -> web.Response:
     return web.json_response(body, status=status)
 
 
+def _shutting_down() -> web.Response:
+    body = {"status": 503, "message": "Server is shutting down", "details": None}
+    return web.json_response(body, status=503)
+
+
 def _as_bool(value: Any) -> bool:
     """Jackson's view of a boolean field: null is false, "true"/"false" are coerced."""
     if value is None:
@@ -261,34 +268,19 @@ class NcaNode:
         self.latency = latency
         self.detailed_errors = detailed_errors  # NCANODE_DEBUG: fill "details" with the cause
 
-        self._fail_status: int | None = None
-        self._fail_remaining: int | None = None
-        self._hanging = False
-        self._release: asyncio.Event | None = None
-        self._closing = False
-
+        self._controls = controls.FaultControls()
         self._calls = 0
         self._by_version: Counter[str] = Counter()
         self._errors = 0
         self._signatures = 0
-        self._in_flight = 0
-        self._max_concurrent = 0
-        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
 
         self._app = web.Application(client_max_size=max_request_bytes)
         router = self._app.router
         router.add_post("/cms/sign", self._v3_handler)
         router.add_post("/", self._rpc_handler)
         router.add_get("/", self._banner_handler)
-        router.add_post("/_sandbox/fail", self._fail_handler)
-        router.add_post("/_sandbox/hang", self._hang_handler)
-        router.add_get("/_sandbox/stats", self._stats_handler)
-        router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
-        router.add_get("/_sandbox/settings", self._settings_handler)
-        router.add_post("/_sandbox/settings", self._settings_handler)
+        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, none_status=True)
         router.add_route("*", "/{tail:.*}", self._not_found_handler)
-        self._app.on_startup.append(self._on_startup)
-        self._app.on_shutdown.append(self._on_shutdown)
 
     @property
     def app(self) -> web.Application:
@@ -301,22 +293,11 @@ class NcaNode:
 
         The body has the called API's error shape. ``status=None`` (or ``count=0``) clears it.
         """
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
-        if count is not None and count < 1:
-            status = None
-        self._fail_status = status
-        self._fail_remaining = count if status is not None else None
+        self._controls.fail_with(status, count)
 
     def hang(self, enabled: bool) -> None:
         """While enabled, signing calls wait and never answer (until disabled or shutdown)."""
-        self._hanging = enabled
-        if enabled:
-            if self._release is None:
-                self._release = asyncio.Event()
-        elif self._release is not None:
-            self._release.set()
-            self._release = None
+        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         """Signing calls: ``by_version`` counts "v3", "v2", "v1" and "rpc" (a JSON-RPC call
@@ -326,9 +307,9 @@ class NcaNode:
             "by_version": dict(self._by_version),
             "errors": self._errors,
             "signatures": self._signatures,
-            "max_concurrent": self._max_concurrent,
-            "in_flight": self._in_flight,
-            "events": [dict(e) for e in self._events],
+            "max_concurrent": self._controls.max_concurrent,
+            "in_flight": self._controls.in_flight,
+            "events": [dict(e) for e in self._controls.events],
         }
 
     def reset_stats(self) -> None:
@@ -336,9 +317,7 @@ class NcaNode:
         self._by_version.clear()
         self._errors = 0
         self._signatures = 0
-        # Calls still in progress keep counting towards the new maximum.
-        self._max_concurrent = self._in_flight
-        self._events.clear()
+        self._controls.reset_stats()
 
     def settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _SETTINGS}
@@ -529,15 +508,10 @@ class NcaNode:
 
     # -- HTTP handlers ---------------------------------------------------------------------
 
-    def _take_injected_failure(self, api: str) -> web.Response | None:
-        status = self._fail_status
-        if status is None:
-            return None
-        if self._fail_remaining is not None:
-            self._fail_remaining -= 1
-            if self._fail_remaining <= 0:
-                self.fail_with(None)
-        message = f"Injected sandbox failure (HTTP {status})"
+    @staticmethod
+    def _injected_failure(api: str, status: int) -> web.Response:
+        """An injected failure in the called API's error shape."""
+        message = controls.failure_text(status)
         if api == "v3":
             body: dict[str, Any] = {"status": status, "message": message, "details": None}
         else:
@@ -545,65 +519,41 @@ class NcaNode:
         return web.json_response(body, status=status)
 
     async def _serve(self, request: web.Request, api: str) -> web.Response:
-        start = time.monotonic()
-        self._in_flight += 1
-        self._max_concurrent = max(self._max_concurrent, self._in_flight)
-        version = api
-        status: int | None = None  # stays None if the call never completes (cancelled)
+        event: dict[str, Any] = {"version": api, "start": time.monotonic()}
         ok = False
         try:
-            raw = await request.read()
-            payload: Any = None
-            if api == "rpc":
-                try:
-                    payload = json.loads(raw)
-                except ValueError:
-                    payload = None
-                if isinstance(payload, dict) and payload.get("version") in ("1.0", "2.0"):
-                    version = "v1" if payload["version"] == "1.0" else "v2"
-            release = self._release
-            if release is not None:
-                await release.wait()
-            if self.latency > 0:
-                await asyncio.sleep(self.latency)
-            injected = None if self._closing else self._take_injected_failure(api)
-            if self._closing:
-                response = web.json_response(
-                    {"status": 503, "message": "Server is shutting down", "details": None},
-                    status=503,
+            with self._controls.track(event) as call:
+                raw = await request.read()
+                payload: Any = None
+                if api == "rpc":
+                    try:
+                        payload = json.loads(raw)
+                    except ValueError:
+                        payload = None
+                    if isinstance(payload, dict) and payload.get("version") in ("1.0", "2.0"):
+                        event["version"] = "v1" if payload["version"] == "1.0" else "v2"
+                response = await self._controls.intercept(
+                    self.latency,
+                    closed=_shutting_down,
+                    failure=partial(self._injected_failure, api),
                 )
-            elif injected is not None:
-                response = injected
-            elif api == "v3":
-                response, ok = await self._v3(request, raw)
-            else:
-                try:
-                    body = await self._rpc(payload)
-                    ok = True
-                except _RpcError as exc:
-                    body = _rpc_body(exc.status, exc.message, exc.http_code)
-                # NCANode v1/v2 report errors in the body only; HTTP stays 200.
-                response = web.json_response(body)
-            status = response.status
-            return response
-        except web.HTTPException as exc:  # e.g. 413 from an oversized body
-            status = exc.status
-            raise
+                if response is None and api == "v3":
+                    response, ok = await self._v3(request, raw)
+                elif response is None:
+                    try:
+                        body = await self._rpc(payload)
+                        ok = True
+                    except _RpcError as exc:
+                        body = _rpc_body(exc.status, exc.message, exc.http_code)
+                    # NCANode v1/v2 report errors in the body only; HTTP stays 200.
+                    response = web.json_response(body)
+                return call.done(response)
         finally:
-            self._in_flight -= 1
             self._calls += 1
-            self._by_version[version] += 1
+            self._by_version[event["version"]] += 1
             if not ok:
                 self._errors += 1
-            self._events.append(
-                {
-                    "version": version,
-                    "start": start,
-                    "end": time.monotonic(),
-                    "status": status,
-                    "ok": ok,
-                }
-            )
+            event["ok"] = ok
 
     async def _v3_handler(self, request: web.Request) -> web.Response:
         return await self._serve(request, "v3")
@@ -619,70 +569,6 @@ class NcaNode:
         if request.path == "/cms/sign":
             return _spring_error(405, request.path)
         return _spring_error(404, request.path)
-
-    async def _fail_handler(self, request: web.Request) -> web.Response:
-        try:
-            raw_status = request.query.get("status")
-            raw_count = request.query.get("count")
-            status = int(raw_status) if raw_status and raw_status.lower() != "none" else None
-            count = int(raw_count) if raw_count else None
-            self.fail_with(status, count)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
-
-    async def _hang_handler(self, request: web.Request) -> web.Response:
-        raw = request.query.get("enabled", "1").lower()
-        if raw not in _TRUE + _FALSE:
-            return web.json_response({"error": "enabled must be a boolean"}, status=400)
-        self.hang(raw in _TRUE)
-        return web.json_response({"hang": self._hanging})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
-
-    async def _settings_handler(self, request: web.Request) -> web.Response:
-        """GET shows the settings; POST with a JSON object changes some of them."""
-        if request.method == "POST":
-            try:
-                changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                updates: dict[str, Any] = {}
-                for name, value in changes.items():
-                    if name not in _SETTINGS:
-                        raise ValueError(f"unknown setting {name!r}")
-                    if name == "detailed_errors":
-                        if not isinstance(value, bool):
-                            raise ValueError(f"{name} must be a boolean")
-                    elif isinstance(value, bool) or not isinstance(value, int | float):
-                        raise ValueError(f"{name} must be a number")
-                    elif value < 0:
-                        raise ValueError(f"{name} must not be negative")
-                    updates[name] = value
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-                return web.json_response({"error": str(exc)}, status=400)
-            for name, value in updates.items():
-                setattr(self, name, value)
-        return web.json_response(self.settings())
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def _on_startup(self, app: web.Application) -> None:
-        self._closing = False
-        if self._hanging and self._release is None:
-            self._release = asyncio.Event()
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        # Let hung calls finish (with a 503) so the server can stop promptly.
-        self._closing = True
-        if self._release is not None:
-            self._release.set()
-            self._release = None
 
 
 async def start_ncanode(*, port: int = 0, **settings: Any) -> tuple[NcaNode, TlsServer]:

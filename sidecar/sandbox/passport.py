@@ -14,7 +14,6 @@ methods and under ``/_sandbox/``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
@@ -30,6 +29,8 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from sidecar.sandbox import controls
+
 __all__ = ["COOKIE_NAME", "MoexPassport"]
 
 COOKIE_NAME = "MicexPassportCert"
@@ -39,9 +40,10 @@ _PRUNE_INTERVAL = 1.0  # seconds between sweeps of expired tokens
 _TOKEN_BYTES = 95  # 95 % 3 == 2: the base64 text always ends with one "="
 _REALM_HEADER = {"WWW-Authenticate": 'Basic realm="MOEX Passport"'}
 _MARKER = "X-MicexPassport-Marker"
-_SETTINGS = ("token_ttl", "redirect")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_SETTINGS: dict[str, controls.Validator] = {
+    "token_ttl": controls.number,
+    "redirect": controls.boolean,
+}
 
 
 @dataclass
@@ -56,6 +58,15 @@ def _awkward_token() -> str:
         token = base64.b64encode(secrets.token_bytes(_TOKEN_BYTES)).decode("ascii")
         if "+" in token and "/" in token:
             return token
+
+
+def _injected_failure(status: int) -> web.Response:
+    # Plain text, like the rest of Passport's answers.
+    return web.Response(status=status, text=controls.failure_text(status) + "\n")
+
+
+def _shutting_down() -> web.Response:
+    return web.Response(status=503, text="Server is shutting down\n")
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -89,27 +100,15 @@ class MoexPassport:
         self._tokens: dict[str, _Token] = {}
         self._next_prune = 0.0
 
-        self._fail_status: int | None = None
-        self._fail_remaining: int | None = None
-        self._hanging = False
-        self._release: asyncio.Event | None = None
-        self._closing = False
-
+        self._controls = controls.FaultControls()
         self._calls = 0
         self._granted = 0
         self._denied = 0
 
         self._app = web.Application()
         self._app.router.add_get("/authenticate", self._authenticate_handler)
-        self._app.router.add_post("/_sandbox/fail", self._fail_handler)
-        self._app.router.add_post("/_sandbox/hang", self._hang_handler)
         self._app.router.add_post("/_sandbox/expire", self._expire_handler)
-        self._app.router.add_get("/_sandbox/stats", self._stats_handler)
-        self._app.router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
-        self._app.router.add_get("/_sandbox/settings", self._settings_handler)
-        self._app.router.add_post("/_sandbox/settings", self._settings_handler)
-        self._app.on_startup.append(self._on_startup)
-        self._app.on_shutdown.append(self._on_shutdown)
+        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS)
 
     @property
     def app(self) -> web.Application:
@@ -159,22 +158,11 @@ class MoexPassport:
 
         ``status=None`` (or ``count=0``) clears the failure.
         """
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
-        if count is not None and count < 1:
-            status = None
-        self._fail_status = status
-        self._fail_remaining = count if status is not None else None
+        self._controls.fail_with(status, count)
 
     def hang(self, enabled: bool) -> None:
         """While enabled, /authenticate waits and never answers (until disabled or shutdown)."""
-        self._hanging = enabled
-        if enabled:
-            if self._release is None:
-                self._release = asyncio.Event()
-        elif self._release is not None:
-            self._release.set()
-            self._release = None
+        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -195,16 +183,6 @@ class MoexPassport:
         return {name: getattr(self, name) for name in _SETTINGS}
 
     # -- /authenticate ---------------------------------------------------------------------
-
-    def _take_injected_failure(self) -> web.Response | None:
-        status = self._fail_status
-        if status is None:
-            return None
-        if self._fail_remaining is not None:
-            self._fail_remaining -= 1
-            if self._fail_remaining <= 0:
-                self.fail_with(None)
-        return web.Response(status=status, text=f"Injected sandbox failure (HTTP {status})\n")
 
     def _cookie_header(self, token: str) -> str:
         # Written by hand: http.cookies would wrap a value with "/" and "=" in quotes, and
@@ -243,78 +221,12 @@ class MoexPassport:
 
     async def _authenticate_handler(self, request: web.Request) -> web.Response:
         self._calls += 1
-        release = self._release
-        if release is not None:
-            await release.wait()
-        if self._closing:
-            return web.Response(status=503, text="Server is shutting down\n")
-        return self._take_injected_failure() or self._authenticate(request)
+        intercepted = await self._controls.intercept(
+            0.0, closed=_shutting_down, failure=_injected_failure
+        )
+        return intercepted or self._authenticate(request)
 
     # -- /_sandbox -------------------------------------------------------------------------
 
-    async def _fail_handler(self, request: web.Request) -> web.Response:
-        try:
-            raw_status = request.query.get("status")
-            raw_count = request.query.get("count")
-            status = int(raw_status) if raw_status else None
-            count = int(raw_count) if raw_count else None
-            self.fail_with(status, count)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
-
-    async def _hang_handler(self, request: web.Request) -> web.Response:
-        raw = request.query.get("enabled", "1").lower()
-        if raw not in _TRUE + _FALSE:
-            return web.json_response({"error": "enabled must be a boolean"}, status=400)
-        self.hang(raw in _TRUE)
-        return web.json_response({"hang": self._hanging})
-
     async def _expire_handler(self, request: web.Request) -> web.Response:
         return web.json_response({"expired": self.expire_tokens()})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
-
-    async def _settings_handler(self, request: web.Request) -> web.Response:
-        """GET shows the settings; POST with a JSON object changes some of them."""
-        if request.method == "POST":
-            try:
-                changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                updates: dict[str, Any] = {}
-                for name, value in changes.items():
-                    if name not in _SETTINGS:
-                        raise ValueError(f"unknown setting {name!r}")
-                    if name == "redirect":
-                        if not isinstance(value, bool):
-                            raise ValueError("redirect must be a boolean")
-                    elif isinstance(value, bool) or not isinstance(value, int | float):
-                        raise ValueError(f"{name} must be a number")
-                    elif value < 0:
-                        raise ValueError(f"{name} must not be negative")
-                    updates[name] = value
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-                return web.json_response({"error": str(exc)}, status=400)
-            for name, value in updates.items():
-                setattr(self, name, value)
-        return web.json_response(self.settings())
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def _on_startup(self, app: web.Application) -> None:
-        self._closing = False
-        if self._hanging and self._release is None:
-            self._release = asyncio.Event()
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        # Let hung handlers finish (with a 503) so the server can stop promptly.
-        self._closing = True
-        if self._release is not None:
-            self._release.set()
-            self._release = None

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from sidecar.sandbox import controls
 from sidecar.sandbox.keycloak import KeycloakEmulator
 from sidecar.sandbox.ntb import _bearer_token, _headers
 from sidecar.sandbox.passport import MoexPassport
@@ -66,7 +67,6 @@ _MAX_EVENTS = 10_000  # keep stats bounded during long runs
 _MAX_STORED_DOCUMENTS = 1000
 _MAX_STORED_BYTES = 64 * 1024 * 1024
 _PASSPORT_SETTINGS = frozenset({"users", "token_ttl", "redirect"})
-_SETTINGS = ("min_interval", "processing_delay", "max_body", "hours")
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _INSUFFICIENT_SCOPE = {
     "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{REGISTRATION_SCOPE}"'
@@ -87,6 +87,14 @@ def _parse_hours(value: Any) -> tuple[dtime, dtime] | None:
     if start.tzinfo is not None or end.tzinfo is not None:
         raise ValueError("hours are Moscow times without a UTC offset")
     return start, end
+
+
+_SETTINGS: dict[str, controls.Validator] = {
+    "min_interval": controls.number,
+    "processing_delay": controls.number,
+    "max_body": controls.integer,
+    "hours": lambda _name, value: _parse_hours(value),
+}
 
 
 def _local_name(name: str) -> str:
@@ -184,8 +192,7 @@ class RegistrationApi:
         self._stored_bytes = 0
         self._numbers = itertools.count(1)
         self._last_let_through: dict[str, float] = {}  # client -> time.monotonic()
-        self._fail_status: int | None = None
-        self._fail_remaining: int | None = None
+        self._controls = controls.FaultControls()
 
         self.arrivals: deque[float] = deque(maxlen=_MAX_EVENTS)
         self.last_request: dict[str, Any] | None = None
@@ -196,13 +203,10 @@ class RegistrationApi:
         for path in (APPLICATIONS_PATH + "/", APPLICATIONS_PATH):
             self._app.router.add_post(path, self._post_handler)
         self._app.router.add_get(APPLICATIONS_PATH + "/{doc_date}/{doc_num}", self._get_handler)
-        self._app.router.add_post("/_sandbox/fail", self._fail_handler)
-        self._app.router.add_get("/_sandbox/stats", self._stats_handler)
-        self._app.router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
         self._app.router.add_get("/_sandbox/clock", self._clock_handler)
         self._app.router.add_post("/_sandbox/clock", self._clock_handler)
-        self._app.router.add_get("/_sandbox/settings", self._settings_handler)
-        self._app.router.add_post("/_sandbox/settings", self._settings_handler)
+        # Only failures can be injected here: this emulator has never had a hang control.
+        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, hang=False)
 
     @property
     def app(self) -> web.Application:
@@ -234,12 +238,7 @@ class RegistrationApi:
 
         ``status=None`` (or ``count=0``) clears the failure.
         """
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
-        if count is not None and count < 1:
-            status = None
-        self._fail_status = status
-        self._fail_remaining = count if status is not None else None
+        self._controls.fail_with(status, count)
 
     def document(self, doc_date: str, doc_num: str) -> bytes | None:
         """The stored bytes of an accepted document, if still kept."""
@@ -292,17 +291,10 @@ class RegistrationApi:
     ) -> web.Response:
         return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
-    def _take_injected_failure(self) -> web.Response | None:
-        status = self._fail_status
-        if status is None:
-            return None
-        if self._fail_remaining is not None:
-            self._fail_remaining -= 1
-            if self._fail_remaining <= 0:
-                self.fail_with(None)
+    def _injected_failure(self, status: int) -> web.Response:
         self._counts["injected"] += 1
         error = "server_error" if status >= 500 else "invalid_request"
-        return self._error(status, error, f"Injected sandbox failure (HTTP {status})")
+        return self._error(status, error, controls.failure_text(status))
 
     async def _gate(
         self, request: web.Request, summary: dict[str, Any]
@@ -311,7 +303,7 @@ class RegistrationApi:
 
         A refusal is returned with the body already drained.
         """
-        refusal = self._take_injected_failure()
+        refusal = self._controls.take_failure(self._injected_failure)
         client = ""
         if refusal is None:
             token = _bearer_token(request.headers.get("Authorization"))
@@ -481,24 +473,6 @@ class RegistrationApi:
 
     # -- /_sandbox -------------------------------------------------------------------------
 
-    async def _fail_handler(self, request: web.Request) -> web.Response:
-        try:
-            raw_status = request.query.get("status")
-            raw_count = request.query.get("count")
-            status = int(raw_status) if raw_status else None
-            count = int(raw_count) if raw_count else None
-            self.fail_with(status, count)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
-
     async def _clock_handler(self, request: web.Request) -> web.Response:
         """GET shows the clock; POST ``{"now": "<ISO 8601 with offset>"}`` freezes it there,
         ``{"now": null}`` goes back to real time."""
@@ -520,33 +494,6 @@ class RegistrationApi:
                 "open": self.is_open(),
             }
         )
-
-    async def _settings_handler(self, request: web.Request) -> web.Response:
-        """GET shows the settings; POST with a JSON object changes some of them."""
-        if request.method == "POST":
-            try:
-                changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                updates: dict[str, Any] = {}
-                for name, value in changes.items():
-                    if name not in _SETTINGS:
-                        raise ValueError(f"unknown setting {name!r}")
-                    if name == "hours":
-                        updates[name] = _parse_hours(value)
-                        continue
-                    if isinstance(value, bool) or not isinstance(value, int | float):
-                        raise ValueError(f"{name} must be a number")
-                    if value < 0:
-                        raise ValueError(f"{name} must not be negative")
-                    if name == "max_body" and not isinstance(value, int):
-                        raise ValueError("max_body must be an integer")
-                    updates[name] = value
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-                return web.json_response({"error": str(exc)}, status=400)
-            for name, value in updates.items():
-                setattr(self, name, value)
-        return web.json_response(self.settings())
 
 
 @dataclass

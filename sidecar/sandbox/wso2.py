@@ -21,7 +21,6 @@ Python methods and over HTTP under ``/_sandbox/``, like the Keycloak emulator's.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -40,7 +39,8 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from sidecar.sandbox.keycloak import _INJECTED_4XX_ERRORS, OAuthError
+from sidecar.sandbox import controls
+from sidecar.sandbox.keycloak import OAuthError, _injected_failure, _shutting_down
 from sidecar.sandbox.ntb import _bearer_token, _client_cert, _headers
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.servers import TlsServer
@@ -49,21 +49,27 @@ __all__ = ["FAULTS", "Fault", "Wso2Gateway", "issue_kisc_client", "start_wso2"]
 
 _DEFAULT_USERS: dict[str, str] = {"bank-user": "bank-password"}
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-_MAX_EVENTS = 10_000  # keep stats bounded during long load runs
+_MAX_EVENTS = 10_000  # keep the issued-token log bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of dead token rows
 _SUPPORTED_GRANTS = ("password", "refresh_token")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_SETTINGS = (
-    "access_ttl",
-    "refresh_ttl",
-    "timestamp_skew",
-    "latency",
-    "fault_format",
-    "max_message_bytes",
-)
 _FAULT_FORMATS = ("json", "xml")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+
+
+def _fault_format(name: str, value: Any) -> str:
+    if value not in _FAULT_FORMATS:
+        raise ValueError(f"{name} must be one of {_FAULT_FORMATS}")
+    return str(value)
+
+
+_SETTINGS: dict[str, controls.Validator] = {
+    "access_ttl": controls.number,
+    "refresh_ttl": controls.number,
+    "timestamp_skew": controls.number,
+    "latency": controls.number,
+    "fault_format": _fault_format,
+    "max_message_bytes": controls.integer,
+}
 
 # The API as KISC publishes it.
 API_CONTEXT = "/etsfo/1.0.0"
@@ -402,21 +408,14 @@ class Wso2Gateway:
         self._stored_bytes = 0  # bodies of posted (not seeded) messages
         self._seen_keys: OrderedDict[str, None] = OrderedDict()
 
-        self._fail_status: int | None = None
-        self._fail_remaining: int | None = None
-        self._hanging = False
-        self._release: asyncio.Event | None = None
-        self._closing = False
+        self._controls = controls.FaultControls()
         self._fault_code: int | None = None
         self._fault_remaining = 0
 
         self._calls = 0
         self._by_grant: Counter[str] = Counter()
-        self._in_flight = 0
-        self._max_concurrent = 0
         self._refresh_reuse = 0
         self._revocations = 0
-        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
         self._requests = 0
         self._rejected = 0
         self._missing_idempotency = 0
@@ -429,16 +428,9 @@ class Wso2Gateway:
         router.add_post(self.revoke_path, self._revoke_handler)
         router.add_post("/_sandbox/expire", self._expire_handler)
         router.add_post("/_sandbox/fault", self._fault_handler)
-        router.add_post("/_sandbox/fail", self._fail_handler)
-        router.add_post("/_sandbox/hang", self._hang_handler)
-        router.add_get("/_sandbox/stats", self._stats_handler)
-        router.add_post("/_sandbox/stats/reset", self._reset_stats_handler)
-        router.add_get("/_sandbox/settings", self._settings_handler)
-        router.add_post("/_sandbox/settings", self._settings_handler)
+        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS)
         # Everything else is an API call through the gateway (unknown ones get 900906).
         router.add_route("*", "/{tail:.*}", self._api_handler)
-        self._app.on_startup.append(self._on_startup)
-        self._app.on_shutdown.append(self._on_shutdown)
 
     @property
     def app(self) -> web.Application:
@@ -473,32 +465,21 @@ class Wso2Gateway:
 
         ``status=None`` (or ``count=0``) clears the failure.
         """
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
-        if count is not None and count < 1:
-            status = None
-        self._fail_status = status
-        self._fail_remaining = count if status is not None else None
+        self._controls.fail_with(status, count)
 
     def hang(self, enabled: bool) -> None:
         """While enabled, /token calls wait and never answer (until disabled or shutdown)."""
-        self._hanging = enabled
-        if enabled:
-            if self._release is None:
-                self._release = asyncio.Event()
-        elif self._release is not None:
-            self._release.set()
-            self._release = None
+        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         return {
             "calls": self._calls,
             "by_grant": dict(self._by_grant),
-            "max_concurrent": self._max_concurrent,
-            "in_flight": self._in_flight,
+            "max_concurrent": self._controls.max_concurrent,
+            "in_flight": self._controls.in_flight,
             "refresh_reuse": self._refresh_reuse,
             "revocations": self._revocations,
-            "events": [dict(e) for e in self._events],
+            "events": [dict(e) for e in self._controls.events],
             "requests": self._requests,
             "rejected": self._rejected,
             "missing_idempotency": self._missing_idempotency,
@@ -515,11 +496,9 @@ class Wso2Gateway:
     def reset_stats(self) -> None:
         self._calls = 0
         self._by_grant.clear()
-        # Calls still in progress keep counting towards the new maximum.
-        self._max_concurrent = self._in_flight
+        self._controls.reset_stats()
         self._refresh_reuse = 0
         self._revocations = 0
-        self._events.clear()
         self._requests = 0
         self._rejected = 0
         self._missing_idempotency = 0
@@ -704,19 +683,6 @@ class Wso2Gateway:
             return exc.response()
         return web.json_response(body, headers=_NO_STORE)
 
-    def _take_injected_failure(self) -> web.Response | None:
-        status = self._fail_status
-        if status is None:
-            return None
-        if self._fail_remaining is not None:
-            self._fail_remaining -= 1
-            if self._fail_remaining <= 0:
-                self.fail_token_with(None)
-        error = "server_error" if status >= 500 else _INJECTED_4XX_ERRORS.get(status, "")
-        return OAuthError(
-            status, error or "invalid_request", f"Injected sandbox failure (HTTP {status})"
-        ).response()
-
     # -- faults ----------------------------------------------------------------------------
 
     def _fault_response(self, code: int) -> web.Response:
@@ -856,38 +822,20 @@ class Wso2Gateway:
     # -- HTTP handlers ---------------------------------------------------------------------
 
     async def _token_handler(self, request: web.Request) -> web.Response:
-        start = time.monotonic()
-        self._in_flight += 1
-        self._max_concurrent = max(self._max_concurrent, self._in_flight)
-        grant: str | None = None
-        status: int | None = None  # stays None if the call never completes (cancelled)
+        event: dict[str, Any] = {"grant": None, "start": time.monotonic()}
         try:
-            form = await request.post()
-            raw_grant = form.get("grant_type")
-            grant = raw_grant if isinstance(raw_grant, str) else None
-            release = self._release
-            if release is not None:
-                await release.wait()
-            if self.latency > 0:
-                await asyncio.sleep(self.latency)
-            if self._closing:
-                response = OAuthError(503, "server_error", "Server is shutting down").response()
-            else:
-                response = self._take_injected_failure() or self._grant(
-                    request, {k: v for k, v in form.items() if isinstance(v, str)}
-                )
-            status = response.status
-            return response
-        except web.HTTPException as exc:  # e.g. 413 from an oversized form
-            status = exc.status
-            raise
+            with self._controls.track(event) as call:
+                form = await request.post()
+                raw_grant = form.get("grant_type")
+                event["grant"] = raw_grant if isinstance(raw_grant, str) else None
+                # Shutdown and injected failures answer with the same OAuth bodies as Keycloak's.
+                response = await self._controls.intercept(
+                    self.latency, closed=_shutting_down, failure=_injected_failure
+                ) or self._grant(request, {k: v for k, v in form.items() if isinstance(v, str)})
+                return call.done(response)
         finally:
-            self._in_flight -= 1
             self._calls += 1
-            self._by_grant[grant or "(missing)"] += 1
-            self._events.append(
-                {"grant": grant, "start": start, "end": time.monotonic(), "status": status}
-            )
+            self._by_grant[event["grant"] or "(missing)"] += 1
 
     async def _revoke_handler(self, request: web.Request) -> web.Response:
         """RFC 7009 as WSO2 does it: 200 whether or not the token was known."""
@@ -990,72 +938,6 @@ class Wso2Gateway:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"code": self._fault_code, "count": self._fault_remaining})
-
-    async def _fail_handler(self, request: web.Request) -> web.Response:
-        try:
-            raw_status = request.query.get("status")
-            raw_count = request.query.get("count")
-            status = int(raw_status) if raw_status else None
-            count = int(raw_count) if raw_count else None
-            self.fail_token_with(status, count)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"status": self._fail_status, "count": self._fail_remaining})
-
-    async def _hang_handler(self, request: web.Request) -> web.Response:
-        raw = request.query.get("enabled", "1").lower()
-        if raw not in _TRUE + _FALSE:
-            return web.json_response({"error": "enabled must be a boolean"}, status=400)
-        self.hang(raw in _TRUE)
-        return web.json_response({"hang": self._hanging})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_stats_handler(self, request: web.Request) -> web.Response:
-        self.reset_stats()
-        return web.json_response(self.stats())
-
-    async def _settings_handler(self, request: web.Request) -> web.Response:
-        """GET shows the settings; POST with a JSON object changes some of them."""
-        if request.method == "POST":
-            try:
-                changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                updates: dict[str, Any] = {}
-                for name, value in changes.items():
-                    if name not in _SETTINGS:
-                        raise ValueError(f"unknown setting {name!r}")
-                    if name == "fault_format":
-                        if value not in _FAULT_FORMATS:
-                            raise ValueError(f"fault_format must be one of {_FAULT_FORMATS}")
-                    elif isinstance(value, bool) or not isinstance(value, int | float):
-                        raise ValueError(f"{name} must be a number")
-                    elif value < 0:
-                        raise ValueError(f"{name} must not be negative")
-                    elif name == "max_message_bytes" and not isinstance(value, int):
-                        raise ValueError(f"{name} must be an integer")
-                    updates[name] = value
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-                return web.json_response({"error": str(exc)}, status=400)
-            for name, value in updates.items():
-                setattr(self, name, value)
-        return web.json_response(self.settings())
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def _on_startup(self, app: web.Application) -> None:
-        self._closing = False
-        if self._hanging and self._release is None:
-            self._release = asyncio.Event()
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        # Let hung /token calls finish (with a 503) so the server can stop promptly.
-        self._closing = True
-        if self._release is not None:
-            self._release.set()
-            self._release = None
 
 
 def issue_kisc_client(pki: Pki, username: str = "bank-user") -> IssuedCert:
