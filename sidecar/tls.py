@@ -15,10 +15,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from sidecar.config.models import Tls
 from sidecar.errors import SetupError
+from sidecar.pkcs12 import open_bundle
 
 
 class TlsSetupError(SetupError):
@@ -70,15 +70,7 @@ def client_context(tls: Tls) -> ssl.SSLContext:
 
 def _load_p12(ctx: ssl.SSLContext, tls: Tls) -> None:
     assert tls.p12_file is not None
-    password = tls.p12_password.get_secret_value().encode() if tls.p12_password else None
-    try:
-        key, cert, chain = pkcs12.load_key_and_certificates(tls.p12_file.read_bytes(), password)
-    except ValueError:
-        raise TlsSetupError(
-            f"p12_file {tls.p12_file}: cannot open (wrong p12_password or not PKCS#12)"
-        ) from None
-    if key is None or cert is None:
-        raise TlsSetupError(f"p12_file {tls.p12_file}: holds no private key and certificate")
+    key, cert, chain = open_bundle(tls.p12_file, tls.p12_password, "p12_file")
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -100,8 +92,7 @@ def client_identity(tls: Tls) -> ClientIdentity | None:
     if tls.cert_file is not None:
         cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
     elif tls.p12_file is not None:
-        password = tls.p12_password.get_secret_value().encode() if tls.p12_password else None
-        _, cert, _ = pkcs12.load_key_and_certificates(tls.p12_file.read_bytes(), password)
+        _, cert, _ = open_bundle(tls.p12_file, tls.p12_password, "p12_file")
     if cert is None:
         return None
     return ClientIdentity(cert.subject.rfc4514_string(), cert.not_valid_after_utc)

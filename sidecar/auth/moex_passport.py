@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import ssl
 
-import aiohttp
-
 from sidecar import logs
 from sidecar.auth.base import AuthError, Grant
+from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
 from sidecar.config.models import MoexPassportAuth
 from sidecar.signing import Signer, SigningError, b64
@@ -31,42 +30,20 @@ class PassportClient:
                  timeout: float) -> None:
         self.url = url
         self._authorization = basic_authorization(username, password)
-        self._ssl = ssl_context
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._retired: list[aiohttp.ClientSession] = []
+        self._http = IdpSession(ssl_context, timeout)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
-        self._ssl = ssl_context
-        if self._session is not None:
-            self._retired.append(self._session)  # closed on the next call (single flight)
-            self._session = None
+        self._http.renew_tls(ssl_context)
 
     async def fetch(self) -> str:
-        for old in self._retired:
-            await old.close()
-        self._retired.clear()
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
-                timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),  # read the cookie ourselves, byte for byte
-                trust_env=False,
-            )
         try:
-            async with self._session.get(
+            async with self._http.client().get(
                 self.url, headers={"Authorization": self._authorization}, allow_redirects=False
             ) as resp:
                 await resp.read()
                 status, cookies = resp.status, resp.headers.getall("Set-Cookie", [])
-        except TimeoutError:
-            raise AuthError(f"MOEX Passport: no answer within {self._timeout.total:g} s") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise AuthError(
-                f"MOEX Passport: TLS certificate failed verification ({exc.certificate_error})"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AuthError(f"MOEX Passport: cannot connect ({type(exc).__name__})") from None
+        except NETWORK_ERRORS as exc:
+            raise idp_error("MOEX Passport", exc, self._http.timeout) from None
         if status in (401, 403):
             raise AuthError(f"MOEX Passport answered {status}: login or password rejected")
         if status not in (200, 301, 302, 303, 307, 308):
@@ -78,9 +55,7 @@ class PassportClient:
         return token
 
     async def close(self) -> None:
-        for session in [*self._retired, self._session]:
-            if session is not None:
-                await session.close()
+        await self._http.close()
 
 
 def passport_cookie(set_cookie_headers: list[str]) -> str | None:

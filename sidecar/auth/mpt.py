@@ -9,17 +9,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
 from typing import Any
 
-import aiohttp
-
 from sidecar import logs
 from sidecar.auth import jwt
 from sidecar.auth.base import AuthError, Grant, InvalidGrant
+from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error
 from sidecar.config.models import MptSigninAuth
 from sidecar.signing import Signer, SigningError, b64
 
@@ -30,10 +28,8 @@ class MptSigninFlow:
     def __init__(self, cfg: MptSigninAuth, ssl_context: ssl.SSLContext, signer: Signer) -> None:
         self._cfg = cfg
         self._base = cfg.base_url.rstrip("/")
-        self._ssl = ssl_context
+        self._http = IdpSession(ssl_context, cfg.timeout)
         self._signer = signer
-        self._session: aiohttp.ClientSession | None = None
-        self._retired: list[aiohttp.ClientSession] = []
 
     async def login(self) -> Grant:
         challenge = await self._call("GET", "/auth/key")
@@ -69,19 +65,13 @@ class MptSigninFlow:
     ) -> dict[str, Any]:
         where = f"MPT {path}"
         try:
-            async with self._client().request(
+            async with self._http.client().request(
                 method, self._base + path, json=body, headers={"Accept": "application/json"}
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except TimeoutError:
-            raise AuthError(f"{where}: no answer within {self._cfg.timeout:g} s") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise AuthError(
-                f"{where}: TLS certificate failed verification ({exc.certificate_error})"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AuthError(f"{where}: cannot connect ({type(exc).__name__})") from None
+        except NETWORK_ERRORS as exc:
+            raise idp_error(where, exc, self._http.timeout) from None
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
@@ -92,29 +82,11 @@ class MptSigninFlow:
             raise AuthError(f"{where} answered 200 without a JSON object")
         return data
 
-    def _client(self) -> aiohttp.ClientSession:
-        for old in self._retired:  # a rotated certificate: the old session is done with
-            asyncio.get_running_loop().create_task(old.close())
-        self._retired.clear()
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
-                timeout=aiohttp.ClientTimeout(total=self._cfg.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
-        return self._session
-
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
-        self._ssl = ssl_context
-        if self._session is not None:
-            self._retired.append(self._session)
-            self._session = None
+        self._http.renew_tls(ssl_context)
 
     async def close(self) -> None:
-        for session in [*self._retired, self._session]:
-            if session is not None:
-                await session.close()
+        await self._http.close()
         await self._signer.close()
 
 

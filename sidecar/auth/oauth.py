@@ -6,16 +6,16 @@ reason fit for logs and for the app (never a token or a secret).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import ssl
 from typing import Any
 
-import aiohttp
+from pydantic import SecretStr
 from yarl import URL
 
 from sidecar.auth.base import AuthError, Grant, InvalidGrant
+from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, short
 
 MAX_LIFETIME = 24 * 3600.0  # a longer expires_in is clamped: trust, but renew at least daily
 
@@ -25,58 +25,27 @@ class TokenEndpoint:
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, timeout: float) -> None:
         self.url = URL(url)
-        self._ssl = ssl_context
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._retired: list[aiohttp.ClientSession] = []
+        self._http = IdpSession(ssl_context, timeout)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
-        """New TLS material for the next call; the old session closes then (calls are single
-        flight, so none is using it by that time)."""
-        self._ssl = ssl_context
-        if self._session is not None:
-            self._retired.append(self._session)
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        for old in self._retired:
-            asyncio.get_running_loop().create_task(old.close())
-        self._retired.clear()
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
-                timeout=self._timeout,
-            )
-        return self._session
+        self._http.renew_tls(ssl_context)
 
     async def request_token(self, form: dict[str, str], authorization: str | None = None) -> Grant:
-        where = f"IdP {self.url.host}"
+        headers = {"Accept": "application/json"}
+        if authorization:
+            headers["Authorization"] = authorization
         try:
-            headers = {"Accept": "application/json"}
-            if authorization:
-                headers["Authorization"] = authorization
-            async with self._client().post(
+            async with self._http.client().post(
                 self.url, data=form, headers=headers, allow_redirects=False
             ) as resp:
                 body = await resp.read()
-                return parse_token_response(resp.status, body, resp.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise AuthError(
-                f"{where}: TLS certificate failed verification ({exc.certificate_error})"
-            ) from None
-        except aiohttp.ClientSSLError as exc:
-            raise AuthError(f"{where}: TLS handshake failed ({_short(exc)})") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise AuthError(f"{where}: cannot connect ({exc.os_error.strerror or exc})") from None
-        except TimeoutError:
-            raise AuthError(f"{where}: no answer within {self._timeout.total:g} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AuthError(f"{where}: connection failed ({_short(exc)})") from None
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except NETWORK_ERRORS as exc:
+            raise idp_error(f"IdP {self.url.host}", exc, self._http.timeout) from None
+        return parse_token_response(status, body, retry_after)
 
     async def close(self) -> None:
-        for session in [*self._retired, self._session]:
-            if session is not None:
-                await session.close()
+        await self._http.close()
 
 
 def parse_token_response(status: int, body: bytes, retry_after: str | None = None) -> Grant:
@@ -124,10 +93,10 @@ def _error(status: int, data: Any, retry_after: str | None) -> AuthError:
     if isinstance(data, dict):
         code = data.get("error") if isinstance(data.get("error"), str) else None
         desc = data.get("error_description")
-        description = _short(desc) if isinstance(desc, str) else None
+        description = short(desc) if isinstance(desc, str) else None
     reason = f"IdP answered {status}"
     if code:
-        reason += f" {_short(code)}"
+        reason += f" {short(code)}"
     if description:
         reason += f": {description}"
     elif data is None:
@@ -142,11 +111,6 @@ def _retry_after(value: str | None) -> float | None:
     if value and value.strip().isdigit():
         return float(value.strip())
     return None
-
-
-def _short(value: object, limit: int = 200) -> str:
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    return text[:limit]
 
 
 class OAuthFlow:
@@ -195,3 +159,34 @@ class OAuthFlow:
 def basic_authorization(user: str, password: str) -> str:
     """``Basic base64(user:password)``, as WSO2's token endpoint and ``curl -u`` send it."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+class PasswordGrant(OAuthFlow):
+    """The resource-owner password grant (RFC 6749 §4.3): Keycloak and WSO2 alike."""
+
+    grant_type = "password"
+
+    def __init__(
+        self,
+        endpoint: TokenEndpoint,
+        client_id: str | None,
+        client_secret: str | None,
+        scope: str | None,
+        username: str,
+        password: SecretStr,
+        *,
+        basic_auth: bool = False,
+    ) -> None:
+        super().__init__(endpoint, client_id, client_secret, scope, basic_auth=basic_auth)
+        self._username = username
+        self._password = password
+
+    async def login(self) -> Grant:
+        form = {
+            "grant_type": "password",
+            "username": self._username,
+            "password": self._password.get_secret_value(),
+        }
+        if self.scope:
+            form["scope"] = self.scope
+        return await self._post(form)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import re
 
-from sidecar.auth.base import Grant
-from sidecar.auth.oauth import OAuthFlow, TokenEndpoint
+from sidecar.auth.oauth import PasswordGrant, TokenEndpoint
 from sidecar.config.models import Wso2PasswordAuth
 
 TOKEN_INVALID_CODES = frozenset({900901, 900902, 900903})
 _XML_CODE = re.compile(rb"<(?:\w+:)?code>\s*(\d{6})\s*</(?:\w+:)?code>")
 
 
-class Wso2PasswordFlow(OAuthFlow):
-    grant_type = "password"
+class Wso2PasswordFlow(PasswordGrant):
+    """The consumer key and secret go as HTTP Basic, as WSO2's token endpoint wants."""
 
     def __init__(self, cfg: Wso2PasswordAuth, endpoint: TokenEndpoint) -> None:
         super().__init__(
@@ -28,20 +27,10 @@ class Wso2PasswordFlow(OAuthFlow):
             cfg.consumer_key,
             cfg.consumer_secret.get_secret_value(),
             cfg.scope,
+            cfg.username,
+            cfg.password,
             basic_auth=True,
         )
-        self._username = cfg.username
-        self._password = cfg.password
-
-    async def login(self) -> Grant:
-        form = {
-            "grant_type": "password",
-            "username": self._username,
-            "password": self._password.get_secret_value(),
-        }
-        if self.scope:
-            form["scope"] = self.scope
-        return await self._post(form)
 
 
 def fault_code(body: bytes) -> int | None:

@@ -12,10 +12,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs7
 
 from sidecar.config.models import SignerConfig
 from sidecar.errors import SetupError
+from sidecar.pkcs12 import open_bundle
 from sidecar.signing.base import SigningError
 
 _DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
@@ -67,16 +68,8 @@ class Pkcs7Signer:
 
 def _load(cfg: SignerConfig) -> tuple[SigningKey, x509.Certificate, list[x509.Certificate]]:
     if cfg.p12_file is not None:
-        password = cfg.p12_password.get_secret_value().encode() if cfg.p12_password else None
-        try:
-            key, cert, chain = pkcs12.load_key_and_certificates(cfg.p12_file.read_bytes(), password)
-        except ValueError:
-            raise SignerSetupError(
-                f"signer.p12_file {cfg.p12_file}: cannot open (wrong p12_password or not PKCS#12)"
-            ) from None
-        if key is None or cert is None:
-            raise SignerSetupError(f"signer.p12_file {cfg.p12_file}: no key and certificate in it")
-        return _usable(key, cfg.p12_file), cert, list(chain)
+        key, cert, chain = open_bundle(cfg.p12_file, cfg.p12_password, "signer.p12_file")
+        return _usable(key, cfg.p12_file), cert, chain
     assert cfg.cert_file is not None and cfg.key_file is not None
     try:
         certs = x509.load_pem_x509_certificates(cfg.cert_file.read_bytes())

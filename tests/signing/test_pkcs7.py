@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.models import SignerConfig
+from sidecar.errors import SetupError
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.signing import make_signer
@@ -84,7 +85,7 @@ def test_unusable_keys_are_clear_errors(pki: Pki, tmp_path: Path) -> None:
             SignerConfig(type="pkcs7", cert_file=cert.cert_file, key_file=ed_key),
             detached_default=True,
         )
-    with pytest.raises(SignerSetupError, match="wrong p12_password"):
+    with pytest.raises(SetupError, match=r"signer\.p12_file .*wrong password"):
         make_signer(
             SignerConfig(type="pkcs7", p12_file=cert.p12_file, p12_password="nope"),
             detached_default=True,
