@@ -20,6 +20,8 @@ from yarl import URL
 
 from sidecar.config.models import Timeouts
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
 # aiohttp would add these when the app did not send them; a proxy must not.
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -76,10 +78,19 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         pool = self._current()
         pool.active += 1
+        # A pooled keep-alive connection can be closed by the upstream just as it is reused.
+        # A bodiless idempotent request is then sent again once, on a new connection.
+        attempts = 2 if body is None and method in IDEMPOTENT else 1
         try:
-            resp = await pool.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            )
+            for attempt in range(attempts):
+                try:
+                    resp = await pool.session.request(
+                        method, url, headers=headers, data=body, allow_redirects=False
+                    )
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                    if attempt + 1 == attempts:
+                        raise
         except BaseException as exc:
             self._done(pool)
             if isinstance(exc, Exception):

@@ -18,7 +18,7 @@ from yarl import URL
 from sidecar.auth.base import NoToken, Token
 from sidecar.proxy.body import BodyTooLarge, RequestBody
 from sidecar.proxy.errors import error_response
-from sidecar.proxy.forward import UpstreamFailure
+from sidecar.proxy.forward import IDEMPOTENT, UpstreamFailure
 from sidecar.proxy.headers import downstream_headers, upstream_headers
 from sidecar.proxy.ratelimit import RateLimited, retry_after_seconds
 from sidecar.proxy.upstream import UpstreamRuntime
@@ -131,10 +131,15 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
     except RateLimited as exc:
         return _rate_limited(ex, exc)
 
+    finished = False
     try:
-        return await _stream_back(ex, resp, inspected)
+        out = await _stream_back(ex, resp, inspected)
+        finished = not ex.broken
+        return out
     finally:
-        upstream.client.release(resp)
+        # An app that went away mid-download leaves the upstream's answer half read: that
+        # connection cannot go back into the pool.
+        upstream.client.release(resp, discard=not finished)
 
 
 async def _token_and_slot(ex: Exchange) -> Token:
@@ -206,9 +211,6 @@ async def _send(
     data = None if body is None else (body.stream() if first else body.replay())
     headers["Authorization"] = f"Bearer {token.value}"
     return await ex.upstream.client.send(ex.request.method, url, headers, data)
-
-
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 async def _after_429(

@@ -187,3 +187,26 @@ async def _raw_request(port: int, path: str) -> bytes:
     data = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     return data
+
+
+async def test_app_hanging_up_mid_download_frees_everything(sidecar: Sidecar) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+    writer.write(b"GET http://api.moex.com/ntb/download?size=50000000 HTTP/1.1\r\n"
+                 b"Host: api.moex.com\r\n\r\n")
+    got = 0
+    while got < 1_000_000:
+        got += len(await reader.read(65536))
+    writer.close()  # the app goes away with 49 MB still to come
+    upstream = sidecar.upstreams["moex-ntb"]
+    for _ in range(50):
+        if upstream.inflight == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert upstream.inflight == 0
+    assert not upstream.client._owners  # the half-read answer's connection was let go
+    # The pool is not poisoned: the next requests go through.
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(f"{NTB}/after", proxy=proxy_url(sidecar)) as resp:
+                assert resp.status == 200
+                await resp.read()

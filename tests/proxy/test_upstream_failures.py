@@ -137,3 +137,60 @@ async def test_client_certificate_expiry_in_status_and_warned(
     shown = status["upstreams"]["moex-ntb"]["client_cert"]
     assert shown["subject"].startswith("CN=bank-user,")
     assert 2.9 < shown["days_left"] < 3.01
+
+
+class ClosingOnReuse:
+    """Answers the first request on each connection, then closes without answering the
+    next one: what a keep-alive race with an upstream's idle timeout looks like."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.answered = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if length:
+                await reader.readexactly(length)
+            if served:
+                writer.close()  # the request is lost: no answer at all
+                return
+            served += 1
+            self.answered += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+
+async def test_stale_pooled_connection_is_retried_for_idempotent_requests_only(
+    make_sidecar: SidecarFactory,
+) -> None:
+    api = ClosingOnReuse()
+    port = await api.start()
+    try:
+        sidecar = await make_sidecar({"target": f"http://127.0.0.1:{port}"})
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for _ in range(3):  # each GET after the first meets a connection that dies
+                async with session.get(NTB, proxy=proxy_url(sidecar)) as resp:
+                    statuses.append(resp.status)
+                    await resp.read()
+            assert statuses == [200, 200, 200]
+            async with session.post(NTB, data=b"x", proxy=proxy_url(sidecar)) as resp:
+                body = await resp.json()
+                assert resp.status == 502  # never sent twice: a POST may not be idempotent
+            assert body["error"] == "upstream_error"
+    finally:
+        assert api.server is not None
+        api.server.close()
+    assert api.answered == 3 and api.connections == 3  # each retry took a new connection
