@@ -1,23 +1,12 @@
-"""An offline sandbox: a private CA, a Keycloak-like IdP and an NTB-like API over TLS.
+"""An offline sandbox: local emulators of every API the sidecar speaks to, over real TLS.
 
-Users start it to try the sidecar without MOEX credentials; the test-suite uses it as
-a faithful upstream.
+- ``pki``: a private CA and certificates; ``servers``: serving an emulator, ``start_sandbox``;
+- ``keycloak`` (MOEX SSO), ``ntb`` (MOEX NTB API), ``passport`` and ``registration`` (MOEX
+  Passport and client registration), ``wso2`` (KISC), ``mpt`` (ИС МПТ), ``ncanode``;
+- ``cms``: signature checks by the real ``openssl cms``; ``controls``: fault injection;
+- ``demo``: ``sidecar sandbox``, all of them with a sidecar in front.
+
+Users start it to try the sidecar without credentials; the test suite uses it as faithful
+upstreams. Import the submodules directly: the package itself loads nothing, so the sidecar's
+own start-up does not pay for the emulators.
 """
-
-from sidecar.sandbox.keycloak import KeycloakEmulator
-from sidecar.sandbox.ntb import NtbApi, download_bytes, download_sha256
-from sidecar.sandbox.pki import IssuedCert, Pki
-from sidecar.sandbox.servers import SandboxStack, TlsServer, start_sandbox, stop_sandbox
-
-__all__ = [
-    "IssuedCert",
-    "KeycloakEmulator",
-    "NtbApi",
-    "Pki",
-    "SandboxStack",
-    "TlsServer",
-    "download_bytes",
-    "download_sha256",
-    "start_sandbox",
-    "stop_sandbox",
-]
