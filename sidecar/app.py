@@ -128,8 +128,8 @@ class Sidecar:
                     auth_tls = getattr(cfg.auth, "tls", None)
                     renewals.append((current, ctx, client_context(auth_tls) if auth_tls else ctx))
         except BaseException:
-            for runtime in built.values():
-                await runtime.close()
+            for runtime in built.values():  # never the token source or limiter it took over
+                await self._close_parts(runtime)
             raise
 
         for runtime, ctx, auth_ctx in renewals:

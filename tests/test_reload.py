@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from sidecar.app import Sidecar
@@ -150,3 +151,35 @@ def load_config_from(base: dict[str, Any], tmp_path: Path, upstream: dict[str, A
     path = tmp_path / "reloaded.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(path)
+
+
+async def test_a_reload_failing_halfway_leaves_the_running_upstreams_intact(
+    sandbox: SandboxStack, make_sidecar: Any, sidecar_config: dict[str, Any], tmp_path: Path
+) -> None:
+    sidecar = await make_sidecar()
+    live = sidecar.upstreams["moex-ntb"]
+    token = await live.tokens.get()
+    broken_ca = tmp_path / "broken-ca.pem"
+    broken_ca.write_text("not a certificate\n")
+    # moex-ntb changes (and would take the live token over); "second" cannot load its CA.
+    from tests.conftest import deep_merge
+
+    ntb = sidecar_config["upstreams"]["moex-ntb"]
+    data = deep_merge(sidecar_config, {"upstreams": {
+        "moex-ntb": {"headers": {"x-new": "1"}},
+        "second": {**ntb, "match": ["second.example"],
+                   "tls": {**ntb["tls"], "ca_file": str(broken_ca)}},
+    }})
+    from sidecar.config import validate_config
+    from sidecar.errors import SetupError
+
+    with pytest.raises(SetupError):
+        await sidecar.apply(validate_config(data))
+    assert sidecar.upstreams["moex-ntb"] is live
+    assert await live.tokens.get() is token
+    renewal = live.tokens._task  # type: ignore[attr-defined]
+    assert renewal is not None and not renewal.done()  # not closed by the failed reload
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{NTB}/still", proxy=f"http://127.0.0.1:{sidecar.proxy_port}"
+                               ) as resp:
+            assert resp.status == 200
