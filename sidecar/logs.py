@@ -13,6 +13,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
 MASK = "***"
@@ -78,6 +79,22 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback and the offending bytes
+    (which may carry an app's credentials). The client already got its 400: keep one short
+    warning naming the kind of error, without the bytes, so bad input cannot flood the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.name == "aiohttp.server":
+            record.msg, record.args = "malformed_request_refused", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.__dict__["error"] = type(exc).__name__
+            record.__dict__["status"] = exc.code
+        return True
+
+
 def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[str] = ()) -> None:
     for value in config_secrets:
         secrets.add(value)
@@ -102,7 +119,11 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=["error", "status"]),
+            ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *tail,
@@ -110,6 +131,9 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
             ],
         )
     )
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())  # on the logger: every handler sees it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.getLevelName(level.upper()))
