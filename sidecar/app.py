@@ -56,7 +56,9 @@ class Sidecar:
 
         self._handler = ProxyHandler(self.upstreams, list(self.config.passthrough), self.metrics)
         host, port = parse_host_port(self.config.listen.proxy)
-        self._listener, self._server = await start_listener(self._handler, host, port)
+        self._listener, self._server = await start_listener(
+            self._handler, host, port, self.config.listen.idle_timeout
+        )
         self.proxy_port = self._listener.sockets[0].getsockname()[1]
 
         ahost, aport = parse_host_port(self.config.listen.admin)

@@ -137,6 +137,9 @@ class SecretFiles(Model):
 class Listen(Model):
     proxy: ListenAddr = "127.0.0.1:8080"
     admin: ListenAddr = "0.0.0.0:9090"
+    # An app connection without a complete request for this long is closed: idle keep-alive
+    # connections, and clients that send their headers too slowly (slowloris).
+    idle_timeout: float = Field(75.0, gt=0)
 
 
 class Log(Model):

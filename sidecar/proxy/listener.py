@@ -114,13 +114,13 @@ class _Server(web.Server):
 
 
 async def start_listener(
-    handler: ProxyHandler, host: str, port: int
+    handler: ProxyHandler, host: str, port: int, idle_timeout: float = 75.0
 ) -> tuple[asyncio.Server, web.Server]:
     server = _Server(
         handler,
         auto_decompress=False,  # bodies pass untouched
         access_log=None,
-        keepalive_timeout=75,
+        keepalive_timeout=idle_timeout,  # also cuts clients whose headers never complete
         handler_cancellation=True,  # an app that hangs up stops its upstream request too
     )
     loop = asyncio.get_running_loop()

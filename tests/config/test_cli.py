@@ -64,7 +64,9 @@ def test_check_prints_effective_config(tmp_path: Path, files: Files) -> None:
     assert result.stderr == ""
     printed = yaml.safe_load(result.stdout)
     assert list(printed["upstreams"]) == ["moex-ntb", "kisc", "static-api", "static-file"]
-    assert printed["listen"] == {"proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19090"}
+    assert printed["listen"] == {
+        "proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19090", "idle_timeout": 75.0
+    }
     assert printed["log"] == {"level": "debug", "format": "console"}
     assert printed["passthrough"] == ["github.com", "pypi.org:443"]
     ntb = printed["upstreams"]["moex-ntb"]
@@ -90,7 +92,9 @@ def test_check_shows_defaults(tmp_path: Path) -> None:
     result = check(tmp_path, write(tmp_path / "min.yaml", MINIMAL_YAML))
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
-    assert printed["listen"] == {"proxy": "127.0.0.1:8080", "admin": "0.0.0.0:9090"}
+    assert printed["listen"] == {
+        "proxy": "127.0.0.1:8080", "admin": "0.0.0.0:9090", "idle_timeout": 75.0
+    }
     ntb = printed["upstreams"]["moex-ntb"]
     assert ntb["replay_limit"] == 1048576
     assert ntb["timeouts"] == {"connect": 10, "read": 60, "token_wait": 10}

@@ -102,3 +102,40 @@ async def test_a_thousand_idle_keepalive_connections_while_traffic_flows(
     finally:
         for writer in idle:
             writer.close()
+
+
+async def test_slow_headers_are_cut_off_and_others_are_served(
+    make_sidecar: SidecarFactory,
+) -> None:
+    sidecar = await make_sidecar(listen={"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0",
+                                         "idle_timeout": 1.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def trickle() -> float:
+        for byte in b"GET http://api.moex.com/ntb/slow HTTP/1.1\r\nHost: api.moex.com\r\nX-A: ":
+            if reader.at_eof() or writer.is_closing():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+            if await _closed(reader):
+                break
+        return loop.time() - started
+
+    slow = asyncio.create_task(trickle())
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):  # meanwhile the others are served as usual
+            async with session.get(f"{NTB}/fast", proxy=proxy_url(sidecar)) as resp:
+                assert resp.status == 200
+            await asyncio.sleep(0.2)
+    cut_after = await asyncio.wait_for(slow, 10)
+    writer.close()
+    assert 1.3 < cut_after < 4, cut_after
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.01) == b""
+    except TimeoutError:
+        return False
