@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import math
 import secrets
 import time
@@ -36,7 +35,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sidecar.sandbox import controls
+from sidecar.sandbox import controls, jwts
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 
 if TYPE_CHECKING:
@@ -114,14 +113,6 @@ class _RefreshRecord:
     client_id: str
     expires_at: float
     used: bool = False
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _injected_failure(status: int) -> web.Response:
@@ -277,28 +268,10 @@ class KeycloakEmulator:
     # -- JWT helpers -----------------------------------------------------------------------
 
     def _sign(self, claims: Mapping[str, Any]) -> str:
-        header = {"alg": "HS256", "typ": "JWT", "kid": self._kid}
-        signing_input = (
-            _b64url(json.dumps(header, separators=(",", ":")).encode())
-            + "."
-            + _b64url(json.dumps(claims, separators=(",", ":")).encode())
-        )
-        signature = hmac.new(self._key, signing_input.encode("ascii"), hashlib.sha256).digest()
-        return f"{signing_input}.{_b64url(signature)}"
+        return jwts.sign(self._key, claims, {"kid": self._kid})
 
     def _verify(self, token: str) -> dict[str, Any] | None:
-        parts = token.split(".")
-        if len(parts) != 3:
-            return None
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
-        expected = hmac.new(self._key, signing_input, hashlib.sha256).digest()
-        try:
-            if not hmac.compare_digest(expected, _b64url_decode(parts[2])):
-                return None
-            claims = json.loads(_b64url_decode(parts[1]))
-        except ValueError:
-            return None
-        return claims if isinstance(claims, dict) else None
+        return jwts.verify(self._key, token)
 
     # -- sessions and issuing --------------------------------------------------------------
 
@@ -402,7 +375,7 @@ class KeycloakEmulator:
                 "aud": session.client_id,
                 "typ": "ID",
                 "auth_time": iat,
-                "at_hash": _b64url(hashlib.sha256(body["access_token"].encode()).digest()[:16]),
+                "at_hash": jwts.b64url(hashlib.sha256(body["access_token"].encode()).digest()[:16]),
                 "preferred_username": session.username,
             }
             body["id_token"] = self._sign(id_claims)

@@ -42,8 +42,6 @@ are available as Python methods and over HTTP under ``/_sandbox/``.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import secrets
 import ssl
 import string
@@ -59,9 +57,8 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from sidecar.sandbox import controls
+from sidecar.sandbox import controls, jwts
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
-from sidecar.sandbox.keycloak import _b64url, _b64url_decode
 from sidecar.sandbox.ncanode import java_b64decode
 from sidecar.sandbox.ntb import _bearer_token, _client_cert, _headers
 from sidecar.sandbox.pki import Pki
@@ -305,28 +302,10 @@ class MptApi:
         return self.introspect(token) is not None
 
     def _sign(self, claims: dict[str, Any]) -> str:
-        header = {"alg": "HS256", "typ": "JWT"}
-        signing_input = (
-            _b64url(json.dumps(header, separators=(",", ":")).encode())
-            + "."
-            + _b64url(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode())
-        )
-        signature = hmac.new(self._key, signing_input.encode("ascii"), hashlib.sha256).digest()
-        return f"{signing_input}.{_b64url(signature)}"
+        return jwts.sign(self._key, claims)
 
     def _verify(self, token: str) -> dict[str, Any] | None:
-        parts = token.split(".")
-        if len(parts) != 3:
-            return None
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
-        expected = hmac.new(self._key, signing_input, hashlib.sha256).digest()
-        try:
-            if not hmac.compare_digest(expected, _b64url_decode(parts[2])):
-                return None
-            claims = json.loads(_b64url_decode(parts[1]))
-        except ValueError:
-            return None
-        return claims if isinstance(claims, dict) else None
+        return jwts.verify(self._key, token)
 
     def _issue_token(self, subject: str, inn: str | None) -> str:
         now = time.monotonic()
