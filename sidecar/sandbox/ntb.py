@@ -79,15 +79,18 @@ def _token_subject(token: str) -> str | None:
     return sub if isinstance(sub, str) else None
 
 
-def _client_cert(request: web.Request) -> dict[str, Any] | None:
+def peer_certificate(request: web.Request) -> x509.Certificate | None:
+    """The client certificate presented on this request's TLS connection, if any."""
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def _client_cert(request: web.Request) -> dict[str, Any] | None:
+    cert = peer_certificate(request)
+    if cert is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    cert = x509.load_der_x509_certificate(der)
     return {
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),

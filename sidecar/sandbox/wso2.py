@@ -36,12 +36,11 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import web
-from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from sidecar.sandbox import controls
 from sidecar.sandbox.keycloak import OAuthError, _injected_failure, _shutting_down
-from sidecar.sandbox.ntb import _bearer_token, _client_cert, _headers
+from sidecar.sandbox.ntb import _bearer_token, _client_cert, _headers, peer_certificate
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.servers import TlsServer
 
@@ -212,14 +211,10 @@ def _scope_key(scope: str) -> str:
 
 
 def _peer_common_name(request: web.Request) -> str | None:
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
+    cert = peer_certificate(request)
+    if cert is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else None
     return value if isinstance(value, str) else None
 
