@@ -1,0 +1,291 @@
+"""What the benchmark reads: CPU time and memory of a process tree, wrk runs, curl transfers.
+
+CPU time is utime + stime from ``/proc/<pid>/stat``, summed over the process and all its
+descendants. Memory is ``VmRSS`` from ``/proc/<pid>/status``, summed the same way. The peak
+over a window comes from two sources: the kernel's high-water mark (``VmHWM``, reset at the
+start of the window through ``/proc/<pid>/clear_refs``), and a sampler thread reading
+``VmRSS`` every 20 ms; the larger of the two is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bench.procs import Procs
+
+__all__ = [
+    "MemoryWatch",
+    "Transfer",
+    "WrkResult",
+    "cpu_seconds",
+    "curl_transfer",
+    "descendants",
+    "rss_bytes",
+    "run_wrk",
+]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SAMPLE_INTERVAL = 0.02
+MIB = 1024 * 1024
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read(f"/proc/{entry}/stat")
+        if stat is None:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of these processes (each counts all its threads), in seconds."""
+    total = 0
+    for pid in pids:
+        stat = _read(f"/proc/{pid}/stat")
+        if stat is None:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return total / _CLK_TCK
+
+
+def _status_kib(pid: int, key: str) -> int:
+    status = _read(f"/proc/{pid}/status")
+    if status is None:
+        return 0
+    match = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    return sum(_status_kib(pid, "VmRSS") for pid in pids) * 1024
+
+
+class MemoryWatch:
+    """Peak RSS of a process tree over a window: ``with MemoryWatch(pid) as w: ...; w.peak``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._hwm_reset = False
+
+    def __enter__(self) -> MemoryWatch:
+        pids = descendants(self.pid)
+        self._hwm_reset = all(_reset_hwm(pid) for pid in pids)
+        self.before = rss_bytes(pids)
+        self.peak = self.before
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        pids = descendants(self.pid)
+        self.peak = max(self.peak, rss_bytes(pids))
+        if self._hwm_reset:
+            self.peak = max(self.peak, sum(_status_kib(p, "VmHWM") for p in pids) * 1024)
+
+    @property
+    def growth(self) -> int:
+        return max(0, self.peak - self.before)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(_SAMPLE_INTERVAL):
+            self.peak = max(self.peak, rss_bytes(descendants(self.pid)))
+
+
+def _reset_hwm(pid: int) -> bool:
+    """Reset the kernel's peak-RSS mark of ``pid`` to its current RSS (Linux >= 4.0)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class WrkResult:
+    connections: int
+    duration_s: float
+    requests: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    non2xx: int  # wrk's "Non-2xx or 3xx responses": status >= 400
+    socket_errors: int  # connect + read + write errors and timeouts
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + self.socket_errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_wrk(
+    procs: Procs,
+    *,
+    script: Path,
+    url: str,
+    target: str,
+    authorization: str,
+    connections: int,
+    duration: float,
+    taskset: Sequence[str],
+) -> WrkResult:
+    """Drive ``url`` with wrk (one thread) sending ``GET target`` for ``duration`` seconds.
+
+    ``target`` is an absolute URL for the proxies (a forward proxy's absolute-form request
+    line) or a path for the upstream itself; ``authorization`` is sent when not empty.
+    """
+    argv = [
+        *taskset,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        target,
+        authorization,
+    ]
+    done = procs.run(argv, timeout=duration + 60)
+    line = next(
+        (ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None
+    )
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    seconds = data["duration_us"] / 1e6
+    return WrkResult(
+        connections=connections,
+        duration_s=round(seconds, 3),
+        requests=data["requests"],
+        rps=data["requests"] / seconds if seconds else 0.0,
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        non2xx=data["status"],
+        socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+    )
+
+
+@dataclass
+class Transfer:
+    direction: str  # "upload" or "download"
+    size: int
+    bytes_moved: int  # what the far side counted (upload) or curl received (download)
+    status: int
+    seconds: float
+    mb_per_s: float  # 10^6 bytes per second
+    rss_growth: int  # the proxy's peak RSS over the transfer minus its RSS before
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def curl_transfer(
+    procs: Procs,
+    *,
+    direction: str,
+    url: str,
+    size: int,
+    upload_file: Path,
+    proxy: str | None,
+    authorization: str | None,
+    proxy_pid: int | None,
+    taskset: Sequence[str],
+    timeout: float,
+) -> Transfer:
+    """Stream ``size`` bytes up (to the byte-counting sink) or down, and check the count."""
+    argv = [*taskset, "curl", "--silent", "--show-error", "--max-time", str(int(timeout))]
+    if proxy:
+        argv += ["--proxy", proxy]
+    if authorization:
+        argv += ["-H", f"Authorization: {authorization}"]
+    if direction == "upload":
+        # -T streams the file with a Content-Length; no Expect: 100-continue round trip.
+        argv += ["-T", str(upload_file), "-X", "POST", "-H", "Expect:", "-o", "-"]
+    else:
+        argv += ["-o", "/dev/null"]
+    argv += ["-w", "\nBENCH %{http_code} %{size_download} %{size_upload} %{time_total}", url]
+
+    watch = MemoryWatch(proxy_pid) if proxy_pid else None
+    if watch:
+        watch.__enter__()
+    try:
+        done = procs.run(argv, timeout=timeout + 30)
+    finally:
+        if watch:
+            watch.__exit__(None, None, None)
+    growth = watch.growth if watch else 0
+    tail = done.stdout.rsplit("\nBENCH ", 1)
+    if len(tail) != 2:
+        return Transfer(direction, size, 0, 0, 0.0, 0.0, growth, _curl_error(done))
+    body, stats = tail
+    code, downloaded, uploaded, seconds_text = stats.split()
+    seconds = float(seconds_text)
+    status = int(code)
+    if direction == "upload":
+        # The sink answers "received <n>": the bytes that reached the upstream.
+        match = re.search(r"received (\d+)", body)
+        moved = int(match.group(1)) if match else 0
+        sent = int(float(uploaded))
+    else:
+        moved = sent = int(float(downloaded))
+    error = None
+    if done.returncode != 0:
+        error = _curl_error(done)
+    elif status != 200:
+        error = f"HTTP {status}"
+    elif moved != size or sent != size:
+        error = f"moved {moved} of {size} bytes"
+    rate = size / seconds / 1e6 if seconds and error is None else 0.0
+    return Transfer(direction, size, moved, status, round(seconds, 3), rate, growth, error)
+
+
+def _curl_error(done: Any) -> str:
+    text = (done.stderr or "").strip().splitlines()
+    return f"curl exit {done.returncode}: {text[-1] if text else 'no output'}"

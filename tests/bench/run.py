@@ -1,0 +1,393 @@
+"""``make bench`` / ``make bench-smoke``: the sidecar side by side with its peers.
+
+    python -m tests.bench.run [--smoke] [--out .bench]
+
+Rows, each with one process or worker:
+
+- **direct:** wrk to the upstream itself, sending the token (the load side's own limit);
+- **nginx:** reverse proxy with a static Authorization header and mTLS over a keep-alive
+  pool (the near-physical limit of the job);
+- **envoy:** Envoy 1.40, credential_injector with an OAuth2 client_credentials token from
+  the bench IdP, mTLS (the peer that does the same job);
+- **proxy.py:** forward proxy with a plugin that sets the header (the Python peer; no TLS
+  to the upstream, see plugins/proxypy_bench.py);
+- **sidecar:** ``sidecar run``, forward proxy, client_credentials, mTLS.
+
+For each: c=32 and c=1 wrk runs, the proxy's CPU per request and RSS, and an upload and a
+download streamed through with curl. Then a token-churn run for the sidecar and Envoy.
+The exit status is 1 when a row produced no numbers or a row other than churn saw errors;
+timings never fail a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tests.bench import install, report
+from tests.bench.measure import (
+    MemoryWatch,
+    WrkResult,
+    cpu_seconds,
+    curl_transfer,
+    descendants,
+    rss_bytes,
+    run_wrk,
+)
+from tests.bench.peers import (
+    TEMPLATES,
+    Layout,
+    Peer,
+    Services,
+    Upstream,
+    direct,
+    make_pki,
+    start_envoy,
+    start_nginx_proxy,
+    start_proxypy,
+    start_sidecar,
+    start_upstream,
+)
+from tests.bench.procs import Pinning, Procs
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+_LONG_TTL = 3600.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    duration: float  # the measured c=32 window of each row
+    warmup: float  # c=32 load before it, not measured
+    c1_duration: float
+    churn_duration: float
+    transfer_size: int
+    connections: int = 32
+    churn_ttl: float = 2.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "transfer_mib": self.transfer_size / MIB}
+
+
+FULL = Settings("full", duration=15, warmup=3, c1_duration=5, churn_duration=30,
+                transfer_size=1024 * MIB)
+SMOKE = Settings("smoke", duration=2, warmup=1, c1_duration=2, churn_duration=5,
+                 transfer_size=64 * MIB)
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(
+        self, settings: Settings, tools: install.Tools, pinning: Pinning, layout: Layout,
+        procs: Procs,
+    ) -> None:
+        self.s = settings
+        self.tools = tools
+        self.pinning = pinning
+        self.layout = layout
+        self.procs = procs
+        self.script = TEMPLATES / "wrk.lua"
+
+    # -- one measurement ---------------------------------------------------------------
+
+    def wrk(self, peer: Peer, connections: int, duration: float) -> WrkResult:
+        return run_wrk(
+            self.procs,
+            script=self.script,
+            url=peer.url,
+            target=peer.target("/small"),
+            authorization=peer.authorization,
+            connections=connections,
+            duration=duration,
+            taskset=self.pinning.taskset(self.pinning.load),
+        )
+
+    def transfer(self, peer: Peer, direction: str) -> dict[str, Any]:
+        size = self.s.transfer_size
+        path = "/upload" if direction == "upload" else f"/files/{size}.bin"
+        result = curl_transfer(
+            self.procs,
+            direction=direction,
+            url=peer.target(path) if peer.forward else peer.url + path,
+            size=size,
+            upload_file=self.layout.transfer_file(size),
+            proxy=peer.url if peer.forward else None,
+            authorization=peer.authorization or None,
+            proxy_pid=peer.measured_pid,
+            taskset=self.pinning.taskset(self.pinning.load),
+            timeout=max(60.0, size / 2e6),  # proxy.py moves a few MB/s
+        )
+        return result.as_dict()
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def row(self, name: str, start: Callable[[], Peer], upstream: Upstream) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": name}
+        peer: Peer | None = None
+        try:
+            _log(f"{name}: starting")
+            peer = start()
+            pid = peer.measured_pid
+            if pid is not None:
+                row["rss_idle"] = rss_bytes(descendants(pid))
+            _log(f"{name}: c={self.s.connections}, {self.s.warmup:g} s warm-up, "
+                 f"{self.s.duration:g} s measured")
+            self.wrk(peer, self.s.connections, self.s.warmup)
+            tree = descendants(pid) if pid is not None else []
+            cpu_before = cpu_seconds(tree)
+            upstream_before = cpu_seconds([upstream.pid])
+            with MemoryWatch(pid) if pid is not None else _no_watch() as watch:
+                load = self.wrk(peer, self.s.connections, self.s.duration)
+            requests = max(load.requests, 1)
+            if pid is not None:
+                tree = sorted(set(tree) | set(descendants(pid)))
+                row["cpu_us_per_req"] = (cpu_seconds(tree) - cpu_before) / requests * 1e6
+                row["rss_peak"] = watch.peak if watch else None
+            row["upstream_cpu_us_per_req"] = (
+                (cpu_seconds([upstream.pid]) - upstream_before) / requests * 1e6
+            )
+            row["load"] = load.as_dict()
+            _log(f"{name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms, "
+                 f"{load.errors} errors; c=1 for {self.s.c1_duration:g} s")
+            row["c1"] = self.wrk(peer, 1, self.s.c1_duration).as_dict()
+            for direction in ("upload", "download"):
+                _log(f"{name}: {direction} of {self.s.transfer_size // MIB} MiB")
+                row[direction] = self.transfer(peer, direction)
+                if row[direction]["error"]:
+                    _log(f"{name}: {direction} failed: {row[direction]['error']}")
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            _log(f"{name}: failed: {row['error']}")
+        finally:
+            if peer is not None and peer.proc is not None:
+                self.procs.stop(peer.proc)
+        return row
+
+    def churn(self, name: str, start: Callable[[], Peer], services: Services) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": name}
+        peer: Peer | None = None
+        try:
+            _log(f"{name}: token churn, {self.s.churn_duration:g} s")
+            peer = start()
+            services.reset_stats()
+            load = self.wrk(peer, self.s.connections, self.s.churn_duration)
+            row.update(
+                rps=load.rps, requests=load.requests, errors=load.errors, non2xx=load.non2xx,
+                socket_errors=load.socket_errors, idp_calls=services.token_calls(),
+                load=load.as_dict(),
+            )
+            _log(f"{name}: churn {load.errors} errors, {row['idp_calls']} IdP calls")
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            _log(f"{name}: churn failed: {row['error']}")
+        finally:
+            if peer is not None and peer.proc is not None:
+                self.procs.stop(peer.proc)
+        return row
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = dt.datetime.now(dt.UTC)
+        layout, procs, tools, pin = self.layout, self.procs, self.tools, self.pinning
+        make_pki(layout.pki)
+        services = Services(procs, layout)
+        upstream = start_upstream(procs, layout, tools, pin, services.sink_port)
+        authorization = f"Bearer {services.fetch_token()}"
+        layout.transfer_file(self.s.transfer_size)
+
+        starters: list[tuple[str, Callable[[], Peer]]] = [
+            ("direct", lambda: direct(upstream, authorization, layout)),
+            ("nginx", lambda: start_nginx_proxy(procs, layout, tools, pin, upstream,
+                                                authorization)),
+            ("envoy", lambda: start_envoy(procs, layout, tools, pin, services,
+                                          upstream.tls_port)),
+            ("proxy.py", lambda: start_proxypy(procs, layout, tools, pin, upstream,
+                                               authorization)),
+            ("sidecar", lambda: start_sidecar(procs, layout, pin, services, upstream.tls_port)),
+        ]
+        rows = [self.row(name, start, upstream) for name, start in starters]
+        base = next((r.get("c1") for r in rows if r["name"] == "direct"), None)
+        for row in rows:
+            c1 = row.get("c1")
+            if base and c1:
+                row["c1_added_p50_ms"] = c1["p50_ms"] - base["p50_ms"]
+                row["c1_added_p99_ms"] = c1["p99_ms"] - base["p99_ms"]
+
+        services.set_token_ttl(self.s.churn_ttl)
+        try:
+            churn = [
+                self.churn("sidecar", lambda: start_sidecar(
+                    procs, layout, pin, services, services.check_port, name="sidecar-churn",
+                    expect="ok\n"), services),
+                self.churn("envoy", lambda: start_envoy(
+                    procs, layout, tools, pin, services, services.check_port,
+                    name="envoy-churn", expect="ok\n"), services),
+            ]
+        finally:
+            services.set_token_ttl(_LONG_TTL)
+
+        return {
+            "mode": self.s.mode,
+            "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "stamp": started.strftime("%Y%m%dT%H%M%SZ"),
+            "code": _code_version(),
+            "machine": _machine(),
+            "versions": _versions(tools),
+            "pinning": pin.describe(),
+            "settings": self.s.as_dict(),
+            "rows": rows,
+            "churn": churn,
+            "targets": report.targets(rows),
+            "problems": _problems(rows, churn),
+        }
+
+
+@contextlib.contextmanager
+def _no_watch() -> Iterator[None]:
+    yield None
+
+
+def _problems(rows: list[dict[str, Any]], churn: list[dict[str, Any]]) -> list[str]:
+    """What makes the run fail: no numbers from a row, or errors outside the churn rows."""
+    problems = []
+    for row in rows:
+        name = row["name"]
+        if row.get("error"):
+            problems.append(f"{name}: {row['error']}")
+        for key in ("load", "c1"):
+            result = row.get(key)
+            if result and result["non2xx"] + result["socket_errors"]:
+                problems.append(
+                    f"{name}: {key} saw {result['non2xx']} non-2xx responses and "
+                    f"{result['socket_errors']} socket errors"
+                )
+        for key in ("upload", "download"):
+            transfer = row.get(key)
+            if transfer and transfer.get("error"):
+                problems.append(f"{name}: {key} failed: {transfer['error']}")
+    problems += [f"{r['name']} churn: {r['error']}" for r in churn if r.get("error")]
+    return problems
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout + done.stderr
+
+
+def _version(text: str, pattern: str = r"(\d+\.\d+(?:\.\d+)?)") -> str:
+    match = re.search(pattern, text)
+    return match.group(1) if match else "unknown"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _versions(tools: install.Tools) -> dict[str, str]:
+    from sidecar import __version__
+
+    proxypy = _output([str(tools.proxypy_python), "-c",
+                       "import importlib.metadata as m; print(m.version('proxy.py'))"])
+    return {
+        "sidecar": __version__,
+        "nginx": _version(_output([tools.nginx, "-v"]), r"nginx/(\S+)"),
+        "envoy": _version(_output([str(tools.envoy), "--version"]), r"/(\d+\.\d+\.\d+)/"),
+        "proxy.py": proxypy.strip() or "unknown",
+        "wrk": _version(_output([tools.wrk, "-v"]), r"wrk (\S+)"),
+        "curl": _version(_output([tools.curl, "--version"]), r"curl (\S+)"),
+        "python": platform.python_version(),
+        "aiohttp": _dist_version("aiohttp"),
+        "uvloop": _dist_version("uvloop"),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        meminfo = Path("/proc/meminfo").read_text()
+        memory = int(re.findall(r"MemTotal:\s+(\d+)", meminfo)[0]) / 1024 / 1024
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory,
+            "kernel": platform.release()}
+
+
+def _code_version() -> str:
+    commit = _output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).strip()
+    changed = _output(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                       "--", "sidecar"]).strip()
+    if not commit:
+        return "unknown commit"
+    return f"commit {commit}" + (" with local changes in sidecar/" if changed else "")
+
+
+def _interrupted(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="every row for 2 s, 64 MiB transfers, 5 s of churn")
+    parser.add_argument("--out", type=Path, default=ROOT / ".bench",
+                        help="venvs, the run's files and results/ (default: .bench)")
+    args = parser.parse_args(argv)
+    settings = SMOKE if args.smoke else FULL
+    root: Path = args.out.resolve()
+
+    tools = install.ensure(root)
+    pinning = Pinning.detect()
+    if pinning.pinned:
+        # The harness and all it starts run on the load CPUs unless told otherwise.
+        os.sched_setaffinity(0, pinning.load)
+    layout = Layout(root / "run")
+    shutil.rmtree(layout.run, ignore_errors=True)
+    layout.create()
+    signal.signal(signal.SIGTERM, _interrupted)
+    procs = Procs(layout.logs)
+    try:
+        result = Bench(settings, tools, pinning, layout, procs).run()
+    except KeyboardInterrupt:
+        _log("interrupted; everything it started is stopped")
+        return 130
+    finally:
+        procs.close()
+    path = report.write(result, root / "results")
+    print(report.markdown(result), end="")
+    _log(f"results: {path} (and latest.json, latest.md beside it)")
+    for problem in result["problems"]:
+        _log(f"problem: {problem}")
+    return 1 if result["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
