@@ -11,6 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# The longest lifetime a token is taken to have, whatever the IdP says (expires_in, a JWT exp
+# far off, or a configured TTL): trust, but renew at least daily.
+MAX_LIFETIME = 24 * 3600.0
+
 
 @dataclass(frozen=True, repr=False)
 class Grant:

@@ -62,6 +62,14 @@ def idp_error(where: str, exc: BaseException, timeout: float) -> AuthError:
 NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
+def idp_retry_after(value: str | None) -> float | None:
+    """An IdP's ``Retry-After`` in seconds (the delta-seconds form); None when absent or odd."""
+    text = value.strip() if value else ""
+    if text.isascii() and text.isdigit():
+        return float(text)
+    return None
+
+
 def short(value: object, limit: int = 200) -> str:
     """A printable, bounded rendering of a message from the network."""
     text = "".join(ch if ch.isprintable() else " " for ch in str(value))

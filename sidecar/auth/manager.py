@@ -25,6 +25,7 @@ import structlog
 from sidecar import logs
 from sidecar.auth import jwt
 from sidecar.auth.base import (
+    MAX_LIFETIME,
     AuthError,
     AuthFlow,
     Grant,
@@ -239,6 +240,11 @@ class TokenManager:
             lifetime = exp - time.time() if exp is not None else DEFAULT_LIFETIME
             if lifetime <= 0:
                 raise AuthError("IdP issued a token that has already expired")
+        if not lifetime > 0:  # NaN as well: no deadline can be planned from it
+            raise AuthError(f"IdP issued a token with an unusable lifetime ({lifetime:g} s)")
+        # However far off the IdP puts expiry (a JWT exp in the year 3000, an infinite one), the
+        # token is renewed within a day: an unbounded lifetime would mean never renewing ahead.
+        lifetime = min(lifetime, MAX_LIFETIME)
         token = Token(grant.access_token, sent_at + lifetime, margin=usable_margin(lifetime))
         if not token.usable(self._clock()):
             raise AuthError(

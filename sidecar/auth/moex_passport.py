@@ -15,7 +15,7 @@ import ssl
 
 from sidecar import logs
 from sidecar.auth.base import AuthError, Grant
-from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error
+from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
 from sidecar.config.models import MoexPassportAuth
 from sidecar.signing import Signer, SigningError, b64
@@ -42,12 +42,14 @@ class PassportClient:
             ) as resp:
                 await resp.read()
                 status, cookies = resp.status, resp.headers.getall("Set-Cookie", [])
+                wait = idp_retry_after(resp.headers.get("Retry-After"))
         except NETWORK_ERRORS as exc:
             raise idp_error("MOEX Passport", exc, self._http.timeout) from None
         if status in (401, 403):
             raise AuthError(f"MOEX Passport answered {status}: login or password rejected")
         if status not in (200, 301, 302, 303, 307, 308):
-            raise AuthError(f"MOEX Passport answered {status}")
+            # A 429 or 503 may say when to come back; the next attempt waits at least that long.
+            raise AuthError(f"MOEX Passport answered {status}", retry_after=wait)
         token = passport_cookie(cookies)
         if not token:
             raise AuthError(f"MOEX Passport answered {status} without a {COOKIE} cookie")

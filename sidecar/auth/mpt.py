@@ -17,7 +17,7 @@ from typing import Any
 from sidecar import logs
 from sidecar.auth import jwt
 from sidecar.auth.base import AuthError, Grant, InvalidGrant
-from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error
+from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after
 from sidecar.config.models import MptSigninAuth
 from sidecar.signing import Signer, SigningError, b64
 
@@ -70,6 +70,7 @@ class MptSigninFlow:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                wait = idp_retry_after(resp.headers.get("Retry-After"))
         except NETWORK_ERRORS as exc:
             raise idp_error(where, exc, self._http.timeout) from None
         try:
@@ -77,7 +78,7 @@ class MptSigninFlow:
         except ValueError:
             data = None
         if status != 200:
-            raise AuthError(f"{where} answered {status}{_describe(data)}")
+            raise AuthError(f"{where} answered {status}{_describe(data)}", retry_after=wait)
         if not isinstance(data, dict):
             raise AuthError(f"{where} answered 200 without a JSON object")
         return data

@@ -14,10 +14,8 @@ from typing import Any
 from pydantic import SecretStr
 from yarl import URL
 
-from sidecar.auth.base import AuthError, Grant, InvalidGrant
-from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, short
-
-MAX_LIFETIME = 24 * 3600.0  # a longer expires_in is clamped: trust, but renew at least daily
+from sidecar.auth.base import MAX_LIFETIME, AuthError, Grant, InvalidGrant
+from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after, short
 
 
 class TokenEndpoint:
@@ -101,16 +99,10 @@ def _error(status: int, data: Any, retry_after: str | None) -> AuthError:
         reason += f": {description}"
     elif data is None:
         reason += " with a non-JSON body"
-    wait = _retry_after(retry_after)
+    wait = idp_retry_after(retry_after)
     if code == "invalid_grant":
         return InvalidGrant(reason)
     return AuthError(reason, retry_after=wait)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
 
 
 class OAuthFlow:

@@ -261,3 +261,29 @@ async def test_rotated_refresh_token_is_kept_from_an_unusable_answer(
     await m.get()
     await asyncio.sleep(2.5)
     assert used[:2] == ["r-first", "r-second"]
+
+
+@pytest.mark.parametrize("lifetime", [float("inf"), 1e12, 10 * 365 * 86400.0])
+async def test_far_off_expiry_is_renewed_within_a_day(
+    managers: list[TokenManager], lifetime: float
+) -> None:
+    # MPT takes lifetimes from a JWT exp, and a missing expires_in falls back to the JWT too:
+    # neither passes through the OAuth clamp, so the manager bounds every lifetime itself.
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", lifetime, None, None)
+    m = manager(managers, flow)
+    token = await m.get()
+    await asyncio.sleep(0.6)
+    status = m.status()
+    assert flow.calls == ["login"]
+    assert token.expires_at - time.monotonic() <= 24 * 3600
+    assert isinstance(status["renew_in"], float) and 0 < status["renew_in"] < 24 * 3600
+
+
+async def test_nan_lifetime_is_a_failure_not_a_token(managers: list[TokenManager]) -> None:
+    flow = ScriptedFlow()
+    flow.login_answer = lambda n: Grant(f"a{n}", float("nan"), None, None)
+    m = manager(managers, flow, token_wait=0.5)
+    with pytest.raises(NoToken) as caught:
+        await m.get()
+    assert "unusable lifetime" in caught.value.reason
