@@ -1,16 +1,18 @@
 """Fault injection, hangs and call counting shared by the sandbox emulators.
 
-Every emulator can be told to fail its next calls (``fail_with``), to hang them
-(``hang``), and reports how many calls were in flight at once; users drive this over HTTP
-under ``/_sandbox/`` (``fail``, ``hang``, ``stats``, ``stats/reset``, ``settings``). The
-machinery is the same everywhere, so it lives here; each emulator keeps only its own
-error bodies, statistics and settings.
+Every emulator can be told to fail its next calls (``fail_with``), to fail a random share
+of them (``fail_randomly``, with a seedable generator so a run can be repeated), to hang
+them (``hang``), and reports how many calls were in flight at once; users drive this over
+HTTP under ``/_sandbox/`` (``fail``, ``hang``, ``stats``, ``stats/reset``, ``settings``).
+The machinery is the same everywhere, so it lives here; each emulator keeps only its own
+error bodies, statistics and settings, and hands its controls out as ``emulator.controls``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -62,6 +64,11 @@ class FaultControls:
     def __init__(self, *, max_events: int = MAX_EVENTS) -> None:
         self.fail_status: int | None = None
         self.fail_remaining: int | None = None  # None: every call fails
+        self.fail_ratio = 0.0  # share of calls failed at random (after any counted failures)
+        self.ratio_status = 503
+        self.ratio_seed: int | None = None
+        self._rng = random.Random()
+        self.injected = 0  # failures injected so far, counted and random alike
         self.hanging = False
         self.closing = False  # set on shutdown: calls answer 503 instead of working
         self._release: asyncio.Event | None = None
@@ -80,19 +87,50 @@ class FaultControls:
         self.fail_status = status
         self.fail_remaining = count if status is not None else None
 
+    def fail_randomly(self, ratio: float, status: int = 503, *, seed: int | None = None) -> None:
+        """Fail each call with probability ``ratio`` (0 turns it off), answering ``status``.
+
+        ``seed`` restarts the generator, so the same calls fail again in a repeated run.
+        Counted failures set by ``fail_with`` come first.
+        """
+        if not 0.0 <= ratio <= 1.0:  # NaN fails this too
+            raise ValueError(f"ratio must be between 0 and 1, got {ratio}")
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be a 4xx or 5xx code, got {status}")
+        self.fail_ratio = ratio
+        self.ratio_status = status
+        if seed is not None:
+            self._rng.seed(seed)
+        self.ratio_seed = seed
+
     def take_failure(self, respond: Callable[[int], web.Response]) -> web.Response | None:
-        """Use up one injected failure, answered by ``respond(status)``; None if none is set.
+        """Use up one injected failure, answered by ``respond(status)``; None if none is due.
 
         The emulator supplies ``respond`` because each one words its errors differently.
         """
         status = self.fail_status
-        if status is None:
+        if status is not None:
+            if self.fail_remaining is not None:
+                self.fail_remaining -= 1
+                if self.fail_remaining <= 0:
+                    self.fail_with(None)
+        elif self.fail_ratio > 0 and self._rng.random() < self.fail_ratio:
+            status = self.ratio_status
+        else:
             return None
-        if self.fail_remaining is not None:
-            self.fail_remaining -= 1
-            if self.fail_remaining <= 0:
-                self.fail_with(None)
+        self.injected += 1
         return respond(status)
+
+    def failure_state(self) -> dict[str, Any]:
+        """What ``GET /_sandbox/fail`` shows: the failures set and how many were injected."""
+        return {
+            "status": self.fail_status,
+            "count": self.fail_remaining,
+            "ratio": self.fail_ratio,
+            "ratio_status": self.ratio_status,
+            "seed": self.ratio_seed,
+            "injected": self.injected,
+        }
 
     # -- hangs -----------------------------------------------------------------------------
 
@@ -243,17 +281,38 @@ def add_sandbox_routes(
     """
 
     async def fail_handler(request: web.Request) -> web.Response:
+        """``?status=500&count=3`` fails the next calls; ``?ratio=0.2[&status=503][&seed=7]``
+        fails a random share of them; no status and no ratio clears both; GET shows them."""
+        if request.method == "GET":
+            return web.json_response(controls.failure_state())
         try:
             raw_status = request.query.get("status")
             raw_count = request.query.get("count")
+            raw_ratio = request.query.get("ratio")
             status: int | None = None
             if raw_status and not (none_status and raw_status.lower() == "none"):
                 status = int(raw_status)
-            count = int(raw_count) if raw_count else None
-            controls.fail_with(status, count)
+            if raw_ratio is not None:
+                raw_seed = request.query.get("seed")
+                controls.fail_randomly(
+                    float(raw_ratio),
+                    503 if status is None else status,
+                    seed=int(raw_seed) if raw_seed else None,
+                )
+            else:
+                count = int(raw_count) if raw_count else None
+                controls.fail_with(status, count)
+                if status is None:
+                    controls.fail_randomly(0.0)
         except ValueError as exc:
             return _error(str(exc))
-        return web.json_response({"status": controls.fail_status, "count": controls.fail_remaining})
+        # As it always did: the counted failure; the random one too while it is set.
+        state = controls.failure_state()
+        answer = {"status": state["status"], "count": state["count"]}
+        if controls.fail_ratio > 0:
+            answer.update(ratio=state["ratio"], ratio_status=state["ratio_status"],
+                          seed=state["seed"])
+        return web.json_response(answer)
 
     async def hang_handler(request: web.Request) -> web.Response:
         raw = request.query.get("enabled", "1").lower()
@@ -290,6 +349,7 @@ def add_sandbox_routes(
 
     router = app.router
     router.add_post("/_sandbox/fail", fail_handler)
+    router.add_get("/_sandbox/fail", fail_handler)
     if hang:
         router.add_post("/_sandbox/hang", hang_handler)
         app.on_startup.append(controls.on_startup)

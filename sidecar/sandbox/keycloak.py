@@ -207,6 +207,12 @@ class KeycloakEmulator:
         return self._app
 
     @property
+    def controls(self) -> controls.FaultControls:
+        """Fault injection for the token calls from Python (``fail_with``,
+        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
+        return self._controls
+
+    @property
     def token_path(self) -> str:
         return f"/auth/realms/{self.realm}/protocol/openid-connect/token"
 

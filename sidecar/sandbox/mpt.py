@@ -226,6 +226,12 @@ class MptApi:
         return self._app
 
     @property
+    def controls(self) -> controls.FaultControls:
+        """Fault injection for the two auth calls from Python (``fail_with``,
+        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
+        return self._controls
+
+    @property
     def key_path(self) -> str:
         return f"{self.base_path}/auth/key"
 

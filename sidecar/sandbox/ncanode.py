@@ -286,6 +286,12 @@ class NcaNode:
     def app(self) -> web.Application:
         return self._app
 
+    @property
+    def controls(self) -> controls.FaultControls:
+        """Fault injection for the signing calls from Python (``fail_with``,
+        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
+        return self._controls
+
     # -- controls --------------------------------------------------------------------------
 
     def fail_with(self, status: int | None, count: int | None = None) -> None:

@@ -114,6 +114,12 @@ class MoexPassport:
     def app(self) -> web.Application:
         return self._app
 
+    @property
+    def controls(self) -> controls.FaultControls:
+        """Fault injection for the ``/authenticate`` calls from Python (``fail_with``,
+        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
+        return self._controls
+
     # -- registry --------------------------------------------------------------------------
 
     def register_signer(self, user: str, cert: x509.Certificate) -> None:

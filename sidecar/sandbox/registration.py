@@ -212,6 +212,12 @@ class RegistrationApi:
     def app(self) -> web.Application:
         return self._app
 
+    @property
+    def controls(self) -> controls.FaultControls:
+        """Fault injection for the API requests from Python (``fail_with``,
+        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
+        return self._controls
+
     # -- controls --------------------------------------------------------------------------
 
     def set_clock(self, now: datetime | None) -> None:

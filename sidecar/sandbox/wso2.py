@@ -431,6 +431,12 @@ class Wso2Gateway:
     def app(self) -> web.Application:
         return self._app
 
+    @property
+    def controls(self) -> controls.FaultControls:
+        """Fault injection for the ``/token`` calls from Python (``fail_with``,
+        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
+        return self._controls
+
     # -- controls --------------------------------------------------------------------------
 
     def expire_tokens(self) -> int:
