@@ -9,6 +9,7 @@ start of the window through ``/proc/<pid>/clear_refs``), and a sampler thread re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -211,19 +212,19 @@ def run_wrk(
 class Transfer:
     direction: str  # "upload" or "download"
     size: int
-    bytes_moved: int  # what the far side counted (upload) or curl received (download)
+    bytes_moved: int  # upload: what the sink counted (or curl sent, if stopped); download: got
     status: int
     seconds: float
-    mb_per_s: float  # 10^6 bytes per second
+    mb_per_s: float  # 10^6 bytes per second, also for a transfer stopped by the budget
     rss_growth: int  # the proxy's peak RSS over the transfer minus its RSS before
+    complete: bool = True  # False: still going when the time budget ran out
     error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_CURL_TIMED_OUT = 28
 
 
 def curl_transfer(
@@ -237,10 +238,14 @@ def curl_transfer(
     authorization: str | None,
     proxy_pid: int | None,
     taskset: Sequence[str],
-    timeout: float,
+    budget: float,
 ) -> Transfer:
-    """Stream ``size`` bytes up (to the byte-counting sink) or down, and check the count."""
-    argv = [*taskset, "curl", "--silent", "--show-error", "--max-time", str(int(timeout))]
+    """Stream ``size`` bytes up (to the byte-counting sink) or down, and check the count.
+
+    A transfer still going after ``budget`` seconds is stopped and reported with the rate
+    it had (``complete`` false): some proxies buffer whole bodies and slow down as they grow.
+    """
+    argv = [*taskset, "curl", "--silent", "--show-error", "--max-time", f"{budget:g}"]
     if proxy:
         argv += ["--proxy", proxy]
     if authorization:
@@ -252,29 +257,25 @@ def curl_transfer(
         argv += ["-o", "/dev/null"]
     argv += ["-w", "\nBENCH %{http_code} %{size_download} %{size_upload} %{time_total}", url]
 
-    watch = MemoryWatch(proxy_pid) if proxy_pid else None
-    if watch:
-        watch.__enter__()
-    try:
-        done = procs.run(argv, timeout=timeout + 30)
-    finally:
-        if watch:
-            watch.__exit__(None, None, None)
-    growth = watch.growth if watch else 0
+    with MemoryWatch(proxy_pid) if proxy_pid else contextlib.nullcontext() as watch:
+        done = procs.run(argv, timeout=budget + 30)
+    growth = watch.growth if isinstance(watch, MemoryWatch) else 0
     tail = done.stdout.rsplit("\nBENCH ", 1)
     if len(tail) != 2:
-        return Transfer(direction, size, 0, 0, 0.0, 0.0, growth, _curl_error(done))
+        return Transfer(direction, size, 0, 0, 0.0, 0.0, growth, False, _curl_error(done))
     body, stats = tail
     code, downloaded, uploaded, seconds_text = stats.split()
     seconds = float(seconds_text)
     status = int(code)
+    sent = int(float(uploaded if direction == "upload" else downloaded))
+    if done.returncode == _CURL_TIMED_OUT and sent > 0:
+        rate = sent / seconds / 1e6 if seconds else 0.0
+        return Transfer(direction, size, sent, status, round(seconds, 3), rate, growth, False)
+    moved = sent
     if direction == "upload":
         # The sink answers "received <n>": the bytes that reached the upstream.
         match = re.search(r"received (\d+)", body)
         moved = int(match.group(1)) if match else 0
-        sent = int(float(uploaded))
-    else:
-        moved = sent = int(float(downloaded))
     error = None
     if done.returncode != 0:
         error = _curl_error(done)
@@ -283,7 +284,7 @@ def curl_transfer(
     elif moved != size or sent != size:
         error = f"moved {moved} of {size} bytes"
     rate = size / seconds / 1e6 if seconds and error is None else 0.0
-    return Transfer(direction, size, moved, status, round(seconds, 3), rate, growth, error)
+    return Transfer(direction, size, moved, status, round(seconds, 3), rate, growth, True, error)
 
 
 def _curl_error(done: Any) -> str:

@@ -120,9 +120,14 @@ def _transfer(row: dict[str, Any], key: str) -> tuple[str, str]:
     transfer = row.get(key)
     if not isinstance(transfer, dict):
         return "—", "—"
+    rss = _num(_mib(transfer.get("rss_growth")))
     if transfer.get("error"):
-        return f"failed: {transfer['error']}", _num(_mib(transfer.get("rss_growth")))
-    return _num(transfer["mb_per_s"], 0), _num(_mib(transfer.get("rss_growth")))
+        return f"failed: {transfer['error']}", rss
+    rate = _num(transfer["mb_per_s"], 0)
+    if not transfer.get("complete", True):
+        rate += (f" (stopped after {transfer['seconds']:.0f} s, "
+                 f"{transfer['bytes_moved'] / MIB:,.0f} of {transfer['size'] / MIB:,.0f} MiB)")
+    return rate, rss
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -157,8 +162,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Latency at c=1 (added = the row's minus direct's) and {s['transfer_mib']:g} MiB "
-        "streamed through with curl (MB = 10^6 bytes; RSS growth = the proxy's peak minus "
-        "its RSS before):",
+        f"streamed through with curl (MB = 10^6 bytes; RSS growth = the proxy's peak minus "
+        f"its RSS before; a transfer is stopped after {s['transfer_budget']:g} s):",
         "",
         "| row | c=1 p50 ms | c=1 p99 ms | added p50 ms | added p99 ms | upload MB/s "
         "| upload RSS growth MiB | download MB/s | download RSS growth MiB |",

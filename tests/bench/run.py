@@ -76,6 +76,7 @@ class Settings:
     c1_duration: float
     churn_duration: float
     transfer_size: int
+    transfer_budget: float  # seconds a transfer may take before it is stopped
     connections: int = 32
     churn_ttl: float = 2.0
 
@@ -84,9 +85,9 @@ class Settings:
 
 
 FULL = Settings("full", duration=15, warmup=3, c1_duration=5, churn_duration=30,
-                transfer_size=1024 * MIB)
+                transfer_size=1024 * MIB, transfer_budget=120)
 SMOKE = Settings("smoke", duration=2, warmup=1, c1_duration=2, churn_duration=5,
-                 transfer_size=64 * MIB)
+                 transfer_size=64 * MIB, transfer_budget=60)
 
 
 def _log(message: str) -> None:
@@ -132,7 +133,7 @@ class Bench:
             authorization=peer.authorization or None,
             proxy_pid=peer.measured_pid,
             taskset=self.pinning.taskset(self.pinning.load),
-            timeout=max(60.0, size / 2e6),  # proxy.py moves a few MB/s
+            budget=self.s.transfer_budget,
         )
         return result.as_dict()
 
@@ -172,6 +173,9 @@ class Bench:
                 row[direction] = self.transfer(peer, direction)
                 if row[direction]["error"]:
                     _log(f"{name}: {direction} failed: {row[direction]['error']}")
+                elif not row[direction]["complete"]:
+                    _log(f"{name}: {direction} stopped after "
+                         f"{self.s.transfer_budget:g} s")
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
             _log(f"{name}: failed: {row['error']}")
