@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Pinning", "Procs", "free_port", "http_status", "wait_until"]
 
@@ -108,7 +109,7 @@ class Procs:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self._live: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._live: list[tuple[str, subprocess.Popen[Any]]] = []
 
     def start(
         self,
@@ -152,7 +153,7 @@ class Procs:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        self._live.append((argv[0], proc))  # type: ignore[arg-type]
+        self._live.append((argv[0], proc))
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -173,11 +174,11 @@ class Procs:
             _, proc = self._live.pop()
             _stop(proc)
 
-    def _forget(self, proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    def _forget(self, proc: subprocess.Popen[Any]) -> None:
         self._live = [(n, p) for n, p in self._live if p is not proc]
 
 
-def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+def _stop(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM to the process group, SIGKILL to what is left, and reap the leader."""
     if proc.poll() is None:
         _signal_group(proc.pid, signal.SIGTERM)
