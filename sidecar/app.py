@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Coroutine
 from pathlib import Path
@@ -19,6 +18,7 @@ from sidecar.config import Config, Upstream, parse_host_port
 from sidecar.config.models import Tls
 from sidecar.metrics import Metrics
 from sidecar.proxy.forward import UpstreamClient
+from sidecar.proxy.http1.server import ProxyServer
 from sidecar.proxy.listener import ProxyHandler, start_listener
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream import UpstreamRuntime
@@ -33,7 +33,7 @@ class Sidecar:
         self.upstreams: dict[str, UpstreamRuntime] = {}
         self.metrics = Metrics()
         self._listener: asyncio.Server | None = None
-        self._server: web.Server | None = None
+        self._server: ProxyServer | None = None
         self._admin: web.AppRunner | None = None
         self._handler: ProxyHandler | None = None
         self._cert_watch: asyncio.Task[None] | None = None
@@ -222,10 +222,9 @@ class Sidecar:
         if self._handler is not None and not await self._handler.wait_idle(grace):
             log.warning("shutdown_grace_expired", unfinished=self._handler.inflight)
         if self._server is not None:
-            # aiohttp's shutdown stops reading request bodies, so it comes only once the
-            # in-flight requests are done (or the grace is over).
-            with contextlib.suppress(TimeoutError):
-                await self._server.shutdown(1.0)
+            # Closing connections cuts request bodies, so it comes only once the in-flight
+            # requests are done (or the grace is over).
+            await self._server.shutdown(1.0)
         if self._admin is not None:
             await self._admin.cleanup()
         for task in list(self._background):

@@ -6,10 +6,15 @@ that name secrets are masked, and any registered secret value is cut out of ever
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import json
 import logging
 import sys
 from collections import deque
 from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -40,13 +45,20 @@ class SecretRegistry:
     def __init__(self) -> None:
         self._static: set[str] = set()
         self._dynamic: deque[str] = deque(maxlen=_MAX_DYNAMIC)
+        # Every log line scans its strings for these: one tuple, rebuilt only on change.
+        self._all: tuple[str, ...] = ()
+        self._shortest = 0
 
     def add(self, value: str | None, *, dynamic: bool = False) -> None:
         if value and len(value) >= 4:
             (self._dynamic.append if dynamic else self._static.add)(value)
+            self._all = (*self._static, *self._dynamic)
+            self._shortest = min(map(len, self._all))
 
     def scrub(self, text: str) -> str:
-        for secret in (*self._static, *self._dynamic):
+        if len(text) < self._shortest:
+            return text  # too short to hold any secret
+        for secret in self._all:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
@@ -55,6 +67,7 @@ class SecretRegistry:
 secrets = SecretRegistry()
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_key(key: str) -> bool:
     k = key.lower().replace("-", "_")
     return any(k == w or k.endswith("_" + w) for w in _SECRET_WORDS)
@@ -95,9 +108,55 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+class AccessLog:
+    """The one line per request. In JSON format it skips structlog's processor chain (about
+    a sixth of a proxied request's CPU) but writes the same keys, redacted the same way, and
+    flushes within ``FLUSH_DELAY`` instead of once per line."""
+
+    FLUSH_DELAY = 0.05
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.fast = False
+        self._flush: asyncio.TimerHandle | None = None
+
+    def configure(self, level: str, fmt: str) -> None:
+        self.enabled = logging.getLevelName(level.upper()) <= logging.INFO
+        self.fast = fmt == "json"
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if not self.fast:
+            _access.info("request", **fields)
+            return
+        redact(None, "", fields)
+        fields["event"] = "request"
+        fields["level"] = "info"
+        fields["ts"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        sys.stdout.write(json.dumps(fields) + "\n")
+        if self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                sys.stdout.flush()
+                return
+            self._flush = loop.call_later(self.FLUSH_DELAY, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush = None
+        with contextlib.suppress(ValueError, OSError):
+            sys.stdout.flush()
+
+
+_access = structlog.get_logger("sidecar.proxy")
+access_log = AccessLog()
+
+
 def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[str] = ()) -> None:
     for value in config_secrets:
         secrets.add(value)
+    access_log.configure(level, fmt)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -6,6 +6,8 @@ codes and fixed reason words: nothing the app makes up (paths, hosts) becomes a 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar import __version__
@@ -106,9 +108,16 @@ class UpstreamMetrics:
         self.refresh_failures = metrics.refresh_failures.labels(name)
         self.token_expiry.set(0)
         self.refresh_failures.set(0)
+        # The label lookup costs more than the increment: keep each (method, status) child.
+        self._requests: dict[tuple[str, int], Any] = {}
 
     def request_done(self, method: str, status: int, seconds: float) -> None:
-        self._m.requests.labels(self.name, method_label(method), str(status)).inc()
+        child = self._requests.get((method, status))
+        if child is None:
+            child = self._m.requests.labels(self.name, method_label(method), str(status))
+            if len(self._requests) < 256:  # bounded: methods are free text from apps
+                self._requests[(method, status)] = child
+        child.inc()
         self.duration.observe(seconds)
 
     def client_cert_expiry(self, not_after_unix: float) -> None:

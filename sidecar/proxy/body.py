@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-
-from aiohttp import StreamReader
+from typing import Protocol
 
 
 class BodyTooLarge(Exception):
     pass
 
 
+class BodySource(Protocol):
+    async def readany(self) -> bytes: ...
+
+
 class RequestBody:
-    def __init__(self, stream: StreamReader, length: int | None, keep_limit: int) -> None:
+    def __init__(self, stream: BodySource, length: int | None, keep_limit: int) -> None:
         self._stream = stream
         self._keep_limit = keep_limit
         # A copy is kept only while the body may still fit: a known larger length keeps nothing.

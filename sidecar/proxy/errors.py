@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
-from aiohttp import web
+from multidict import CIMultiDict
+
+from sidecar.proxy.http1.server import AppRequest
+
+
+@dataclass(frozen=True)
+class LocalAnswer:
+    """A whole answer made by the sidecar (not relayed from an upstream)."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+    async def send(self, request: AppRequest) -> None:
+        await request.respond(self.status, self.headers, self.body)
 
 
 def error_response(
@@ -15,16 +30,11 @@ def error_response(
     *,
     upstream: str | None = None,
     retry_after: float | None = None,
-) -> web.Response:
+) -> LocalAnswer:
     body: dict[str, object] = {"error": error, "message": message}
     if upstream is not None:
         body["upstream"] = upstream
-    headers = {"Cache-Control": "no-store"}
+    headers = CIMultiDict({"Content-Type": "application/json", "Cache-Control": "no-store"})
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return web.Response(
-        status=status,
-        text=json.dumps(body, ensure_ascii=False),
-        content_type="application/json",
-        headers=headers,
-    )
+    return LocalAnswer(status, headers, json.dumps(body, ensure_ascii=False).encode())

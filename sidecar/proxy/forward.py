@@ -1,7 +1,7 @@
 """The upstream client: pooled keep-alive HTTP/1.1 connections to one target, over TLS.
 
-A small interface (``send`` → response with a streaming ``content``, then ``release``) so a
-faster client can replace aiohttp's later without the pipeline noticing.
+A small interface (``send`` → response with a streaming body, then ``release``) over the
+connection pool in :mod:`sidecar.proxy.http1.client`.
 
 New TLS material (a rotated client certificate) starts a new pool: new requests open new
 connections with it, while requests in flight finish on the old pool, which closes after them.
@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterable
-from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from sidecar.config.models import Timeouts
+from sidecar.proxy.http1.client import (
+    ConnectionPool,
+    UpstreamBroken,
+    UpstreamResponse,
+    request_head,
+)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-# aiohttp would add these when the app did not send them; a proxy must not.
-_SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class UpstreamFailure(Exception):
@@ -36,125 +38,144 @@ class UpstreamFailure(Exception):
         self.reason = reason
 
 
-@dataclass(eq=False)
-class _Pool:
-    session: aiohttp.ClientSession
-    active: int = 0
-    retired: bool = False
+class _Origin:
+    """Scheme, host and port of a target URL, parsed once."""
+
+    __slots__ = ("host", "host_header", "label", "port", "prefix_len", "tls")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.hostname is None:
+            raise ValueError(f"no host in {url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self.host_header = parts.netloc.rsplit("@", 1)[-1]
+        if parts.port == _DEFAULT_PORTS[parts.scheme]:
+            self.host_header = self.host_header.rsplit(":", 1)[0]
+        self.label = f"{self.host}:{self.port}"
+        self.prefix_len = len(parts.scheme) + 3 + len(parts.netloc)
 
 
 class UpstreamClient:
     def __init__(self, ssl_context: ssl.SSLContext, timeouts: Timeouts) -> None:
         self._ssl = ssl_context
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.read
-        )
-        self._pool: _Pool | None = None
-        self._owners: dict[aiohttp.ClientResponse, _Pool] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._timeouts = timeouts
+        self._origins: dict[str, _Origin] = {}
+        self._pools: dict[str, ConnectionPool] = {}  # by origin label, current TLS material
+        self._retired: list[ConnectionPool] = []
 
-    def _current(self) -> _Pool:
-        if self._pool is None:
-            self._pool = _Pool(
-                aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(
-                        ssl=self._ssl, limit=0, keepalive_timeout=30, ttl_dns_cache=60
-                    ),
-                    timeout=self._timeout,
-                    auto_decompress=False,  # the body passes byte for byte
-                    skip_auto_headers=_SKIP_AUTO,
-                    cookie_jar=aiohttp.DummyCookieJar(),  # never carry cookies between apps
-                    trust_env=False,  # the sidecar is the proxy: ignore HTTP_PROXY in its env
-                )
+    def _origin(self, url: str) -> _Origin:
+        end = url.find("/", url.find("://") + 3)
+        key = url if end < 0 else url[:end]
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = _Origin(key)
+        return origin
+
+    def _pool(self, origin: _Origin) -> ConnectionPool:
+        pool = self._pools.get(origin.label)
+        if pool is None:
+            pool = self._pools[origin.label] = ConnectionPool(
+                origin.host,
+                origin.port,
+                self._ssl if origin.tls else None,
+                connect_timeout=self._timeouts.connect,
+                read_timeout=self._timeouts.read,
             )
-        return self._pool
+        return pool
 
     async def send(
         self,
         method: str,
-        url: URL,
+        url: str,
         headers: CIMultiDict[str],
         body: AsyncIterable[bytes] | None,
-    ) -> aiohttp.ClientResponse:
-        pool = self._current()
-        pool.active += 1
+        chunked: bool = False,
+    ) -> UpstreamResponse:
+        """Send a request; the response's body is read from it, then :meth:`release` it."""
+        origin = self._origin(url)
+        path = url[origin.prefix_len:] or "/"
+        pool = self._pool(origin)
+        if chunked:
+            headers = headers.copy()
+            headers["Transfer-Encoding"] = "chunked"
+        data = request_head(method, path, origin.host_header, headers)
         # A pooled keep-alive connection can be closed by the upstream just as it is reused.
         # A bodiless idempotent request is then sent again once, on a new connection.
         attempts = 2 if body is None and method in IDEMPOTENT else 1
-        try:
-            for attempt in range(attempts):
-                try:
-                    resp = await pool.session.request(
-                        method, url, headers=headers, data=body, allow_redirects=False
-                    )
-                    break
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                    if attempt + 1 == attempts:
-                        raise
-        except BaseException as exc:
-            self._done(pool)
-            if isinstance(exc, Exception):
-                raise _failure(exc, f"{url.host}:{url.port}") from None
-            raise
-        self._owners[resp] = pool
-        return resp
+        for attempt in range(attempts):
+            try:
+                conn, _ = await pool.acquire()
+            except Exception as exc:
+                raise _connect_failure(exc, origin.label) from None
+            try:
+                return await conn.request(method, data, body, chunked)
+            except BaseException as exc:
+                pool.release(conn, reuse=False)
+                if isinstance(exc, UpstreamBroken) and attempt + 1 < attempts:
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamFailure(
+                        504, "upstream_timeout",
+                        f"{origin.label} sent no response within the read timeout",
+                    ) from None
+                if isinstance(exc, ConnectionError | OSError):
+                    raise UpstreamFailure(
+                        502, "upstream_error",
+                        f"connection to {origin.label} failed: {exc}",
+                    ) from None
+                raise
+        raise AssertionError("unreachable")
 
-    def release(self, resp: aiohttp.ClientResponse, *, discard: bool = False) -> None:
+    def release(self, resp: UpstreamResponse, *, discard: bool = False) -> None:
         """The response is finished with; ``discard`` closes its connection instead of reuse."""
-        if discard:
-            resp.close()
-        else:
-            resp.release()
-        pool = self._owners.pop(resp, None)
-        if pool is not None:
-            self._done(pool)
+        conn = resp.connection
+        conn.pool.release(conn, reuse=not discard)
+        if conn.pool.retired and conn.pool.in_use <= 0 and conn.pool in self._retired:
+            self._retired.remove(conn.pool)
+
+    @property
+    def in_use(self) -> int:
+        """Connections lent to requests in progress (idle pooled ones not counted)."""
+        return sum(p.in_use for p in (*self._pools.values(), *self._retired))
+
+    @property
+    def idle(self) -> int:
+        return sum(p.idle for p in self._pools.values())
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
-        """Use new TLS material for new connections; the old pool closes once unused."""
+        """Use new TLS material for new connections; the old pools close once unused."""
         self._ssl = ssl_context
-        old, self._pool = self._pool, None
-        if old is not None:
-            old.retired = True
-            self._close_if_unused(old)
-
-    def _done(self, pool: _Pool) -> None:
-        pool.active -= 1
-        self._close_if_unused(pool)
-
-    def _close_if_unused(self, pool: _Pool) -> None:
-        if pool.retired and pool.active <= 0 and not pool.session.closed:
-            task = asyncio.get_running_loop().create_task(pool.session.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        for pool in self._pools.values():
+            pool.retire()
+            if pool.in_use > 0:
+                self._retired.append(pool)
+        self._pools = {}
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.session.close()
-        for resp, pool in list(self._owners.items()):
-            resp.close()
-            await pool.session.close()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        for pool in (*self._pools.values(), *self._retired):
+            pool.retire()
+        self._pools = {}
+        await asyncio.sleep(0)  # let aborted transports report connection_lost
 
 
-def _failure(exc: Exception, host: str) -> UpstreamFailure:
-    """An aiohttp error as the status and reason the app should see."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+def _connect_failure(exc: Exception, host: str) -> UpstreamFailure:
+    """A failed connect or TLS handshake as the status and reason the app should see."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
         return UpstreamFailure(
             502, "upstream_tls",
-            f"TLS certificate of {host} failed verification: {exc.certificate_error}",
+            f"TLS certificate of {host} failed verification: {exc.verify_message}",
         )
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return UpstreamFailure(502, "upstream_tls", f"TLS handshake with {host} failed: {exc}")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamFailure(504, "upstream_timeout", f"connecting to {host} timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error)
-        return UpstreamFailure(502, "upstream_unreachable", f"cannot connect to {host}: {reason}")
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, ssl.SSLError):
         return UpstreamFailure(
-            504, "upstream_timeout", f"{host} sent no response within the read timeout"
+            502, "upstream_tls", f"TLS handshake with {host} failed: {exc.reason or exc}"
         )
+    if isinstance(exc, TimeoutError):
+        return UpstreamFailure(504, "upstream_timeout", f"connecting to {host} timed out")
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return UpstreamFailure(502, "upstream_unreachable", f"cannot connect to {host}: {reason}")
     return UpstreamFailure(
         502, "upstream_error", f"connection to {host} failed: {type(exc).__name__}"
     )

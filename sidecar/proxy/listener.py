@@ -1,21 +1,19 @@
 """The proxy listener: accepts the app's HTTP/1.1 requests and hands each to its upstream.
 
-aiohttp's low-level server does the wire work (parsing, keep-alive, chunked framing); this
-module only decides where a request goes, so a faster server can take its place later.
+The wire work (parsing, keep-alive, framing) is in :mod:`sidecar.proxy.http1.server`; this
+module only decides where a request goes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import structlog
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from sidecar.config.models import parse_host_port
 from sidecar.metrics import NO_UPSTREAM, Metrics
-from sidecar.proxy.errors import error_response
+from sidecar.proxy.errors import LocalAnswer, error_response
+from sidecar.proxy.http1.server import AppRequest, ProxyServer
 from sidecar.proxy.pipeline import forward
 from sidecar.proxy.router import BadTarget, Router, request_target
 from sidecar.proxy.tunnel import tunnel
@@ -40,11 +38,11 @@ class ProxyHandler:
         self._router = Router({name: u.config.match for name, u in upstreams.items()})
         self._passthrough = Router({"passthrough": passthrough}) if passthrough else None
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: AppRequest) -> None:
         self.inflight += 1
         self._idle.clear()
         try:
-            return await self._handle(request)
+            await self._handle(request)
         finally:
             self.inflight -= 1
             if not self.inflight:
@@ -58,71 +56,59 @@ class ProxyHandler:
             return False
         return True
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: AppRequest) -> None:
         if request.method == "CONNECT":
-            return await self._connect(request)
+            await self._connect(request)
+            return
         if "Upgrade" in request.headers:
-            return self._refuse(400, "upgrade_refused", "protocol upgrades are not proxied")
+            await self._refuse(400, "upgrade_refused", "protocol upgrades are not proxied").send(
+                request)
+            return
         try:
             target = request_target(request.raw_path, request.headers.get("Host"))
         except BadTarget as exc:
-            return self._refuse(400, "bad_request", str(exc))
+            await self._refuse(400, "bad_request", str(exc)).send(request)
+            return
         name = self._router.resolve(target.host, target.port)
         if name is None:
             log.info("refused_unknown_host", host=target.host, port=target.port)
-            return self._refuse(
+            await self._refuse(
                 403, "unknown_host",
                 f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
                 "forwards to hosts listed in upstreams.*.match",
-            )
-        return await forward(request, self.upstreams[name], target.path_qs)
+            ).send(request)
+            return
+        await forward(request, self.upstreams[name], target.path_qs)
 
-    def _refuse(self, status: int, error: str, message: str) -> web.Response:
+    def _refuse(self, status: int, error: str, message: str) -> LocalAnswer:
         # No upstream is known yet, so these are counted under a fixed label, never the host.
         self._metrics.local_rejections.labels(NO_UPSTREAM, error).inc()
         return error_response(status, error, message)
 
-    async def _connect(self, request: web.BaseRequest) -> web.StreamResponse:
+    def malformed(self, error: str) -> None:
+        """A request head refused by the HTTP parser (counted like the refusals above)."""
+        self._metrics.local_rejections.labels(NO_UPSTREAM, error).inc()
+
+    async def _connect(self, request: AppRequest) -> None:
         try:
             host, port = parse_host_port(request.raw_path)
         except ValueError:
-            return self._refuse(400, "bad_request", "CONNECT needs host:port")
+            await self._refuse(400, "bad_request", "CONNECT needs host:port").send(request)
+            return
         if self._passthrough is None or self._passthrough.resolve(host, port) is None:
             log.info("refused_connect", host=host, port=port)
-            return self._refuse(
+            await self._refuse(
                 403, "connect_refused",
                 f"CONNECT to {host}:{port} is not allowed; only hosts in passthrough are tunnelled",
-            )
-        return await tunnel(request, host, port, connect_timeout=10.0)
-
-
-class ConnectionProtocol(RequestHandler):
-    """aiohttp's per-connection protocol, with one hook: a CONNECT tunnel decides what the
-    app's half-close (EOF) means, instead of aiohttp closing the connection."""
-
-    on_eof: Callable[[], bool] | None = None
-
-    def eof_received(self) -> bool | None:
-        if self.on_eof is not None:
-            return self.on_eof()
-        return super().eof_received()
-
-
-class _Server(web.Server):
-    def __call__(self) -> RequestHandler:
-        return ConnectionProtocol(self, loop=self._loop, **self._kwargs)
+            ).send(request)
+            return
+        await tunnel(request, host, port, connect_timeout=10.0)
 
 
 async def start_listener(
     handler: ProxyHandler, host: str, port: int, idle_timeout: float = 75.0
-) -> tuple[asyncio.Server, web.Server]:
-    server = _Server(
-        handler,
-        auto_decompress=False,  # bodies pass untouched
-        access_log=None,
-        keepalive_timeout=idle_timeout,  # also cuts clients whose headers never complete
-        handler_cancellation=True,  # an app that hangs up stops its upstream request too
-    )
+) -> tuple[asyncio.Server, ProxyServer]:
+    server = ProxyServer(handler, idle_timeout, handler.malformed)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
     return listener, server

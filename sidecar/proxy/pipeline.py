@@ -9,23 +9,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import aiohttp
 import structlog
-from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from sidecar.auth.base import NoToken, Token
+from sidecar.logs import access_log
 from sidecar.proxy.body import BodyTooLarge, RequestBody
-from sidecar.proxy.errors import error_response
+from sidecar.proxy.errors import LocalAnswer, error_response
 from sidecar.proxy.forward import IDEMPOTENT, UpstreamFailure
 from sidecar.proxy.headers import downstream_headers, upstream_headers
+from sidecar.proxy.http1.client import UpstreamResponse
+from sidecar.proxy.http1.server import AppRequest, ClientGone
 from sidecar.proxy.ratelimit import RateLimited, retry_after_seconds
 from sidecar.proxy.upstream import UpstreamRuntime
 
 log = structlog.get_logger("sidecar.proxy")
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 INSPECT_LIMIT = 64 * 1024  # the most of an error body read to learn why the API refused
 REQUEST_ID = "X-Request-ID"
 
@@ -34,7 +33,7 @@ REQUEST_ID = "X-Request-ID"
 class Exchange:
     """What one request picked up on its way through, for the access line and metrics."""
 
-    request: web.BaseRequest
+    request: AppRequest
     upstream: UpstreamRuntime
     path_qs: str
     request_id: str
@@ -46,26 +45,29 @@ class Exchange:
     queued: float = 0.0  # seconds spent in the rate limiter's queue
     retried_429: bool = False
     broken: bool = False  # the upstream broke off mid-body; the app's connection was cut
+    gone: bool = False  # the app hung up before its answer was out
 
 
-async def forward(
-    request: web.BaseRequest, upstream: UpstreamRuntime, path_qs: str
-) -> web.StreamResponse:
+async def forward(request: AppRequest, upstream: UpstreamRuntime, path_qs: str) -> None:
     request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
     ex = Exchange(request, upstream, path_qs, request_id)
     upstream.metrics.inflight.inc()
     upstream.inflight += 1
-    response: web.StreamResponse | None = None
     try:
-        response = await _exchange(ex)
-        return response
+        answer = await _exchange(ex)
+        if answer is not None:
+            answer.headers[REQUEST_ID] = ex.request_id
+            await answer.send(request)
+    except (ClientGone, asyncio.CancelledError):
+        ex.gone = True
+        raise
     finally:
         upstream.inflight -= 1
         upstream.metrics.inflight.dec()
-        _account(ex, response)
+        _account(ex)
 
 
-async def _exchange(ex: Exchange) -> web.StreamResponse:
+async def _exchange(ex: Exchange) -> LocalAnswer | None:
     request, upstream = ex.request, ex.upstream
     cfg = upstream.config
     length = request.content_length
@@ -82,7 +84,7 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
 
     if request.headers.get("Expect", "").lower() == "100-continue":
         # We are ready for the body now that a token is in hand.
-        await request.writer.write(_CONTINUE)
+        await request.send_continue()
     if request.body_exists:
         ex.body = RequestBody(request.content, length, cfg.replay_limit)
         if cfg.max_body is not None and length is None:
@@ -98,7 +100,7 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
             except NoToken as exc:
                 return _no_token(ex, exc)
 
-    url = URL(cfg.target + ex.path_qs, encoded=True)
+    url = cfg.target + ex.path_qs
     headers = upstream_headers(request.headers, cfg.headers, cfg.header_date)
     headers[REQUEST_ID] = ex.request_id
     inspected = b""
@@ -133,9 +135,9 @@ async def _exchange(ex: Exchange) -> web.StreamResponse:
 
     finished = False
     try:
-        out = await _stream_back(ex, resp, inspected)
+        await _stream_back(ex, resp, inspected)
         finished = not ex.broken
-        return out
+        return None
     finally:
         # An app that went away mid-download leaves the upstream's answer half read: that
         # connection cannot go back into the pool.
@@ -160,7 +162,7 @@ async def _token_and_slot(ex: Exchange) -> Token:
     return await upstream.tokens.get()  # ready: returns at once
 
 
-def _rate_limited(ex: Exchange, exc: RateLimited) -> web.Response:
+def _rate_limited(ex: Exchange, exc: RateLimited) -> LocalAnswer:
     limiter = ex.upstream.limiter
     assert limiter is not None
     return _refuse(
@@ -171,7 +173,7 @@ def _rate_limited(ex: Exchange, exc: RateLimited) -> web.Response:
     )
 
 
-def _local_checks(ex: Exchange, length: int | None) -> web.Response | None:
+def _local_checks(ex: Exchange, length: int | None) -> LocalAnswer | None:
     """What the sidecar refuses itself, before a token is fetched or a byte is sent."""
     request, cfg = ex.request, ex.upstream.config
     required = cfg.require_headers.get(request.method, []) + cfg.require_headers.get("*", [])
@@ -191,35 +193,34 @@ def _local_checks(ex: Exchange, length: int | None) -> web.Response | None:
 
 def _refuse(
     ex: Exchange, status: int, error: str, message: str, retry_after: float | None = None
-) -> web.Response:
+) -> LocalAnswer:
     ex.refused = error
-    response = error_response(
+    return error_response(
         status, error, message, upstream=ex.upstream.name, retry_after=retry_after
     )
-    response.headers[REQUEST_ID] = ex.request_id
-    return response
 
 
-def _no_token(ex: Exchange, exc: NoToken) -> web.Response:
+def _no_token(ex: Exchange, exc: NoToken) -> LocalAnswer:
     return _refuse(ex, 503, "no_token", exc.reason, retry_after=exc.retry_after)
 
 
 async def _send(
-    ex: Exchange, url: URL, headers: CIMultiDict[str], token: Token, *, first: bool
-) -> aiohttp.ClientResponse:
+    ex: Exchange, url: str, headers: CIMultiDict[str], token: Token, *, first: bool
+) -> UpstreamResponse:
     body = ex.body
     data = None if body is None else (body.stream() if first else body.replay())
     headers["Authorization"] = f"Bearer {token.value}"
-    return await ex.upstream.client.send(ex.request.method, url, headers, data)
+    chunked = data is not None and ex.request.content_length is None
+    return await ex.upstream.client.send(ex.request.method, url, headers, data, chunked)
 
 
 async def _after_429(
     ex: Exchange,
-    resp: aiohttp.ClientResponse,
-    url: URL,
+    resp: UpstreamResponse,
+    url: str,
     headers: CIMultiDict[str],
     inspected: bytes,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """The upstream says "too many": pause its queue; retry once when configured and safe."""
     upstream, cfg = ex.upstream, ex.upstream.config
     limiter = upstream.limiter
@@ -255,7 +256,7 @@ async def _after_429(
     return retried
 
 
-async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> bytes:
+async def _inspect(resp: UpstreamResponse, upstream: UpstreamRuntime) -> bytes:
     """Read the start of an error answer whose body tells whether the token was refused."""
     if resp.status not in upstream.rejection.inspect_statuses:
         return b""
@@ -263,12 +264,12 @@ async def _inspect(resp: aiohttp.ClientResponse, upstream: UpstreamRuntime) -> b
     size = 0
     try:
         while size < INSPECT_LIMIT:
-            chunk = await resp.content.read(INSPECT_LIMIT - size)
+            chunk = await resp.read(INSPECT_LIMIT - size)
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (ConnectionError, TimeoutError) as exc:
         raise UpstreamFailure(
             502, "upstream_error", f"{upstream.name} broke off its {resp.status} answer"
         ) from exc
@@ -301,37 +302,35 @@ async def _token_for_replay(
     return fresh
 
 
-async def _stream_back(
-    ex: Exchange, resp: aiohttp.ClientResponse, already_read: bytes
-) -> web.StreamResponse:
+async def _stream_back(ex: Exchange, resp: UpstreamResponse, already_read: bytes) -> None:
     request = ex.request
-    out = RelayedResponse(resp.status, resp.reason, downstream_headers(resp.headers))
-    if REQUEST_ID not in out.headers:
-        out.headers[REQUEST_ID] = ex.request_id
-    await out.prepare(request)
+    headers = downstream_headers(resp.headers)
+    if REQUEST_ID not in headers:
+        headers[REQUEST_ID] = ex.request_id
+    request.start(resp.status, resp.reason, headers)
     try:
         if already_read:
-            await out.write(already_read)
+            await request.write(already_read)
             ex.bytes_out += len(already_read)
-        async for chunk in resp.content.iter_any():
-            await out.write(chunk)
+        while chunk := await resp.readany():
+            await request.write(chunk)
             ex.bytes_out += len(chunk)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except ClientGone:
+        raise
+    except (ConnectionError, TimeoutError) as exc:
         # The upstream broke off mid-body. Close the app's connection too, so it sees a broken
         # response rather than a short one that looks complete.
         log.warning("upstream_body_broken", upstream=ex.upstream.name,
                     reason=type(exc).__name__, request_id=ex.request_id)
         ex.broken = True
-        if request.transport is not None:
-            request.transport.abort()
-        return out
-    await out.write_eof()
-    return out
+        request.abort()
+        return
+    await request.finish()
 
 
-def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
+def _account(ex: Exchange) -> None:
     """The access line and the request metrics, once per request, whatever happened."""
-    status = response.status if response is not None else 499  # the app went away
+    status = 499 if ex.gone or ex.request.status is None else ex.request.status
     if ex.broken:
         status = 502  # what the app got was a cut connection, not the upstream's status
     seconds = time.monotonic() - ex.started
@@ -344,38 +343,18 @@ def _account(ex: Exchange, response: web.StreamResponse | None) -> None:
         ("missing", "body", "no_token", "rate_limited")
     ):
         metrics.rejected(ex.refused)
-    log.info(
-        "request",
-        request_id=ex.request_id,
-        upstream=ex.upstream.name,
-        method=ex.request.method,
-        path=ex.path_qs.split("?", 1)[0],
-        status=status,
-        duration_ms=round(seconds * 1000, 2),
-        bytes_in=bytes_in,
-        bytes_out=ex.bytes_out,
-        replayed=ex.replayed,
-        retried_429=ex.retried_429,
-        queued_s=round(ex.queued, 3),
-        refused=ex.refused,
-        broken=ex.broken,
-    )
-
-
-class RelayedResponse(web.StreamResponse):
-    """The upstream's status and headers as they were: aiohttp adds no Content-Type or
-    Server of its own, and keeps the Content-Length of a 304."""
-
-    def __init__(self, status: int, reason: str | None, headers: CIMultiDict[str]) -> None:
-        super().__init__(status=status, reason=reason)
-        self.headers.extend(headers)
-        self._from_upstream = {name.lower() for name in headers}
-        self._not_modified_length = headers.get("Content-Length") if status == 304 else None
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        for name in ("Content-Type", "Server"):
-            if name.lower() not in self._from_upstream:
-                self.headers.popall(name, None)
-        if self._not_modified_length is not None:
-            self.headers["Content-Length"] = self._not_modified_length
+    access_log.write({
+        "request_id": ex.request_id,
+        "upstream": ex.upstream.name,
+        "method": ex.request.method,
+        "path": ex.path_qs.split("?", 1)[0],
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "bytes_in": bytes_in,
+        "bytes_out": ex.bytes_out,
+        "replayed": ex.replayed,
+        "retried_429": ex.retried_429,
+        "queued_s": round(ex.queued, 3),
+        "refused": ex.refused,
+        "broken": ex.broken,
+    })

@@ -1,0 +1,345 @@
+"""The upstream side of the hot path: pooled HTTP/1.1 keep-alive connections over TLS,
+parsed by llhttp (through httptools) on a bare asyncio protocol.
+
+A connection carries one request at a time. It writes the request head (and streams the
+body, chunked when the app's was), hands back the response head as soon as it is parsed,
+and queues the response body with back-pressure. It returns to its pool only when the
+exchange ended cleanly and both sides allow keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterable
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict
+
+from sidecar.proxy.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
+
+
+class UpstreamBroken(ConnectionError):
+    """The upstream closed or broke the connection before its answer was complete."""
+
+
+class UpstreamResponse:
+    __slots__ = ("_conn", "content", "headers", "reason", "status")
+
+    def __init__(
+        self, conn: UpstreamConnection, status: int, reason: str, headers: CIMultiDict[str]
+    ) -> None:
+        self._conn = conn
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content = BodyQueue(conn)
+
+    @property
+    def connection(self) -> UpstreamConnection:
+        return self._conn
+
+    async def readany(self) -> bytes:
+        return await self.content.readany()
+
+    async def read(self, limit: int) -> bytes:
+        return await self.content.read(limit)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TLS connection to the target; ``pool`` takes it back after a clean exchange."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.flow = WriteFlow()
+        self._parser = httptools.HttpResponseParser(self)
+        self._fields: list[tuple[str, str]] = []
+        self._reason = ""
+        self._method = ""
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._response: UpstreamResponse | None = None
+        self._close_delimited = False
+        self._pump: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._last_io = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.complete = False  # the last response was read to its end
+        self.keep_alive = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._fail(UpstreamBroken("the upstream closed the connection"), eof=exc is None)
+        self.flow.resume(UpstreamBroken("the upstream closed the connection"))
+        if self._pump is not None:
+            self._pump.cancel()
+        self.transport = None
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed upstream is a closed one
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self._last_io = self._loop.time()  # the wait was ours, not the upstream's
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_io = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamBroken(f"malformed response from the upstream: {exc}"))
+            self.close()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        fields, self._fields = self._fields, []
+        if status < 200:
+            return  # 100 Continue and friends: the real answer follows
+        headers = CIMultiDict(fields)
+        response = UpstreamResponse(self, status, self._reason, headers)
+        waiter, self._waiter = self._waiter, None
+        if self._method == "HEAD":
+            # llhttp cannot be told the request was HEAD: end the message here and start
+            # the next one on a fresh parser.
+            self._parser = httptools.HttpResponseParser(self)
+            response.content.feed_eof()
+            self._message_done(keep_alive="close" not in headers.get("Connection", "").lower())
+        else:
+            self._response = response
+            self._close_delimited = (
+                "Content-Length" not in headers
+                and "Transfer-Encoding" not in headers
+                and status not in (204, 304)
+            )
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def on_body(self, data: bytes) -> None:
+        if self._response is not None:
+            self._response.content.feed(data)
+
+    def on_message_complete(self) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return  # the end of a 1xx, or of a HEAD answer already closed above
+        response.content.feed_eof()
+        self._message_done(self._parser.should_keep_alive())
+
+    # -- one exchange --------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        request_head: bytes,
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+    ) -> UpstreamResponse:
+        """Send a request and wait for the response head (the body streams on)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            raise UpstreamBroken("the upstream closed the connection")
+        self.requests += 1
+        self.complete = False
+        self._method = method
+        self._waiter = self._loop.create_future()
+        self._last_io = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.pool.read_timeout, self._check_read)
+        if body is None:
+            transport.write(request_head)
+        else:
+            self._pump = self._loop.create_task(self._send_body(request_head, body, chunked))
+        try:
+            return await self._waiter
+        except BaseException:
+            self.close()
+            raise
+
+    async def _send_body(
+        self, request_head: bytes, body: AsyncIterable[bytes], chunked: bool
+    ) -> None:
+        transport = self.transport
+        assert transport is not None
+        pending = request_head
+        try:
+            async for data in body:
+                if not data:
+                    continue
+                transport.write(pending + (chunk(data) if chunked else data))
+                pending = b""
+                self._last_io = self._loop.time()
+                await self.flow.drain()
+            if chunked:
+                pending += LAST_CHUNK
+            if pending:
+                transport.write(pending)
+            self._last_io = self._loop.time()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # The app's upload broke off: the upstream must not take a truncated body as
+            # complete, so the connection goes.
+            self._fail(UpstreamBroken(f"request body broke off: {type(exc).__name__}"))
+            self.close()
+        finally:
+            self._pump = None
+
+    def _message_done(self, keep_alive: bool) -> None:
+        self.complete = True
+        self.keep_alive = keep_alive
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and self._pump is None and not self.closed
+
+    def _fail(self, exc: BaseException, *, eof: bool = False) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        response, self._response = self._response, None
+        if response is not None:
+            if eof and self._close_delimited:
+                response.content.feed_eof()  # the close is how this answer ends
+            else:
+                response.content.set_exception(exc)
+
+    def _check_read(self) -> None:
+        """The read timeout: one self-rearming timer per connection, not one per read."""
+        self._timer = None
+        if self.closed or (self._waiter is None and self._response is None):
+            return
+        timeout = self.pool.read_timeout
+        if self._reading_paused:  # our reader is slow, not the upstream
+            self._timer = self._loop.call_later(timeout, self._check_read)
+            return
+        waited = self._loop.time() - self._last_io
+        if waited >= timeout:
+            self._fail(TimeoutError("the upstream sent nothing within the read timeout"))
+            self.close()
+        else:
+            self._timer = self._loop.call_later(timeout - waited, self._check_read)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self.closed = True
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one origin, made with one TLS context."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive: float = 30.0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.retired = False
+        self.in_use = 0
+        self._idle: list[UpstreamConnection] = []
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused from the pool."""
+        now = self.loop.time()
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: the least likely to be stale
+            if not conn.closed and now - conn.idle_since < self.keepalive:
+                self.in_use += 1
+                return conn, True
+            conn.close()
+        conn = await self._connect()
+        self.in_use += 1
+        return conn, False
+
+    async def _connect(self) -> UpstreamConnection:
+        connecting = self.loop.create_connection(
+            lambda: UpstreamConnection(self),
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            server_hostname=self.host if self.ssl is not None else None,
+            ssl_handshake_timeout=self.connect_timeout if self.ssl is not None else None,
+        )
+        _, protocol = await asyncio.wait_for(connecting, self.connect_timeout)
+        return protocol
+
+    def release(self, conn: UpstreamConnection, reuse: bool) -> None:
+        self.in_use -= 1
+        if not reuse or not conn.reusable or self.retired:
+            conn.close()
+            return
+        now = self.loop.time()
+        conn.idle_since = now
+        self._idle.append(conn)
+        # Connections unused for longer than keepalive sit at the bottom: close them.
+        while self._idle and now - self._idle[0].idle_since >= self.keepalive:
+            self._idle.pop(0).close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def retire(self) -> None:
+        """No new requests here: idle connections close now, busy ones when released."""
+        self.retired = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+
+def request_head(
+    method: str, path: str, host_header: str, headers: CIMultiDict[str]
+) -> bytes:
+    items = [("Host", host_header)]
+    items.extend(headers.items())
+    return head(f"{method} {path} HTTP/1.1", items)

@@ -1,0 +1,493 @@
+"""The app-facing HTTP/1.1 server: llhttp (through httptools) on a bare asyncio protocol.
+
+One connection object per app connection. It parses requests, runs one handler at a time
+(pipelined requests wait their turn), frames each answer (Content-Length, chunked or
+close-delimited), and cuts connections that stay idle or send their head too slowly. A
+handler gets an :class:`AppRequest`, streams its body, and writes the answer through it.
+
+Why not aiohttp's server here: this is the hot path, and a request costs about a third of
+the CPU on this protocol (see the benchmark section of the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
+
+import httptools
+import structlog
+from multidict import CIMultiDict
+
+from sidecar.proxy.http1.wire import LAST_CHUNK, REASONS, BodyQueue, WriteFlow, chunk, head
+
+log = structlog.get_logger("sidecar.proxy")
+
+MAX_TARGET = 8190  # request line: nginx's and aiohttp's default buffer size
+MAX_FIELD = 8190  # one header line
+MAX_HEAD = 32 * 1024  # all header lines of one request
+MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
+
+
+class ClientGone(ConnectionError):
+    """The app closed its connection before its request was done."""
+
+
+class _HeadRefused(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+class TunnelSink(Protocol):
+    """Where a CONNECT tunnel takes the app's bytes once the head is answered."""
+
+    def feed_data(self, data: bytes) -> None: ...
+    def feed_eof(self) -> None: ...
+
+
+Handler = Callable[["AppRequest"], Awaitable[None]]
+
+
+class AppRequest:
+    """One request from the app and the means to answer it."""
+
+    __slots__ = (
+        "_chunked_out", "_conn", "_head", "_no_body", "chunked", "complete", "content",
+        "content_length", "finished", "headers", "keep_alive", "method", "raw_path", "started",
+        "status", "upgrade", "version",
+    )
+
+    def __init__(
+        self,
+        conn: AppConnection,
+        method: str,
+        raw_path: str,
+        version: str,
+        headers: CIMultiDict[str],
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self._conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None else None  # llhttp checked it
+        self.chunked = "Transfer-Encoding" in headers
+        self.content = BodyQueue(conn)
+        self.complete = False
+        self.started = False
+        self.finished = False
+        self.status: int | None = None
+        self._head: bytes | None = None
+        self._chunked_out = False
+        self._no_body = False
+
+    @property
+    def body_exists(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def peer(self) -> Any:
+        return self._conn.transport.get_extra_info("peername") if self._conn.transport else None
+
+    # -- answering -----------------------------------------------------------------------------
+
+    async def send_continue(self) -> None:
+        if not self.started and self._conn.transport is not None:
+            self._conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def start(self, status: int, reason: str | None, headers: CIMultiDict[str]) -> None:
+        """Fix the status and headers; they leave with the first body bytes (or finish())."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        self._no_body = self.method == "HEAD" or status in (204, 304) or status < 200
+        out = list(headers.items())
+        if not self._no_body and "Content-Length" not in headers:
+            if self.version == "1.1":
+                out.append(("Transfer-Encoding", "chunked"))
+                self._chunked_out = True
+            else:
+                self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+        conn = self._conn
+        if self.upgrade or not self.complete or conn.closing:
+            # An unread body (or a refused upgrade) leaves the stream at an unknown place.
+            self.keep_alive = False
+        if not self.keep_alive:
+            out.append(("Connection", "close"))
+        elif self.version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}"
+        self._head = head(line, out)
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._no_body:
+            return
+        payload = chunk(data) if self._chunked_out else data
+        if self._head is not None:
+            payload, self._head = self._head + payload, None
+        conn = self._conn
+        if conn.transport is None or conn.transport.is_closing():
+            raise ClientGone("the app closed its connection")
+        conn.transport.write(payload)
+        await conn.flow.drain()
+
+    async def finish(self) -> None:
+        """The answer is complete."""
+        out = self._head or b""
+        self._head = None
+        if self._chunked_out:
+            out += LAST_CHUNK
+        transport = self._conn.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out)
+        self.finished = True
+
+    async def respond(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
+        """A whole answer made by the sidecar itself, in one write."""
+        headers["Content-Length"] = str(len(body))
+        self.start(status, None, headers)
+        await self.write(body)
+        await self.finish()
+
+    def abort(self) -> None:
+        """Cut the app's connection (a broken upstream answer must not look complete)."""
+        self.keep_alive = False
+        if self._conn.transport is not None:
+            self._conn.transport.abort()
+
+    # -- CONNECT -------------------------------------------------------------------------------
+
+    def take_over(self, sink: TunnelSink) -> asyncio.Transport:
+        """From now on the app's bytes go to ``sink``; returns the app's transport."""
+        return self._conn.tunnel_to(sink)
+
+    async def drain(self) -> None:
+        await self._conn.flow.drain()
+
+
+class AppConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.flow = WriteFlow()
+        self._parser = httptools.HttpRequestParser(self)
+        self._url: list[bytes] = []
+        self._url_size = 0
+        self._fields: list[tuple[str, str]] = []
+        self._head_size = 0
+        self._in_head = True
+        self._receiving: AppRequest | None = None  # the request whose body is being parsed
+        self._current: AppRequest | None = None  # the request being answered
+        self._task: asyncio.Task[None] | None = None
+        self._pending: deque[AppRequest] = deque()
+        self._reading_paused = False
+        self._upgraded: list[bytes] | None = None  # bytes after a CONNECT head, before take_over
+        self._tunnel: TunnelSink | None = None
+        self._closed = False
+        self.closing = False  # the server is shutting down: answer, then close
+        self._idle_since = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._server.connections.add(self)
+        self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.forget(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        gone = ClientGone("the app closed its connection")
+        for request in (self._receiving, self._current, *self._pending):
+            if request is not None:
+                request.content.set_exception(gone)
+        self._pending.clear()
+        if self._tunnel is not None:
+            self._tunnel.feed_eof()
+        self.flow.resume(gone)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # an app that hung up stops its upstream request too
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        if self._tunnel is not None:
+            self._tunnel.feed_eof()
+            return True  # keep the app's side open for the remote's answer
+        if self._receiving is not None:
+            self._receiving.content.set_exception(ClientGone("the app stopped mid-request"))
+        # A finished request still gets its answer, then the connection closes.
+        self.closing = True
+        return self._current is not None
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.feed_data(data)
+            return
+        if self._upgraded is not None:
+            self._upgraded.append(data)
+            return
+        if self._in_head:
+            self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded = [data[exc.args[0]:]]
+            self.pause_reading()  # nothing more is read until the handler decides
+            return
+        except _HeadRefused as exc:
+            self._refuse_head(exc)
+            return
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if isinstance(refused, _HeadRefused):
+                self._refuse_head(refused)
+            else:
+                self._refuse_head(_HeadRefused(400, "bad_request", "malformed HTTP request"),
+                                  parser_error=type(exc).__name__)
+            return
+        if self._in_head and self._head_size > MAX_HEAD + MAX_TARGET:
+            self._refuse_head(_HeadRefused(
+                431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes"))
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._url_size = 0
+        self._fields = []
+        self._in_head = True
+
+    def on_url(self, part: bytes) -> None:
+        self._url_size += len(part)
+        if self._url_size > MAX_TARGET:
+            raise _HeadRefused(414, "uri_too_long", f"request target exceeds {MAX_TARGET} bytes")
+        self._url.append(part)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        if size > MAX_FIELD:
+            raise _HeadRefused(431, "headers_too_large",
+                               f"a request header line exceeds {MAX_FIELD} bytes")
+        self._fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        if sum(len(k) + len(v) for k, v in self._fields) > MAX_HEAD:
+            raise _HeadRefused(431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes")
+        request = AppRequest(
+            self,
+            parser.get_method().decode("ascii"),
+            b"".join(self._url).decode("utf-8", "surrogateescape"),
+            parser.get_http_version(),
+            CIMultiDict(self._fields),
+            parser.should_keep_alive(),
+            parser.should_upgrade(),
+        )
+        self._in_head = False
+        self._head_size = 0
+        self._receiving = request
+        if self._current is None:
+            self._run(request)
+        else:
+            self._pending.append(request)
+            if len(self._pending) >= MAX_PIPELINED:
+                self.pause_reading()
+
+    def on_body(self, data: bytes) -> None:
+        if self._receiving is not None:
+            self._receiving.content.feed(data)
+
+    def on_message_complete(self) -> None:
+        request = self._receiving
+        if request is not None:
+            request.complete = True
+            request.content.feed_eof()
+            self._receiving = None
+        self._in_head = True
+
+    # -- running handlers ----------------------------------------------------------------------
+
+    def _run(self, request: AppRequest) -> None:
+        self._current = request
+        self._task = self._loop.create_task(self._handle(request))
+
+    async def _handle(self, request: AppRequest) -> None:
+        try:
+            await self._server.handler(request)
+        except asyncio.CancelledError:
+            return  # the app went away
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("proxy_handler_failed", method=request.method)
+            if not request.started and not self._closed:
+                await request.respond(
+                    500, json_headers(),
+                    json_body("internal_error", "the sidecar failed on this request; see its log"),
+                )
+            else:
+                request.abort()
+        if self._closed:
+            return
+        if not request.finished:
+            request.abort()  # a handler that did not finish its answer leaves no framing
+            return
+        self._after(request)
+
+    def _after(self, request: AppRequest) -> None:
+        self._current = None
+        self._task = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not request.keep_alive or self.closing:
+            transport.close()
+            return
+        if self._pending:
+            self.resume_reading()
+            self._run(self._pending.popleft())
+            return
+        self._idle_since = self._loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a connection idle (or stuck in its request head) for ``idle_timeout``.
+
+        One timer per connection that re-arms itself, instead of one per request."""
+        self._idle_timer = None
+        if self._closed or self.transport is None:
+            return
+        timeout = self._server.idle_timeout
+        if self._current is not None or self._tunnel is not None:
+            self._idle_timer = self._loop.call_later(timeout, self._check_idle)
+            return
+        waited = self._loop.time() - self._idle_since
+        if waited >= timeout:
+            self.transport.close()
+        else:
+            self._idle_timer = self._loop.call_later(timeout - waited, self._check_idle)
+
+    def _refuse_head(self, refused: _HeadRefused, parser_error: str | None = None) -> None:
+        """A request head the sidecar will not parse: one warning, a JSON 4xx, then close."""
+        log.warning("malformed_request_refused", status=refused.status, error=refused.error,
+                    parser_error=parser_error)
+        self._server.on_malformed(refused.error)
+        transport = self.transport
+        if transport is None:
+            return
+        current = self._current
+        if (
+            current is not None
+            and current is self._receiving
+            and not current.started
+            and self._task is not None
+        ):
+            # Its body turned out malformed before any answer: stop the request (an upstream
+            # send in progress is aborted with it) and answer the 400 instead.
+            self._task.cancel()
+            current = self._current = None
+        if current is None:
+            body = json_body(refused.error, refused.message)
+            headers = json_headers()
+            headers["Content-Length"] = str(len(body))
+            headers["Connection"] = "close"
+            line = f"HTTP/1.1 {refused.status} {REASONS.get(refused.status, 'Bad Request')}"
+            transport.write(head(line, headers.items()) + body)
+            transport.close()
+        else:
+            self.closing = True  # answer the request in progress, then close
+            if self._receiving is not None:
+                self._receiving.content.set_exception(ClientGone("malformed request body"))
+            self.pause_reading()
+
+    # -- tunnels -------------------------------------------------------------------------------
+
+    def tunnel_to(self, sink: TunnelSink) -> asyncio.Transport:
+        assert self.transport is not None
+        self._tunnel = sink
+        early, self._upgraded = self._upgraded or [], None
+        for data in early:
+            if data:
+                sink.feed_data(data)
+        self.resume_reading()
+        return self.transport
+
+    def shutdown(self) -> None:
+        """The server is stopping: idle connections close now, busy ones after their answer."""
+        self.closing = True
+        if self._current is None and self._tunnel is None and self.transport is not None:
+            self.transport.close()
+
+
+class ProxyServer:
+    """The listener's connections, handler and limits."""
+
+    def __init__(
+        self, handler: Handler, idle_timeout: float, on_malformed: Callable[[str], None]
+    ) -> None:
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.on_malformed = on_malformed
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[AppConnection] = set()
+        self._all_closed: asyncio.Event | None = None
+
+    def forget(self, conn: AppConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    def __call__(self) -> AppConnection:
+        return AppConnection(self)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close every connection: idle ones at once, the rest once their answer is out."""
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._all_closed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), timeout)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+
+def json_headers() -> CIMultiDict[str]:
+    return CIMultiDict({"Content-Type": "application/json", "Cache-Control": "no-store"})
+
+
+def json_body(error: str, message: str, **extra: object) -> bytes:
+    body: dict[str, object] = {"error": error, "message": message, **extra}
+    return json.dumps(body, ensure_ascii=False).encode()

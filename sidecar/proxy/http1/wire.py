@@ -1,0 +1,150 @@
+"""HTTP/1.1 framing shared by both sides: heads, chunks, and the flow-controlled body queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+# A body queue pauses its producer's socket above this and resumes it below LOW_WATER, so a
+# slow reader holds at most about this much of a stream in memory.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+REASONS = {
+    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    413: "Content Too Large", 414: "URI Too Long", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 499: "Client Closed Request",
+    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def head(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A request or status line and its headers, as bytes ready for the socket.
+
+    Values came from llhttp (which refuses CR, LF and NUL in them) or from validated config;
+    latin-1 is HTTP's historical charset, so any byte a peer sent goes back out unchanged."""
+    lines = [first_line]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class Pausable(Protocol):
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class BodyQueue:
+    """Body bytes from a parser callback to an awaiting reader, with socket back-pressure.
+
+    ``readany`` returns b"" at the end of the body and raises the error set by the
+    connection when the body broke off."""
+
+    __slots__ = ("_chunks", "_eof", "_exc", "_paused", "_size", "_source", "_waiter")
+
+    def __init__(self, source: Pausable) -> None:
+        self._source = source
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._source.pause_reading()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._eof:
+            self._exc = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def readany(self) -> bytes:
+        while not self._chunks:
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        if len(self._chunks) == 1:
+            data = self._chunks.popleft()
+        else:  # several small pieces arrived: hand them on as one write
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+        self._size -= len(data)
+        if self._paused and self._size < LOW_WATER:
+            self._paused = False
+            self._source.resume_reading()
+        return data
+
+    async def read(self, limit: int) -> bytes:
+        """At most ``limit`` bytes (b"" at the end); the rest stays queued."""
+        data = await self.readany()
+        if len(data) > limit:
+            self._chunks.appendleft(data[limit:])
+            self._size += len(data) - limit
+            data = data[:limit]
+        return data
+
+
+class WriteFlow:
+    """A protocol's pause_writing/resume_writing, as something a writer can await."""
+
+    __slots__ = ("_paused", "_waiters")
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self, exc: BaseException | None = None) -> None:
+        self._paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    async def drain(self) -> None:
+        if self._paused:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter

@@ -1,0 +1,244 @@
+"""HTTP/1.1 framing on both sides of the hot path, against a scripted TLS upstream that
+answers with exact bytes: chunked and close-delimited bodies, HEAD, 1xx, 304, pipelining,
+HTTP/1.0 clients, keep-alive reuse and the read timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sidecar.app import Sidecar
+from sidecar.sandbox.servers import SandboxStack
+
+
+@dataclass
+class RawUpstream:
+    """A TLS server (mTLS, sandbox CA) that records request heads and answers from a script."""
+
+    answers: dict[str, bytes] = field(default_factory=dict)
+    close_after: set[str] = field(default_factory=set)  # close the connection after answering
+    silent: set[str] = field(default_factory=set)  # never answer
+    requests: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                self.bodies.append(await _read_body(reader, head))
+                path = head.split(b" ", 2)[1].decode()
+                if path in self.silent:
+                    await asyncio.sleep(30)
+                    return
+                writer.write(self.answers[path])
+                await writer.drain()
+                if path in self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            body += await reader.readexactly(size + 2)
+            if size == 0:
+                return body[:-2]
+            body = body[:-2]
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return await reader.readexactly(int(line.split(b":")[1]))
+    return b""
+
+
+@pytest.fixture
+async def raw(sandbox: SandboxStack) -> AsyncIterator[RawUpstream]:
+    upstream = RawUpstream()
+    cert = sandbox.pki.issue_server("raw", ["127.0.0.1"])
+    ctx = sandbox.pki.server_ssl_context(cert, require_client_cert=True)
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=ctx)
+    upstream.port = server.sockets[0].getsockname()[1]
+    yield upstream
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def proxy(make_sidecar: Any, raw: RawUpstream) -> Sidecar:
+    sidecar: Sidecar = await make_sidecar(
+        {"target": f"https://127.0.0.1:{raw.port}", "timeouts": {"read": 1.0}}
+    )
+    return sidecar
+
+
+async def exchange(sidecar: Sidecar, data: bytes, *, until_close: bool = False) -> bytes:
+    """Send raw bytes to the proxy port; read one answer (or everything until close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        if until_close:
+            return await asyncio.wait_for(reader.read(), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        try:
+            return head + await asyncio.wait_for(reader.read(65536), 0.5)
+        except TimeoutError:
+            return head
+    finally:
+        writer.close()
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (
+        len(body), b"".join(h + b"\r\n" for h in extra), body)
+
+
+GET = b"GET http://api.moex.com/%b HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
+
+
+async def test_chunked_upstream_answer_is_rechunked_for_the_app(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.answers["/c"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    answer = await exchange(proxy, GET % b"c")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"b\r\nhello world\r\n0\r\n\r\n"
+    assert b"authorization: bearer " in raw.requests[0].lower()
+
+
+async def test_close_delimited_answer_reaches_an_http10_app_whole(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.answers["/eof"] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000
+    raw.close_after.add("/eof")
+    answer = await exchange(
+        proxy, b"GET http://api.moex.com/eof HTTP/1.0\r\nHost: api.moex.com\r\n\r\n",
+        until_close=True,
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head and b"Transfer-Encoding" not in head
+    assert body == b"x" * 100_000
+
+
+async def test_head_answer_with_a_length_has_no_body_and_the_connection_is_reused(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.answers["/h"] = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+    raw.answers["/after"] = ok(b"next")
+    head = b"HEAD http://api.moex.com/h HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
+    answer = await exchange(proxy, head + GET % b"after")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: 1234\r\n" in answer
+    assert answer.endswith(b"\r\n\r\nnext")  # nothing between the HEAD answer and the next
+    assert raw.connections == 1
+
+
+async def test_interim_100_is_skipped_and_304_keeps_its_length(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.answers["/i"] = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")
+    raw.answers["/n"] = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\nETag: \"a\"\r\n\r\n"
+    first = await exchange(proxy, GET % b"i")
+    assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(b"final")
+    second = await exchange(proxy, GET % b"n")
+    assert second.startswith(b"HTTP/1.1 304 Not Modified\r\n")
+    assert b"Content-Length: 99" in second and second.endswith(b"\r\n\r\n")
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    for name in (b"p1", b"p2", b"p3"):
+        raw.answers["/" + name.decode()] = ok(name)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.proxy_port)
+    writer.write(GET % b"p1" + GET % b"p2" + GET % b"p3")
+    await writer.drain()
+    bodies = []
+    for _ in range(3):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        bodies.append(await reader.readexactly(length))
+    writer.close()
+    assert bodies == [b"p1", b"p2", b"p3"]
+
+
+async def test_chunked_upload_is_sent_chunked_and_a_sized_one_with_its_length(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.answers["/up"] = ok(b"got")
+    chunked = (b"POST http://api.moex.com/up HTTP/1.1\r\nHost: api.moex.com\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    sized = (b"POST http://api.moex.com/up HTTP/1.1\r\nHost: api.moex.com\r\n"
+             b"Content-Length: 5\r\n\r\nfghij")
+    assert (await exchange(proxy, chunked)).endswith(b"got")
+    assert (await exchange(proxy, sized)).endswith(b"got")
+    assert raw.bodies == [b"abcde", b"fghij"]
+    assert b"transfer-encoding: chunked" in raw.requests[0].lower()
+    assert b"content-length: 5" in raw.requests[1].lower()
+    assert b"transfer-encoding" not in raw.requests[1].lower()
+
+
+async def test_keep_alive_connections_are_reused_upstream(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.answers["/k"] = ok(b"k")
+    for _ in range(5):
+        assert (await exchange(proxy, GET % b"k")).endswith(b"k")
+    assert raw.connections == 1
+    assert proxy.upstreams["moex-ntb"].client.idle == 1
+
+
+async def test_silent_upstream_gets_a_504_after_the_read_timeout(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    raw.silent.add("/slow")
+    answer = await exchange(proxy, GET % b"slow")
+    assert answer.startswith(b"HTTP/1.1 504 ")
+    assert b'"error": "upstream_timeout"' in answer
+
+
+async def test_a_malformed_upstream_answer_is_a_502(proxy: Sidecar, raw: RawUpstream) -> None:
+    raw.answers["/bad"] = b"HTTP/1.1 2OO OK\r\n\r\n"
+    raw.close_after.add("/bad")
+    answer = await exchange(proxy, GET % b"bad")
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b'"upstream": "moex-ntb"' in answer
+
+
+async def test_curl_http10_and_keepalive_through_the_proxy(
+    proxy: Sidecar, raw: RawUpstream
+) -> None:
+    """curl as the app: HTTP/1.0 and HTTP/1.1 with two URLs on one connection."""
+    raw.answers["/a"] = ok(b"A")
+    raw.answers["/b"] = ok(b"B")
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--proxy", f"http://127.0.0.1:{proxy.proxy_port}",
+        "http://api.moex.com/a", "http://api.moex.com/b",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == b"AB"
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--http1.0", "--proxy", f"http://127.0.0.1:{proxy.proxy_port}",
+        "http://api.moex.com/a", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == b"A"
+
