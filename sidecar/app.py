@@ -234,6 +234,7 @@ class Sidecar:
         for runtime in self.upstreams.values():
             await runtime.close()
         self._retired.clear()
+        logs.access_log.flush()
         log.info("stopped")
 
 

@@ -7,11 +7,13 @@ that name secrets are masked, and any registered secret value is cut out of ever
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
 import logging
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime
@@ -111,46 +113,106 @@ class MalformedRequests(logging.Filter):
 class AccessLog:
     """The one line per request. In JSON format it skips structlog's processor chain (about
     a sixth of a proxied request's CPU) but writes the same keys, redacted the same way, and
-    flushes within ``FLUSH_DELAY`` instead of once per line."""
+    lines are written together every ``FLUSH_DELAY`` seconds: one write for many requests,
+    whatever buffering stdout has (PYTHONUNBUFFERED in the image makes it one per line)."""
 
     FLUSH_DELAY = 0.05
+    MAX_PENDING = 512  # lines held before writing regardless of the timer
 
     def __init__(self) -> None:
         self.enabled = True
         self.fast = False
-        self._flush: asyncio.TimerHandle | None = None
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     def configure(self, level: str, fmt: str) -> None:
+        self.flush()
         self.enabled = logging.getLevelName(level.upper()) <= logging.INFO
         self.fast = fmt == "json"
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def request(
+        self,
+        request_id: str,
+        upstream: str,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+        replayed: bool,
+        retried_429: bool,
+        queued: float,
+        refused: str | None,
+        broken: bool,
+    ) -> None:
         if not self.enabled:
             return
+        duration_ms, queued_s = round(seconds * 1000, 2), round(queued, 3)
         if not self.fast:
-            _access.info("request", **fields)
+            _access.info(
+                "request", request_id=request_id, upstream=upstream, method=method, path=path,
+                status=status, duration_ms=duration_ms, bytes_in=bytes_in, bytes_out=bytes_out,
+                replayed=replayed, retried_429=retried_429, queued_s=queued_s, refused=refused,
+                broken=broken,
+            )
             return
-        redact(None, "", fields)
-        fields["event"] = "request"
-        fields["level"] = "info"
-        fields["ts"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        sys.stdout.write(json.dumps(fields) + "\n")
-        if self._flush is None:
+        # What redact() would do, for the only values an app controls: the id and the path
+        # (the method is a token llhttp checked; the rest comes from config or the code).
+        scrub, text = secrets.scrub, _json_text
+        self._pending.append(
+            f'{{"request_id": {text(scrub(request_id))}, "upstream": {text(upstream)}, '
+            f'"method": {text(method)}, "path": {text(scrub(path))}, "status": {status}, '
+            f'"duration_ms": {duration_ms!r}, "bytes_in": {bytes_in}, '
+            f'"bytes_out": {bytes_out}, "replayed": {_JSON_BOOL[replayed]}, '
+            f'"retried_429": {_JSON_BOOL[retried_429]}, "queued_s": {queued_s!r}, '
+            f'"refused": {"null" if refused is None else text(refused)}, '
+            f'"broken": {_JSON_BOOL[broken]}, "event": "request", "level": "info", '
+            f'"ts": "{_timestamp()}"}}'
+        )
+        if len(self._pending) >= self.MAX_PENDING:
+            self.flush()
+        elif self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                sys.stdout.flush()
+                self.flush()
                 return
-            self._flush = loop.call_later(self.FLUSH_DELAY, self._flush_now)
+            self._timer = loop.call_later(self.FLUSH_DELAY, self.flush)
 
-    def _flush_now(self) -> None:
-        self._flush = None
+    def flush(self) -> None:
+        """Write the lines held so far (also called on stop and at exit)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
         with contextlib.suppress(ValueError, OSError):
+            sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
+
+
+_json_text = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_JSON_BOOL = {True: "true", False: "false"}
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def _timestamp() -> str:
+    """structlog's ISO-8601 UTC stamp; the date part is formatted once a second."""
+    global _stamp_second, _stamp_prefix
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_second = second
+        _stamp_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_stamp_prefix}.{int((now - second) * 1e6):06d}Z"
 
 
 _access = structlog.get_logger("sidecar.proxy")
 access_log = AccessLog()
+atexit.register(access_log.flush)
 
 
 def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[str] = ()) -> None:

@@ -27,6 +27,7 @@ def method_label(method: str) -> str:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._upstreams: dict[str, UpstreamMetrics] = {}
         r = self.registry
         self.requests = Counter(
             "sidecar_requests", "Proxied requests by answer status (the sidecar's own included).",
@@ -89,7 +90,12 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
 
     def for_upstream(self, name: str) -> UpstreamMetrics:
-        return UpstreamMetrics(self, name)
+        # One per name for the process's life: a reloaded upstream keeps counting in-flight
+        # requests of the runtime it replaced until they finish.
+        found = self._upstreams.get(name)
+        if found is None:
+            found = self._upstreams[name] = UpstreamMetrics(self, name)
+        return found
 
 
 class UpstreamMetrics:
@@ -99,7 +105,9 @@ class UpstreamMetrics:
         self.name = name
         self._m = metrics
         self.duration = metrics.duration.labels(name)
-        self.inflight = metrics.inflight.labels(name)
+        # A plain counter on the hot path, read by the gauge at scrape time.
+        self.inflight_count = 0
+        metrics.inflight.labels(name).set_function(lambda: self.inflight_count)
         self.request_bytes = metrics.request_bytes.labels(name)
         self.response_bytes = metrics.response_bytes.labels(name)
         self.replays = metrics.replays.labels(name)

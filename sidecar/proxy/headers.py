@@ -68,6 +68,14 @@ def _now(date: HeaderDate) -> str:
     return datetime.now(zone).isoformat(timespec="seconds")
 
 
-def downstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _connection_listed(incoming)
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+_HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+def downstream_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's end-to-end headers, as the raw bytes it sent (nothing is decoded on
+    the way back)."""
+    drop = _HOP_BY_HOP_RAW
+    for name, value in raw:
+        if name.lower() == b"connection":  # the names it lists are hop-by-hop too
+            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+    return [(name, value) for name, value in raw if name.lower() not in drop]

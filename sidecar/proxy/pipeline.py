@@ -5,8 +5,8 @@ rejected? new token once and replay → stream the answer back. Then one access-
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +27,13 @@ log = structlog.get_logger("sidecar.proxy")
 
 INSPECT_LIMIT = 64 * 1024  # the most of an error body read to learn why the API refused
 REQUEST_ID = "X-Request-ID"
+_REQUEST_ID_RAW = b"x-request-id"
+
+
+def _new_request_id() -> str:
+    # Unique, not secret: Mersenne Twister is enough, and it costs no system call (uuid4
+    # reads the kernel's random source on every request).
+    return f"{random.getrandbits(128):032x}"
 
 
 @dataclass
@@ -49,9 +56,9 @@ class Exchange:
 
 
 async def forward(request: AppRequest, upstream: UpstreamRuntime, path_qs: str) -> None:
-    request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+    request_id = request.headers.get(REQUEST_ID) or _new_request_id()
     ex = Exchange(request, upstream, path_qs, request_id)
-    upstream.metrics.inflight.inc()
+    upstream.metrics.inflight_count += 1
     upstream.inflight += 1
     try:
         answer = await _exchange(ex)
@@ -63,7 +70,7 @@ async def forward(request: AppRequest, upstream: UpstreamRuntime, path_qs: str) 
         raise
     finally:
         upstream.inflight -= 1
-        upstream.metrics.inflight.dec()
+        upstream.metrics.inflight_count -= 1
         _account(ex)
 
 
@@ -304,10 +311,10 @@ async def _token_for_replay(
 
 async def _stream_back(ex: Exchange, resp: UpstreamResponse, already_read: bytes) -> None:
     request = ex.request
-    headers = downstream_headers(resp.headers)
-    if REQUEST_ID not in headers:
-        headers[REQUEST_ID] = ex.request_id
-    request.start(resp.status, resp.reason, headers)
+    headers = downstream_headers(resp.raw_headers)
+    if not any(name.lower() == _REQUEST_ID_RAW for name, _ in headers):
+        headers.append((b"X-Request-ID", ex.request_id.encode("latin-1")))
+    request.start_raw(resp.status, resp.reason, headers, resp.sized)
     try:
         if already_read:
             await request.write(already_read)
@@ -337,24 +344,16 @@ def _account(ex: Exchange) -> None:
     bytes_in = ex.body.bytes_read if ex.body is not None else 0
     metrics = ex.upstream.metrics
     metrics.request_done(ex.request.method, status, seconds)
-    metrics.request_bytes.inc(bytes_in)
-    metrics.response_bytes.inc(ex.bytes_out)
+    if bytes_in:
+        metrics.request_bytes.inc(bytes_in)
+    if ex.bytes_out:
+        metrics.response_bytes.inc(ex.bytes_out)
     if ex.refused is not None and ex.refused.startswith(
         ("missing", "body", "no_token", "rate_limited")
     ):
         metrics.rejected(ex.refused)
-    access_log.write({
-        "request_id": ex.request_id,
-        "upstream": ex.upstream.name,
-        "method": ex.request.method,
-        "path": ex.path_qs.split("?", 1)[0],
-        "status": status,
-        "duration_ms": round(seconds * 1000, 2),
-        "bytes_in": bytes_in,
-        "bytes_out": ex.bytes_out,
-        "replayed": ex.replayed,
-        "retried_429": ex.retried_429,
-        "queued_s": round(ex.queued, 3),
-        "refused": ex.refused,
-        "broken": ex.broken,
-    })
+    access_log.request(
+        ex.request_id, ex.upstream.name, ex.request.method, ex.path_qs.split("?", 1)[0],
+        status, seconds, bytes_in, ex.bytes_out, ex.replayed, ex.retried_429, ex.queued,
+        ex.refused, ex.broken,
+    )

@@ -25,16 +25,33 @@ class UpstreamBroken(ConnectionError):
 
 
 class UpstreamResponse:
-    __slots__ = ("_conn", "content", "headers", "reason", "status")
+    """A response head as received (raw bytes, decoded only when asked) and its body queue."""
+
+    __slots__ = ("_conn", "_headers", "content", "raw_headers", "reason", "sized", "status")
 
     def __init__(
-        self, conn: UpstreamConnection, status: int, reason: str, headers: CIMultiDict[str]
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        raw_headers: list[tuple[bytes, bytes]],
+        sized: bool,
     ) -> None:
         self._conn = conn
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.raw_headers = raw_headers
+        self.sized = sized  # it has a Content-Length (which passes on to the app)
+        self._headers: CIMultiDict[str] | None = None
         self.content = BodyQueue(conn)
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(
+                (n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers
+            )
+        return self._headers
 
     @property
     def connection(self) -> UpstreamConnection:
@@ -56,8 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow = WriteFlow()
         self._parser = httptools.HttpResponseParser(self)
-        self._fields: list[tuple[str, str]] = []
-        self._reason = ""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._reason = b""
         self._method = ""
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
@@ -120,32 +137,36 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason.decode("latin-1")
+        self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         fields, self._fields = self._fields, []
         if status < 200:
             return  # 100 Continue and friends: the real answer follows
-        headers = CIMultiDict(fields)
-        response = UpstreamResponse(self, status, self._reason, headers)
+        sized = chunked = close = False
+        for name, value in fields:
+            lower = name.lower()
+            if lower == b"content-length":
+                sized = True
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection" and b"close" in value.lower():
+                close = True
+        response = UpstreamResponse(self, status, self._reason, fields, sized)
         waiter, self._waiter = self._waiter, None
         if self._method == "HEAD":
             # llhttp cannot be told the request was HEAD: end the message here and start
             # the next one on a fresh parser.
             self._parser = httptools.HttpResponseParser(self)
             response.content.feed_eof()
-            self._message_done(keep_alive="close" not in headers.get("Connection", "").lower())
+            self._message_done(keep_alive=not close)
         else:
             self._response = response
-            self._close_delimited = (
-                "Content-Length" not in headers
-                and "Transfer-Encoding" not in headers
-                and status not in (204, 304)
-            )
+            self._close_delimited = not (sized or chunked) and status not in (204, 304)
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
 

@@ -32,6 +32,10 @@ MAX_HEAD = 32 * 1024  # all header lines of one request
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
 
 
+def _reason(status: int) -> bytes:
+    return REASONS.get(status, "Unknown").encode()
+
+
 class ClientGone(ConnectionError):
     """The app closed its connection before its request was done."""
 
@@ -104,30 +108,38 @@ class AppRequest:
         if not self.started and self._conn.transport is not None:
             self._conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def start(self, status: int, reason: str | None, headers: CIMultiDict[str]) -> None:
+    def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Fix the status and headers; they leave with the first body bytes (or finish())."""
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.start_raw(status, b"", raw, sized="Content-Length" in headers)
+
+    def start_raw(
+        self, status: int, reason: bytes, raw: list[tuple[bytes, bytes]], sized: bool
+    ) -> None:
+        """Like :meth:`start` with headers as raw bytes; ``sized``: they hold a length."""
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
         self.status = status
         self._no_body = self.method == "HEAD" or status in (204, 304) or status < 200
-        out = list(headers.items())
-        if not self._no_body and "Content-Length" not in headers:
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))]
+        for name, value in raw:
+            parts += (name, b": ", value, b"\r\n")
+        if not self._no_body and not sized:
             if self.version == "1.1":
-                out.append(("Transfer-Encoding", "chunked"))
+                parts.append(b"Transfer-Encoding: chunked\r\n")
                 self._chunked_out = True
             else:
                 self.keep_alive = False  # HTTP/1.0: the end of the body is the close
-        conn = self._conn
-        if self.upgrade or not self.complete or conn.closing:
+        if self.upgrade or not self.complete or self._conn.closing:
             # An unread body (or a refused upgrade) leaves the stream at an unknown place.
             self.keep_alive = False
         if not self.keep_alive:
-            out.append(("Connection", "close"))
+            parts.append(b"Connection: close\r\n")
         elif self.version == "1.0":
-            out.append(("Connection", "keep-alive"))
-        line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}"
-        self._head = head(line, out)
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self._head = b"".join(parts)
 
     async def write(self, data: bytes) -> None:
         if not data or self._no_body:
@@ -155,7 +167,7 @@ class AppRequest:
     async def respond(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
         """A whole answer made by the sidecar itself, in one write."""
         headers["Content-Length"] = str(len(body))
-        self.start(status, None, headers)
+        self.start(status, headers)
         await self.write(body)
         await self.finish()
 
