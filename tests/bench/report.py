@@ -181,18 +181,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Token churn: tokens living {s['churn_ttl']:g} s, c={s['connections']} for "
-        f"{s['churn_duration']:g} s against an upstream that refuses expired tokens:",
+        f"{s['churn_duration']:g} s against an upstream that refuses expired tokens (a "
+        "Python server on the load CPU: compare these rows with each other, not with the "
+        "first table):",
         "",
-        "| row | req/s | requests | errors seen by the client | IdP calls |",
-        "|---|---:|---:|---:|---:|",
+        "| row | req/s | p99 ms | requests | errors seen by the client | IdP calls |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in result["churn"]:
         if row.get("error"):
-            lines.append(f"| {row['name']} | failed: {row['error']} |||| ")
+            lines.append(f"| {row['name']} | failed: {row['error']} ||||| ")
             continue
         lines.append(
-            f"| {row['name']} | {_num(row['rps'], 0)} | {_num(row['requests'])} "
-            f"| {_num(row['errors'])} | {_num(row['idp_calls'])} |"
+            f"| {row['name']} | {_num(row['rps'], 0)} | {_num(row['load']['p99_ms'], 2)} "
+            f"| {_num(row['requests'])} | {_num(row['errors'])} | {_num(row['idp_calls'])} |"
         )
     lines += [
         "",
