@@ -105,10 +105,12 @@ class UpstreamClient:
         # A bodiless idempotent request is then sent again once, on a new connection.
         attempts = 2 if body is None and method in IDEMPOTENT else 1
         for attempt in range(attempts):
-            try:
-                conn, _ = await pool.acquire()
-            except Exception as exc:
-                raise _connect_failure(exc, origin.label) from None
+            conn = pool.pooled()
+            if conn is None:
+                try:
+                    conn = await pool.connect()
+                except Exception as exc:
+                    raise _connect_failure(exc, origin.label) from None
             try:
                 return await conn.request(method, data, body, chunked)
             except BaseException as exc:

@@ -71,11 +71,24 @@ def _now(date: HeaderDate) -> str:
 _HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
 
 
-def downstream_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def downstream_headers(
+    raw: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], set[bytes]]:
     """The upstream's end-to-end headers, as the raw bytes it sent (nothing is decoded on
-    the way back)."""
-    drop = _HOP_BY_HOP_RAW
+    the way back), and their lower-cased names."""
+    out: list[tuple[bytes, bytes]] = []
+    names: set[bytes] = set()
+    listed: set[bytes] = set()
     for name, value in raw:
-        if name.lower() == b"connection":  # the names it lists are hop-by-hop too
-            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
-    return [(name, value) for name, value in raw if name.lower() not in drop]
+        lower = name.lower()
+        if lower in _HOP_BY_HOP_RAW:
+            if lower == b"connection":  # the names it lists are hop-by-hop too
+                listed.update(t.strip().lower() for t in value.split(b","))
+            continue
+        out.append((name, value))
+        names.add(lower)
+    listed -= {b"", b"close", b"keep-alive"}
+    if listed & names:
+        out = [(name, value) for name, value in out if name.lower() not in listed]
+        names -= listed
+    return out, names

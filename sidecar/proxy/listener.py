@@ -7,6 +7,7 @@ module only decides where a request goes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import structlog
 
@@ -42,7 +43,7 @@ class ProxyHandler:
         self.inflight += 1
         self._idle.clear()
         try:
-            await self._handle(request)
+            await self._route(request)
         finally:
             self.inflight -= 1
             if not self.inflight:
@@ -56,29 +57,26 @@ class ProxyHandler:
             return False
         return True
 
-    async def _handle(self, request: AppRequest) -> None:
+    def _route(self, request: AppRequest) -> Awaitable[None]:
+        """What answers this request, as an awaitable (one coroutine less on the hot path)."""
         if request.method == "CONNECT":
-            await self._connect(request)
-            return
+            return self._connect(request)
         if "Upgrade" in request.headers:
-            await self._refuse(400, "upgrade_refused", "protocol upgrades are not proxied").send(
+            return self._refuse(400, "upgrade_refused", "protocol upgrades are not proxied").send(
                 request)
-            return
         try:
             target = request_target(request.raw_path, request.headers.get("Host"))
         except BadTarget as exc:
-            await self._refuse(400, "bad_request", str(exc)).send(request)
-            return
+            return self._refuse(400, "bad_request", str(exc)).send(request)
         name = self._router.resolve(target.host, target.port)
         if name is None:
             log.info("refused_unknown_host", host=target.host, port=target.port)
-            await self._refuse(
+            return self._refuse(
                 403, "unknown_host",
                 f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
                 "forwards to hosts listed in upstreams.*.match",
             ).send(request)
-            return
-        await forward(request, self.upstreams[name], target.path_qs)
+        return forward(request, self.upstreams[name], target.path_qs)
 
     def _refuse(self, status: int, error: str, message: str) -> LocalAnswer:
         # No upstream is known yet, so these are counted under a fixed label, never the host.

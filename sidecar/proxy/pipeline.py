@@ -311,16 +311,24 @@ async def _token_for_replay(
 
 async def _stream_back(ex: Exchange, resp: UpstreamResponse, already_read: bytes) -> None:
     request = ex.request
-    headers = downstream_headers(resp.raw_headers)
-    if not any(name.lower() == _REQUEST_ID_RAW for name, _ in headers):
+    headers, names = downstream_headers(resp.raw_headers)
+    if _REQUEST_ID_RAW not in names:
         headers.append((b"X-Request-ID", ex.request_id.encode("latin-1")))
     request.start_raw(resp.status, resp.reason, headers, resp.sized)
+    content = resp.content
     try:
         if already_read:
             await request.write(already_read)
             ex.bytes_out += len(already_read)
-        while chunk := await resp.readany():
-            await request.write(chunk)
+        while True:
+            # A small answer is usually all here already: take it without a suspension.
+            chunk = content.read_nowait()
+            if chunk is None:
+                chunk = await content.readany()
+            if not chunk:
+                break
+            if request.write_nowait(chunk):
+                await request.drain()
             ex.bytes_out += len(chunk)
     except ClientGone:
         raise
@@ -332,7 +340,7 @@ async def _stream_back(ex: Exchange, resp: UpstreamResponse, already_read: bytes
         ex.broken = True
         request.abort()
         return
-    await request.finish()
+    request.finish()
 
 
 def _account(ex: Exchange) -> None:

@@ -305,18 +305,22 @@ class ConnectionPool:
         self.in_use = 0
         self._idle: list[UpstreamConnection] = []
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection and whether it was reused from the pool."""
+    def pooled(self) -> UpstreamConnection | None:
+        """An idle keep-alive connection, if one is fresh enough (no await on the hot path)."""
         now = self.loop.time()
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to be stale
             if not conn.closed and now - conn.idle_since < self.keepalive:
                 self.in_use += 1
-                return conn, True
+                return conn
             conn.close()
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, counted as in use."""
         conn = await self._connect()
         self.in_use += 1
-        return conn, False
+        return conn
 
     async def _connect(self) -> UpstreamConnection:
         connecting = self.loop.create_connection(

@@ -142,18 +142,24 @@ class AppRequest:
         self._head = b"".join(parts)
 
     async def write(self, data: bytes) -> None:
+        if self.write_nowait(data):
+            await self._conn.flow.drain()
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write without waiting; True when the app is slow and the writer should drain()."""
         if not data or self._no_body:
-            return
+            return False
         payload = chunk(data) if self._chunked_out else data
         if self._head is not None:
             payload, self._head = self._head + payload, None
         conn = self._conn
-        if conn.transport is None or conn.transport.is_closing():
+        transport = conn.transport
+        if transport is None or transport.is_closing():
             raise ClientGone("the app closed its connection")
-        conn.transport.write(payload)
-        await conn.flow.drain()
+        transport.write(payload)
+        return conn.flow.paused
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         """The answer is complete."""
         out = self._head or b""
         self._head = None
@@ -169,7 +175,7 @@ class AppRequest:
         headers["Content-Length"] = str(len(body))
         self.start(status, headers)
         await self.write(body)
-        await self.finish()
+        self.finish()
 
     def abort(self) -> None:
         """Cut the app's connection (a broken upstream answer must not look complete)."""
@@ -201,7 +207,9 @@ class AppConnection(asyncio.Protocol):
         self._in_head = True
         self._receiving: AppRequest | None = None  # the request whose body is being parsed
         self._current: AppRequest | None = None  # the request being answered
-        self._task: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._fields_size = 0
         self._pending: deque[AppRequest] = deque()
         self._reading_paused = False
         self._upgraded: list[bytes] | None = None  # bytes after a CONNECT head, before take_over
@@ -231,8 +239,8 @@ class AppConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.feed_eof()
         self.flow.resume(gone)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # an app that hung up stops its upstream request too
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()  # an app that hung up stops its upstream request too
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -297,6 +305,7 @@ class AppConnection(asyncio.Protocol):
         self._url.clear()
         self._url_size = 0
         self._fields = []
+        self._fields_size = 0
         self._in_head = True
 
     def on_url(self, part: bytes) -> None:
@@ -307,6 +316,7 @@ class AppConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
+        self._fields_size += size
         if size > MAX_FIELD:
             raise _HeadRefused(431, "headers_too_large",
                                f"a request header line exceeds {MAX_FIELD} bytes")
@@ -314,7 +324,7 @@ class AppConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        if sum(len(k) + len(v) for k, v in self._fields) > MAX_HEAD:
+        if self._fields_size > MAX_HEAD:
             raise _HeadRefused(431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes")
         request = AppRequest(
             self,
@@ -328,12 +338,13 @@ class AppConnection(asyncio.Protocol):
         self._in_head = False
         self._head_size = 0
         self._receiving = request
-        if self._current is None:
-            self._run(request)
-        else:
-            self._pending.append(request)
-            if len(self._pending) >= MAX_PIPELINED:
-                self.pause_reading()
+        self._pending.append(request)
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._serve())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        if len(self._pending) >= MAX_PIPELINED:
+            self.pause_reading()
 
     def on_body(self, data: bytes) -> None:
         if self._receiving is not None:
@@ -349,17 +360,29 @@ class AppConnection(asyncio.Protocol):
 
     # -- running handlers ----------------------------------------------------------------------
 
-    def _run(self, request: AppRequest) -> None:
-        self._current = request
-        self._task = self._loop.create_task(self._handle(request))
+    async def _serve(self) -> None:
+        """One task per connection (not per request) answers its requests in order."""
+        try:
+            while True:
+                while not self._pending:
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                request = self._pending.popleft()
+                self._current = request
+                if not await self._handle(request) or not self._after(request):
+                    return
+        except asyncio.CancelledError:
+            return  # the app went away, or the server is closing the connection
+        finally:
+            self._worker = None
 
-    async def _handle(self, request: AppRequest) -> None:
+    async def _handle(self, request: AppRequest) -> bool:
+        """Run the handler; False when the connection cannot carry another request."""
         try:
             await self._server.handler(request)
-        except asyncio.CancelledError:
-            return  # the app went away
         except ClientGone:
-            return
+            return False
         except Exception:
             log.exception("proxy_handler_failed", method=request.method)
             if not request.started and not self._closed:
@@ -370,28 +393,27 @@ class AppConnection(asyncio.Protocol):
             else:
                 request.abort()
         if self._closed:
-            return
+            return False
         if not request.finished:
             request.abort()  # a handler that did not finish its answer leaves no framing
-            return
-        self._after(request)
+            return False
+        return True
 
-    def _after(self, request: AppRequest) -> None:
+    def _after(self, request: AppRequest) -> bool:
         self._current = None
-        self._task = None
         transport = self.transport
         if transport is None or transport.is_closing():
-            return
+            return False
         if not request.keep_alive or self.closing:
             transport.close()
-            return
+            return False
         if self._pending:
             self.resume_reading()
-            self._run(self._pending.popleft())
-            return
+            return True
         self._idle_since = self._loop.time()
         if self._idle_timer is None:
             self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
+        return True
 
     def _check_idle(self) -> None:
         """Close a connection idle (or stuck in its request head) for ``idle_timeout``.
@@ -423,13 +445,18 @@ class AppConnection(asyncio.Protocol):
             current is not None
             and current is self._receiving
             and not current.started
-            and self._task is not None
+            and self._worker is not None
         ):
             # Its body turned out malformed before any answer: stop the request (an upstream
             # send in progress is aborted with it) and answer the 400 instead.
-            self._task.cancel()
+            self._worker.cancel()
             current = self._current = None
         if current is None:
+            # Nothing is being answered: requests parsed ahead (this one's head included)
+            # never run, and the 400 is the last thing on this connection.
+            self._pending.clear()
+            if self._worker is not None:
+                self._worker.cancel()
             body = json_body(refused.error, refused.message)
             headers = json_headers()
             headers["Content-Length"] = str(len(body))

@@ -88,6 +88,14 @@ class BodyQueue:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def read_nowait(self) -> bytes | None:
+        """What :meth:`readany` would return without waiting; None when it would wait."""
+        if not self._chunks:
+            if self._exc is not None:
+                raise self._exc
+            return b"" if self._eof else None
+        return self._take()
+
     async def readany(self) -> bytes:
         while not self._chunks:
             if self._exc is not None:
@@ -96,6 +104,9 @@ class BodyQueue:
                 return b""
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+        return self._take()
+
+    def _take(self) -> bytes:
         if len(self._chunks) == 1:
             data = self._chunks.popleft()
         else:  # several small pieces arrived: hand them on as one write
