@@ -138,25 +138,27 @@ def markdown(result: dict[str, Any]) -> str:
         f"Benchmark ({result['mode']}), {result['date']}, code at {result['code']}",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB, "
-        f"Linux {m['kernel']}. Pinning: {result['pinning']}.",
+        f"Linux {m['kernel']}, load average {m.get('load_average_before', '?')} before the "
+        f"run. Pinning: {result['pinning']}.",
         f"Versions: nginx {v['nginx']}, Envoy {v['envoy']}, proxy.py {v['proxy.py']}, "
         f"Python {v['python']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}, wrk {v['wrk']}.",
         f"Load: wrk, 1 thread, small GET, keep-alive, c={s['connections']} for "
         f"{s['duration']:g} s after {s['warmup']:g} s of warm-up; c=1 for {s['c1_duration']:g} s.",
         "",
-        "| row | req/s | p50 ms | p99 ms | CPU µs/req | RSS idle MiB | RSS peak MiB "
+        "| row | req/s | p50 ms | p99 ms | CPU µs/req | CPU % | RSS idle MiB | RSS peak MiB "
         "| non-2xx | socket errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         load = row.get("load") or {}
         if row.get("error") and not load:
-            lines.append(f"| {row['name']} | failed: {row['error']} |||||||| ")
+            lines.append(f"| {row['name']} | failed: {row['error']} ||||||||| ")
             continue
         lines.append(
             f"| {row['name']} | {_num(load.get('rps'), 0)} | {_num(load.get('p50_ms'), 2)} "
             f"| {_num(load.get('p99_ms'), 2)} | {_num(row.get('cpu_us_per_req'), 0)} "
-            f"| {_num(_mib(row.get('rss_idle')))} | {_num(_mib(row.get('rss_peak')))} "
+            f"| {_num(row.get('cpu_percent'), 0)} | {_num(_mib(row.get('rss_idle')))} "
+            f"| {_num(_mib(row.get('rss_peak')))} "
             f"| {_num(load.get('non2xx'))} | {_num(load.get('socket_errors'))} |"
         )
     lines += [

@@ -159,7 +159,11 @@ class Bench:
             requests = max(load.requests, 1)
             if pid is not None:
                 tree = sorted(set(tree) | set(descendants(pid)))
-                row["cpu_us_per_req"] = (cpu_seconds(tree) - cpu_before) / requests * 1e6
+                used = cpu_seconds(tree) - cpu_before
+                row["cpu_us_per_req"] = used / requests * 1e6
+                # About 100 % when the proxy saturates its CPU; less while it waits on the
+                # load side, or when something else on the machine takes the CPU.
+                row["cpu_percent"] = used / load.duration_s * 100 if load.duration_s else None
                 row["rss_peak"] = watch.peak if watch else None
             row["upstream_cpu_us_per_req"] = (
                 (cpu_seconds([upstream.pid]) - upstream_before) / requests * 1e6
@@ -341,7 +345,9 @@ def _machine() -> dict[str, Any]:
         meminfo = Path("/proc/meminfo").read_text()
         memory = int(re.findall(r"MemTotal:\s+(\d+)", meminfo)[0]) / 1024 / 1024
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory,
-            "kernel": platform.release()}
+            "kernel": platform.release(),
+            # Others' work on a shared machine shows here (2 = both cores busy).
+            "load_average_before": round(os.getloadavg()[0], 2)}
 
 
 def _code_version() -> str:

@@ -85,7 +85,7 @@ def test_markdown_marks_failed_rows_and_transfers() -> None:
     }
     text = markdown(result)
     assert "| envoy | failed: TimeoutError: no answer |" in text
-    assert "| sidecar | 1,000 | 1.00 | 2.00 | — | — | — | 3 | 0 |" in text
+    assert "| sidecar | 1,000 | 1.00 | 2.00 | — | — | — | — | 3 | 0 |" in text
     assert "failed: HTTP 502" in text
     assert "| sidecar | failed: RuntimeError: wrk failed |" in text
     assert "- sidecar: load saw 3 non-2xx responses" in text
