@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from sidecar import logs
-from sidecar.admin import admin_app
+from sidecar.admin import AdminRoutes
 from sidecar.auth import TokenSource, rejection_policy, token_source
 from sidecar.config import Config, Upstream, parse_host_port
 from sidecar.config.models import Tls
@@ -34,7 +33,8 @@ class Sidecar:
         self.metrics = Metrics()
         self._listener: asyncio.Server | None = None
         self._server: ProxyServer | None = None
-        self._admin: web.AppRunner | None = None
+        self._admin: asyncio.Server | None = None
+        self._admin_server: ProxyServer | None = None
         self._handler: ProxyHandler | None = None
         self._cert_watch: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -62,12 +62,11 @@ class Sidecar:
         self.proxy_port = self._listener.sockets[0].getsockname()[1]
 
         ahost, aport = parse_host_port(self.config.listen.admin)
-        self._admin = web.AppRunner(
-            admin_app(self), access_log=None, handle_signals=False
+        self._admin_server = ProxyServer(AdminRoutes(self), 30.0, lambda _: None)
+        self._admin = await asyncio.get_running_loop().create_server(
+            self._admin_server, ahost, aport, reuse_address=True
         )
-        await self._admin.setup()
-        await web.TCPSite(self._admin, ahost, aport, reuse_address=True).start()
-        self.admin_port = int(self._admin.addresses[0][1])
+        self.admin_port = self._admin.sockets[0].getsockname()[1]
         log.info(
             "started",
             proxy=f"{host}:{self.proxy_port}",
@@ -226,7 +225,9 @@ class Sidecar:
             # requests are done (or the grace is over).
             await self._server.shutdown(1.0)
         if self._admin is not None:
-            await self._admin.cleanup()
+            self._admin.close()
+        if self._admin_server is not None:
+            await self._admin_server.shutdown(1.0)
         for task in list(self._background):
             task.cancel()
         for runtime in list(self._retired):

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
 MASK = "***"
@@ -94,6 +93,13 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def _is_http_processing_error(exc: BaseException | None) -> bool:
+    return exc is not None and any(
+        k.__name__ == "HttpProcessingError" and k.__module__.startswith("aiohttp")
+        for k in type(exc).__mro__
+    )
+
+
 class MalformedRequests(logging.Filter):
     """aiohttp logs every malformed request at ERROR with a traceback and the offending bytes
     (which may carry an app's credentials). The client already got its 400: keep one short
@@ -101,12 +107,13 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError) and record.name == "aiohttp.server":
+        # By name: the sidecar itself does not load aiohttp (only the sandbox servers do).
+        if record.name == "aiohttp.server" and _is_http_processing_error(exc):
             record.msg, record.args = "malformed_request_refused", ()
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
             record.__dict__["error"] = type(exc).__name__
-            record.__dict__["status"] = exc.code
+            record.__dict__["status"] = getattr(exc, "code", None)
         return True
 
 

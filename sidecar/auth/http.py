@@ -1,65 +1,45 @@
-"""The HTTP side of talking to an identity provider: one pooled TLS session per flow, renewed
-when certificates rotate, and network failures turned into clear :class:`AuthError` reasons.
+"""The HTTP side of talking to an identity provider: one-shot calls (see
+:mod:`sidecar.proxy.http1.fetch`), with network failures turned into clear
+:class:`AuthError` reasons.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-
-import aiohttp
+from typing import Any
 
 from sidecar.auth.base import AuthError
+from sidecar.proxy.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher, Reply
+
+__all__ = ["NETWORK_ERRORS", "IdpSession", "Reply", "idp_error", "idp_retry_after", "short"]
 
 
-class IdpSession:
-    def __init__(self, ssl_context: ssl.SSLContext, timeout: float) -> None:
-        self._ssl = ssl_context
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._retired: list[aiohttp.ClientSession] = []
+class IdpSession(Fetcher):
+    """A fetcher whose oversized answers are refused as an :class:`AuthError`."""
 
-    def client(self) -> aiohttp.ClientSession:
-        for old in self._retired:  # calls are single flight: nothing uses them any more
-            asyncio.get_running_loop().create_task(old.close())
-        self._retired.clear()
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),  # cookies are read by hand where needed
-                trust_env=False,
-            )
-        return self._session
-
-    def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
-        """New TLS material for the next call; the old session is closed then."""
-        self._ssl = ssl_context
-        if self._session is not None:
-            self._retired.append(self._session)
-            self._session = None
-
-    async def close(self) -> None:
-        for session in [*self._retired, self._session]:
-            if session is not None:
-                await session.close()
-        self._retired.clear()
+    async def request(self, method: str, url: str, **kwargs: Any) -> Reply:
+        try:
+            return await super().request(method, url, **kwargs)
+        except AnswerTooLarge as exc:
+            raise AuthError(str(exc)) from None
 
 
 def idp_error(where: str, exc: BaseException, timeout: float) -> AuthError:
     """A network failure on the way to an IdP, as a reason fit for logs and the app."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return AuthError(f"{where}: TLS certificate failed verification ({exc.certificate_error})")
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return AuthError(f"{where}: TLS handshake failed ({short(exc)})")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return AuthError(f"{where}: cannot connect ({exc.os_error.strerror or exc})")
-    if isinstance(exc, TimeoutError):
+    cause = exc.cause if isinstance(exc, ConnectFailed) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return AuthError(f"{where}: TLS certificate failed verification ({cause.verify_message})")
+    if isinstance(cause, ssl.SSLError):
+        return AuthError(f"{where}: TLS handshake failed ({short(cause.reason or cause)})")
+    if isinstance(cause, TimeoutError):
         return AuthError(f"{where}: no answer within {timeout:g} s")
-    return AuthError(f"{where}: connection failed ({short(exc)})")
+    if isinstance(exc, ConnectFailed):
+        reason = getattr(cause, "strerror", None) or short(cause) or type(cause).__name__
+        return AuthError(f"{where}: cannot connect ({reason})")
+    return AuthError(f"{where}: connection failed ({short(exc) or type(exc).__name__})")
 
 
-NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+NETWORK_ERRORS = (OSError, TimeoutError)
 
 
 def idp_retry_after(value: str | None) -> float | None:

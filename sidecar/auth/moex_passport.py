@@ -37,12 +37,11 @@ class PassportClient:
 
     async def fetch(self) -> str:
         try:
-            async with self._http.client().get(
-                self.url, headers={"Authorization": self._authorization}, allow_redirects=False
-            ) as resp:
-                await resp.read()
-                status, cookies = resp.status, resp.headers.getall("Set-Cookie", [])
-                wait = idp_retry_after(resp.headers.get("Retry-After"))
+            reply = await self._http.request(
+                "GET", self.url, headers={"Authorization": self._authorization}
+            )
+            status, cookies = reply.status, reply.headers.getall("Set-Cookie", [])
+            wait = idp_retry_after(reply.headers.get("Retry-After"))
         except NETWORK_ERRORS as exc:
             raise idp_error("MOEX Passport", exc, self._http.timeout) from None
         if status in (401, 403):

@@ -65,12 +65,11 @@ class MptSigninFlow:
     ) -> dict[str, Any]:
         where = f"MPT {path}"
         try:
-            async with self._http.client().request(
-                method, self._base + path, json=body, headers={"Accept": "application/json"}
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                wait = idp_retry_after(resp.headers.get("Retry-After"))
+            reply = await self._http.request(
+                method, self._base + path, json_body=body, headers={"Accept": "application/json"}
+            )
+            raw, status = reply.body, reply.status
+            wait = idp_retry_after(reply.headers.get("Retry-After"))
         except NETWORK_ERRORS as exc:
             raise idp_error(where, exc, self._http.timeout) from None
         try:

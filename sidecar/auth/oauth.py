@@ -33,11 +33,9 @@ class TokenEndpoint:
         if authorization:
             headers["Authorization"] = authorization
         try:
-            async with self._http.client().post(
-                self.url, data=form, headers=headers, allow_redirects=False
-            ) as resp:
-                body = await resp.read()
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
+            reply = await self._http.request("POST", str(self.url), form=form, headers=headers)
+            body, status = reply.body, reply.status
+            retry_after = reply.headers.get("Retry-After")
         except NETWORK_ERRORS as exc:
             raise idp_error(f"IdP {self.url.host}", exc, self._http.timeout) from None
         return parse_token_response(status, body, retry_after)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
-import aiohttp
-
 from sidecar.config.models import NcaNodeSignerConfig
+from sidecar.proxy.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher
 from sidecar.signing.base import SigningError, b64
 
 
@@ -21,7 +21,7 @@ class NcaNodeSigner:
         self.detached = detached
         self._cfg = cfg
         self._p12 = b64(cfg.p12_file.read_bytes())
-        self._session: aiohttp.ClientSession | None = None
+        self._http = Fetcher(None, cfg.timeout)  # a local service: plain HTTP or system CAs
 
     async def sign(self, data: bytes) -> bytes:
         cfg = self._cfg
@@ -49,24 +49,22 @@ class NcaNodeSigner:
         return self._cms(answer)
 
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._cfg.timeout), trust_env=False
-            )
         try:
-            async with self._session.post(url, json=body) as resp:
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    raise SigningError(
-                        f"NCANode answered {resp.status} with a non-JSON body"
-                    ) from None
-                if resp.status != 200:
-                    raise SigningError(f"NCANode answered {resp.status}: {_message(answer)}")
+            reply = await self._http.request("POST", url, json_body=body)
+        except AnswerTooLarge as exc:
+            raise SigningError(f"NCANode at {self._cfg.url}: {exc}") from None
         except TimeoutError:
             raise SigningError(f"NCANode did not answer within {self._cfg.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise SigningError(f"cannot reach NCANode at {self._cfg.url}: {exc}") from None
+        except OSError as exc:
+            cause = exc.cause if isinstance(exc, ConnectFailed) else exc
+            reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+            raise SigningError(f"cannot reach NCANode at {self._cfg.url}: {reason}") from None
+        try:
+            answer = json.loads(reply.body)
+        except ValueError:
+            raise SigningError(f"NCANode answered {reply.status} with a non-JSON body") from None
+        if reply.status != 200:
+            raise SigningError(f"NCANode answered {reply.status}: {_message(answer)}")
         if not isinstance(answer, dict):
             raise SigningError("NCANode answered something other than a JSON object")
         return answer
@@ -84,8 +82,7 @@ class NcaNodeSigner:
             raise SigningError("NCANode cms is not base64") from None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
 
 def _message(answer: Any) -> str:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.admin import admin_app
+from sidecar.admin import AdminRoutes
 from sidecar.config.models import parse_host_port
 from sidecar.sandbox.pki import Pki
 from tests.conftest import SidecarFactory, proxy_url
@@ -224,7 +224,7 @@ def test_termination_grace_covers_the_sidecars_drain() -> None:
 
 
 def test_probes_point_at_routes_the_admin_app_serves() -> None:
-    served = {route.resource.canonical for route in admin_app(SimpleNamespace()).router.routes()}
+    served = set(AdminRoutes(SimpleNamespace()).routes)  # type: ignore[arg-type]
     container = sidecar_container()
     admin_port = parse_host_port(sidecar_config()["listen"]["admin"])[1]
     expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz"}
@@ -245,7 +245,7 @@ def test_podmonitor_and_networkpolicy_select_the_pod() -> None:
     labels = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
     container = sidecar_container()
     admin_port = port_of(container, "admin")
-    served = {route.resource.canonical for route in admin_app(SimpleNamespace()).router.routes()}
+    served = set(AdminRoutes(SimpleNamespace()).routes)  # type: ignore[arg-type]
 
     monitor = resource("PodMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= labels.items()
