@@ -281,6 +281,17 @@ def _wait_serving(peer: Peer, layout: Layout, timeout: float = _START_TIMEOUT) -
         raise TimeoutError(f"{exc}; last answer: {last[0]} {last[1][:200]!r}") from None
 
 
+def _serving(procs: Procs, peer: Peer, layout: Layout) -> Peer:
+    """``peer`` once it answers; a peer that never does is stopped before the error goes up."""
+    try:
+        _wait_serving(peer, layout)
+    except BaseException:
+        if peer.proc is not None:
+            procs.stop(peer.proc)
+        raise
+    return peer
+
+
 def direct(upstream: Upstream, authorization: str, layout: Layout) -> Peer:
     peer = Peer("direct", f"http://127.0.0.1:{upstream.plain_port}", False, None, None,
                 authorization)
@@ -303,9 +314,8 @@ def start_nginx_proxy(
         [*pinning.taskset(pinning.proxy), tools.nginx, "-p", str(layout.run), "-c", str(conf),
          "-e", str(layout.logs / "nginx-start.log")],
     )
-    peer = Peer("nginx", f"http://127.0.0.1:{port}", True, proc, proc.pid)
-    _wait_serving(peer, layout)
-    return peer
+    return _serving(procs, Peer("nginx", f"http://127.0.0.1:{port}", True, proc, proc.pid),
+                    layout)
 
 
 def start_envoy(
@@ -325,8 +335,7 @@ def start_envoy(
          "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"],
     )
     peer = Peer(name, f"http://127.0.0.1:{port}", True, proc, proc.pid, expect=expect)
-    _wait_serving(peer, layout)
-    return peer
+    return _serving(procs, peer, layout)
 
 
 def start_proxypy(
@@ -346,9 +355,8 @@ def start_proxypy(
             "BENCH_UPSTREAM": f"127.0.0.1:{upstream.plain_port}",
         },
     )
-    peer = Peer("proxy.py", f"http://127.0.0.1:{port}", True, proc, proc.pid)
-    _wait_serving(peer, layout)
-    return peer
+    return _serving(procs, Peer("proxy.py", f"http://127.0.0.1:{port}", True, proc, proc.pid),
+                    layout)
 
 
 def start_sidecar(
@@ -372,7 +380,10 @@ def start_sidecar(
         _check_alive(proc, name, layout.logs / f"{name}.log")
         return http_status(f"http://127.0.0.1:{admin_port}/readyz") == 200
 
-    wait_until(ready, _START_TIMEOUT, f"{name} /readyz")
     peer = Peer(name, f"http://127.0.0.1:{port}", True, proc, proc.pid, expect=expect)
-    _wait_serving(peer, layout)
-    return peer
+    try:
+        wait_until(ready, _START_TIMEOUT, f"{name} /readyz")
+    except BaseException:
+        procs.stop(proc)
+        raise
+    return _serving(procs, peer, layout)
