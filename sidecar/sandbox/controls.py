@@ -68,6 +68,7 @@ class FaultControls:
         self.ratio_status = 503
         self.ratio_seed: int | None = None
         self._rng = random.Random()
+        self.calls = 0  # calls that could have been failed (all but those during shutdown)
         self.injected = 0  # failures injected so far, counted and random alike
         self.hanging = False
         self.closing = False  # set on shutdown: calls answer 503 instead of working
@@ -108,6 +109,7 @@ class FaultControls:
 
         The emulator supplies ``respond`` because each one words its errors differently.
         """
+        self.calls += 1
         status = self.fail_status
         if status is not None:
             if self.fail_remaining is not None:
@@ -129,6 +131,7 @@ class FaultControls:
             "ratio": self.fail_ratio,
             "ratio_status": self.ratio_status,
             "seed": self.ratio_seed,
+            "calls": self.calls,
             "injected": self.injected,
         }
 

@@ -52,7 +52,7 @@ def test_ratio_edges_and_counted_failures_first() -> None:
     assert _draw(controls, 3) == [429, 429, 500]
     controls.fail_randomly(0.0)
     assert _draw(controls, 50) == [None] * 50
-    assert controls.injected == 8
+    assert (controls.injected, controls.calls) == (8, 58)
     for ratio, status in ((1.5, 503), (-0.1, 503), (float("nan"), 503), (0.5, 200)):
         with pytest.raises(ValueError):
             controls.fail_randomly(ratio, status)
@@ -77,6 +77,7 @@ async def test_http_control_sets_shows_and_clears_the_ratio(keycloak: TestClient
     assert set(statuses) == {200, 503}
     state = await (await keycloak.get("/_sandbox/fail")).json()
     assert state["injected"] == statuses.count(503) and state["ratio"] == 0.5
+    assert state["calls"] == 40
 
     # The same seed again: the same calls fail.
     await keycloak.post("/_sandbox/fail", params={"ratio": "0.5", "seed": "3"})
