@@ -6,9 +6,14 @@ codes and fixed reason words: nothing the app makes up (paths, hosts) becomes a 
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 
@@ -29,24 +34,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._upstreams: dict[str, UpstreamMetrics] = {}
         r = self.registry
-        self.requests = Counter(
-            "sidecar_requests", "Proxied requests by answer status (the sidecar's own included).",
-            ["upstream", "method", "code"], registry=r,
-        )
-        self.duration = Histogram(
-            "sidecar_request_duration_seconds", "Time from request to the last response byte.",
-            ["upstream"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        # Counted per request: plain numbers turned into families at scrape time.
+        self.request_stats = RequestStats()
+        r.register(self.request_stats)
         self.inflight = Gauge(
             "sidecar_upstream_inflight", "Requests in progress per upstream.", ["upstream"],
-            registry=r,
-        )
-        self.request_bytes = Counter(
-            "sidecar_request_body_bytes", "Request body bytes sent upstream.", ["upstream"],
-            registry=r,
-        )
-        self.response_bytes = Counter(
-            "sidecar_response_body_bytes", "Response body bytes sent to the app.", ["upstream"],
             registry=r,
         )
         self.token_fetch = Counter(
@@ -104,29 +96,27 @@ class UpstreamMetrics:
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.name = name
         self._m = metrics
-        self.duration = metrics.duration.labels(name)
+        self._counts = metrics.request_stats.add(name)
         # A plain counter on the hot path, read by the gauge at scrape time.
         self.inflight_count = 0
         metrics.inflight.labels(name).set_function(lambda: self.inflight_count)
-        self.request_bytes = metrics.request_bytes.labels(name)
-        self.response_bytes = metrics.response_bytes.labels(name)
         self.replays = metrics.replays.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
         self.token_expiry = metrics.token_expiry.labels(name)
         self.refresh_failures = metrics.refresh_failures.labels(name)
         self.token_expiry.set(0)
         self.refresh_failures.set(0)
-        # The label lookup costs more than the increment: keep each (method, status) child.
-        self._requests: dict[tuple[str, int], Any] = {}
 
-    def request_done(self, method: str, status: int, seconds: float) -> None:
-        child = self._requests.get((method, status))
-        if child is None:
-            child = self._m.requests.labels(self.name, method_label(method), str(status))
-            if len(self._requests) < 256:  # bounded: methods are free text from apps
-                self._requests[(method, status)] = child
-        child.inc()
-        self.duration.observe(seconds)
+    def request_done(
+        self, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int
+    ) -> None:
+        c = self._counts
+        key = (method_label(method), status)
+        c.by_code[key] = c.by_code.get(key, 0) + 1
+        c.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        c.seconds += seconds
+        c.bytes_in += bytes_in
+        c.bytes_out += bytes_out
 
     def client_cert_expiry(self, not_after_unix: float) -> None:
         # Only upstreams with a client certificate get the series: a 0 would read as
@@ -145,3 +135,54 @@ class UpstreamMetrics:
     def token_state(self, expires_at_unix: float, consecutive_failures: int) -> None:
         self.token_expiry.set(expires_at_unix)
         self.refresh_failures.set(consecutive_failures)
+
+
+class _Counts:
+    __slots__ = ("buckets", "by_code", "bytes_in", "bytes_out", "seconds")
+
+    def __init__(self) -> None:
+        self.by_code: dict[tuple[str, int], int] = {}  # (method label, status) -> requests
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)  # per bucket, not cumulative
+        self.seconds = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+class RequestStats(Collector):
+    """The per-request series (requests, duration, body bytes) as plain numbers: the hot
+    path adds to them without prometheus_client's locks (the event loop is one thread,
+    and scrapes are served on it too), and ``collect`` builds the families on a scrape."""
+
+    def __init__(self) -> None:
+        self._upstreams: dict[str, _Counts] = {}
+
+    def add(self, name: str) -> _Counts:
+        return self._upstreams.setdefault(name, _Counts())
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "sidecar_requests", "Proxied requests by answer status (the sidecar's own included).",
+            labels=["upstream", "method", "code"],
+        )
+        duration = HistogramMetricFamily(
+            "sidecar_request_duration_seconds", "Time from request to the last response byte.",
+            labels=["upstream"],
+        )
+        sent = CounterMetricFamily(
+            "sidecar_request_body_bytes", "Request body bytes sent upstream.", labels=["upstream"]
+        )
+        returned = CounterMetricFamily(
+            "sidecar_response_body_bytes", "Response body bytes sent to the app.",
+            labels=["upstream"],
+        )
+        for name, c in self._upstreams.items():
+            for (method, code), n in c.by_code.items():
+                requests.add_metric([name, method, str(code)], n)
+            cumulative, buckets = 0, []
+            for bound, n in zip((*_LATENCY_BUCKETS, math.inf), c.buckets, strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            duration.add_metric([name], buckets, sum_value=c.seconds)
+            sent.add_metric([name], c.bytes_in)
+            returned.add_metric([name], c.bytes_out)
+        yield from (requests, duration, sent, returned)

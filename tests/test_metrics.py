@@ -112,3 +112,32 @@ async def test_metrics_after_every_kind_of_traffic(
     assert value(m, "sidecar_response_body_bytes_total", upstream="moex-ntb") > 0
     # Nothing the app made up became a label.
     assert "nowhere.example" not in text and "/ntb/m" not in text and "evil" not in text
+
+
+def test_request_stats_are_prometheus_histograms_and_counters() -> None:
+    """The lock-free per-request series expose as a real histogram: cumulative buckets with
+    ``le`` inclusive, +Inf equal to the count, free-text methods folded into "other"."""
+    from prometheus_client import generate_latest
+
+    from sidecar.metrics import Metrics
+
+    metrics = Metrics()
+    moex = metrics.for_upstream("moex")
+    assert metrics.for_upstream("moex") is moex  # one per name, across reloads
+    moex.request_done("GET", 200, 0.005, 0, 7)  # exactly on a bound: counted in it
+    moex.request_done("GET", 200, 0.0051, 3, 0)
+    moex.request_done("BREW", 405, 99.0, 0, 0)  # past the last bound: only in +Inf
+    m = samples(generate_latest(metrics.registry).decode())
+    bucket = "sidecar_request_duration_seconds_bucket"
+    assert value(m, bucket, upstream="moex", le="0.0025") == 0
+    assert value(m, bucket, upstream="moex", le="0.005") == 1
+    assert value(m, bucket, upstream="moex", le="0.01") == 2
+    assert value(m, bucket, upstream="moex", le="60.0") == 2
+    assert value(m, bucket, upstream="moex", le="+Inf") == 3
+    assert value(m, "sidecar_request_duration_seconds_count", upstream="moex") == 3
+    assert value(m, "sidecar_request_duration_seconds_sum", upstream="moex") == pytest.approx(
+        99.0101)
+    assert value(m, "sidecar_requests_total", upstream="moex", method="GET", code="200") == 2
+    assert value(m, "sidecar_requests_total", upstream="moex", method="other", code="405") == 1
+    assert value(m, "sidecar_request_body_bytes_total", upstream="moex") == 3
+    assert value(m, "sidecar_response_body_bytes_total", upstream="moex") == 7

@@ -125,6 +125,11 @@ class TokenSource(Protocol):
 
     async def get(self) -> Token: ...
 
+    def peek(self) -> Token | None:
+        """A usable token without waiting, or None (then ``await get()``): the hot path's
+        shortcut, since nearly every request finds a valid token."""
+        ...
+
     def invalidate(self, token: Token) -> None: ...
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:

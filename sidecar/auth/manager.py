@@ -88,6 +88,12 @@ class TokenManager:
 
     # -- the request path ------------------------------------------------------------------
 
+    def peek(self) -> Token | None:
+        token = self._token
+        if token is not None and token.usable(self._clock()):
+            return token
+        return None
+
     async def get(self) -> Token:
         token = self._token
         if token is not None and token.usable(self._clock()):

@@ -44,14 +44,18 @@ class StaticToken:
         if self._events is not None:
             self._events.token_state(math.inf if self._token else 0.0, 0 if self._token else 1)
 
-    async def get(self) -> Token:
+    def peek(self) -> Token | None:
         now = time.monotonic()
         if self._path is not None and now - self._checked_at >= RECHECK_INTERVAL:
             self._checked_at = now
             self._reload_if_changed()
-        if self._token is None:
-            raise NoToken(self._error or "static token is not loaded", retry_after=1.0)
         return self._token
+
+    async def get(self) -> Token:
+        token = self.peek()
+        if token is None:
+            raise NoToken(self._error or "static token is not loaded", retry_after=1.0)
+        return token
 
     def invalidate(self, token: Token) -> None:
         self._checked_at = -math.inf  # the upstream refused it: look at the file again now

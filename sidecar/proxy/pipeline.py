@@ -82,12 +82,15 @@ async def _exchange(ex: Exchange) -> LocalAnswer | None:
     refusal = _local_checks(ex, length)
     if refusal is not None:
         return refusal
-    try:
-        token = await _token_and_slot(ex)
-    except NoToken as exc:
-        return _no_token(ex, exc)
-    except RateLimited as exc:
-        return _rate_limited(ex, exc)
+    # Nearly every request finds a valid token and no rate limit: no suspension then.
+    token = upstream.tokens.peek() if upstream.limiter is None else None
+    if token is None:
+        try:
+            token = await _token_and_slot(ex)
+        except NoToken as exc:
+            return _no_token(ex, exc)
+        except RateLimited as exc:
+            return _rate_limited(ex, exc)
 
     if request.headers.get("Expect", "").lower() == "100-continue":
         # We are ready for the body now that a token is in hand.
@@ -351,11 +354,7 @@ def _account(ex: Exchange) -> None:
     seconds = time.monotonic() - ex.started
     bytes_in = ex.body.bytes_read if ex.body is not None else 0
     metrics = ex.upstream.metrics
-    metrics.request_done(ex.request.method, status, seconds)
-    if bytes_in:
-        metrics.request_bytes.inc(bytes_in)
-    if ex.bytes_out:
-        metrics.response_bytes.inc(ex.bytes_out)
+    metrics.request_done(ex.request.method, status, seconds, bytes_in, ex.bytes_out)
     if ex.refused is not None and ex.refused.startswith(
         ("missing", "body", "no_token", "rate_limited")
     ):
