@@ -218,8 +218,8 @@ class Sidecar:
             self._cert_watch.cancel()
         if self._listener is not None:
             self._listener.close()  # no new connections from here on
-        if self._handler is not None and not await self._handler.wait_idle(grace):
-            log.warning("shutdown_grace_expired", unfinished=self._handler.inflight)
+        if self._server is not None and not await self._server.wait_idle(grace):
+            log.warning("shutdown_grace_expired", unfinished=self._server.inflight)
         if self._server is not None:
             # Closing connections cuts request bodies, so it comes only once the in-flight
             # requests are done (or the grace is over).

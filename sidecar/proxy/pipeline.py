@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import structlog
@@ -214,14 +215,15 @@ def _no_token(ex: Exchange, exc: NoToken) -> LocalAnswer:
     return _refuse(ex, 503, "no_token", exc.reason, retry_after=exc.retry_after)
 
 
-async def _send(
+def _send(
     ex: Exchange, url: str, headers: CIMultiDict[str], token: Token, *, first: bool
-) -> UpstreamResponse:
+) -> Awaitable[UpstreamResponse]:
+    """The upstream call with this token (an awaitable: no coroutine of its own)."""
     body = ex.body
     data = None if body is None else (body.stream() if first else body.replay())
     headers["Authorization"] = f"Bearer {token.value}"
     chunked = data is not None and ex.request.content_length is None
-    return await ex.upstream.client.send(ex.request.method, url, headers, data, chunked)
+    return ex.upstream.client.send(ex.request.method, url, headers, data, chunked)
 
 
 async def _after_429(

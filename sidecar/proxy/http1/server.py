@@ -379,8 +379,10 @@ class AppConnection(asyncio.Protocol):
 
     async def _handle(self, request: AppRequest) -> bool:
         """Run the handler; False when the connection cannot carry another request."""
+        server = self._server
+        server.inflight += 1
         try:
-            await self._server.handler(request)
+            await server.handler(request)
         except ClientGone:
             return False
         except Exception:
@@ -392,6 +394,8 @@ class AppConnection(asyncio.Protocol):
                 )
             else:
                 request.abort()
+        finally:
+            server.request_done()
         if self._closed:
             return False
         if not request.finished:
@@ -501,6 +505,25 @@ class ProxyServer:
         self.loop = asyncio.get_running_loop()
         self.connections: set[AppConnection] = set()
         self._all_closed: asyncio.Event | None = None
+        self.inflight = 0  # requests whose handler is running
+        self._idle: asyncio.Future[None] | None = None
+
+    def request_done(self) -> None:
+        self.inflight -= 1
+        if not self.inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait until no request is in progress; False if ``seconds`` passed first."""
+        if not self.inflight:
+            return True
+        if self._idle is None or self._idle.done():
+            self._idle = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def forget(self, conn: AppConnection) -> None:
         self.connections.discard(conn)
