@@ -143,7 +143,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Versions: nginx {v['nginx']}, Envoy {v['envoy']}, proxy.py {v['proxy.py']}, "
         f"Python {v['python']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}, wrk {v['wrk']}.",
         f"Load: wrk, 1 thread, small GET, keep-alive, c={s['connections']} for "
-        f"{s['duration']:g} s after {s['warmup']:g} s of warm-up; c=1 for {s['c1_duration']:g} s.",
+        f"{s['duration']:g} s after {s['warmup']:g} s of warm-up; c=1 for {s['c1_duration']:g} s. "
+        f"Both in {s['rounds']} round(s) with the rows interleaved; latencies are the medians "
+        "of the rounds.",
         "",
         "| row | req/s | p50 ms | p99 ms | CPU µs/req | CPU % | RSS idle MiB | RSS peak MiB "
         "| non-2xx | socket errors |",

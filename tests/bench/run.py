@@ -13,8 +13,11 @@ Rows, each with one process or worker:
   to the upstream, see plugins/proxypy_bench.py);
 - **sidecar:** ``sidecar run``, forward proxy, client_credentials, mTLS.
 
-For each: c=32 and c=1 wrk runs, the proxy's CPU per request and RSS, and an upload and a
-download streamed through with curl. Then a token-churn run for the sidecar and Envoy.
+All of them run at once (the idle ones cost nothing) and take the c=32 and the c=1 load in
+interleaved rounds, so that on a shared machine every row meets the same disturbances.
+For each: req/s, latencies (medians of the rounds), the proxy's CPU per request and RSS,
+and an upload and a download streamed through with curl. Then a token-churn run for the
+sidecar and Envoy.
 The exit status is 1 when a row produced no numbers or a row other than churn saw errors;
 timings never fail a run.
 """
@@ -30,6 +33,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -77,6 +81,7 @@ class Settings:
     churn_duration: float
     transfer_size: int
     transfer_budget: float  # seconds a transfer may take before it is stopped
+    rounds: int  # the c=32 and c=1 loads are split into this many interleaved rounds
     connections: int = 32
     churn_ttl: float = 2.0
 
@@ -84,10 +89,10 @@ class Settings:
         return {**asdict(self), "transfer_mib": self.transfer_size / MIB}
 
 
-FULL = Settings("full", duration=15, warmup=3, c1_duration=5, churn_duration=30,
-                transfer_size=1024 * MIB, transfer_budget=120)
+FULL = Settings("full", duration=15, warmup=3, c1_duration=6, churn_duration=30,
+                transfer_size=1024 * MIB, transfer_budget=120, rounds=3)
 SMOKE = Settings("smoke", duration=2, warmup=1, c1_duration=2, churn_duration=5,
-                 transfer_size=64 * MIB, transfer_budget=60)
+                 transfer_size=64 * MIB, transfer_budget=60, rounds=1)
 
 
 def _log(message: str) -> None:
@@ -139,54 +144,109 @@ class Bench:
 
     # -- rows ------------------------------------------------------------------------------
 
-    def row(self, name: str, start: Callable[[], Peer], upstream: Upstream) -> dict[str, Any]:
-        row: dict[str, Any] = {"name": name}
-        peer: Peer | None = None
+    def window(self, peer: Peer, connections: int, seconds: float, upstream: Upstream) -> Window:
+        """One wrk run, with the proxy's CPU time and peak RSS and the upstream's CPU time."""
+        pid = peer.measured_pid
+        tree = descendants(pid) if pid is not None else []
+        cpu_before = cpu_seconds(tree)
+        upstream_before = cpu_seconds([upstream.pid])
+        with MemoryWatch(pid) if pid is not None else _no_watch() as watch:
+            result = self.wrk(peer, connections, seconds)
+        cpu = None
+        if pid is not None:
+            tree = sorted(set(tree) | set(descendants(pid)))
+            cpu = cpu_seconds(tree) - cpu_before
+        return Window(result, cpu, cpu_seconds([upstream.pid]) - upstream_before,
+                      watch.peak if watch else None)
+
+    def interleaved(
+        self, peers: dict[str, Peer], rows: dict[str, dict[str, Any]], key: str,
+        connections: int, seconds: float, upstream: Upstream,
+    ) -> None:
+        """``seconds`` of load for each peer, in rounds, the order rotating each round.
+
+        Rows measured one after another meet whatever else the machine does at that
+        moment; in rounds they share it. Latencies are the medians of the rounds.
+        """
+        rounds = self.s.rounds
+        per_round = max(1, round(seconds / rounds))
+        windows: dict[str, list[Window]] = {name: [] for name in peers}
+        names = list(peers)
+        for index in range(rounds):
+            shift = index % len(names) if names else 0
+            for name in names[shift:] + names[:shift]:
+                if name not in peers:
+                    continue
+                _log(f"{name}: c={connections}, round {index + 1} of {rounds}, {per_round} s")
+                try:
+                    windows[name].append(self.window(peers[name], connections, per_round,
+                                                     upstream))
+                except Exception as exc:
+                    self._fail(rows[name], exc)
+                    self.procs_stop(peers.pop(name))
+        for name, measured in windows.items():
+            if measured and "error" not in rows[name]:
+                _aggregate(rows[name], key, measured)
+
+    def procs_stop(self, peer: Peer) -> None:
+        if peer.proc is not None:
+            self.procs.stop(peer.proc)
+
+    def _fail(self, row: dict[str, Any], exc: Exception) -> None:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        _log(f"{row['name']}: failed: {row['error']}")
+
+    def rows(
+        self, starters: list[tuple[str, Callable[[], Peer]]], upstream: Upstream
+    ) -> list[dict[str, Any]]:
+        """Start every peer, load them in interleaved rounds, then stream through each."""
+        rows: dict[str, dict[str, Any]] = {name: {"name": name} for name, _ in starters}
+        peers: dict[str, Peer] = {}
         try:
-            _log(f"{name}: starting")
-            peer = start()
-            pid = peer.measured_pid
-            if pid is not None:
-                row["rss_idle"] = rss_bytes(descendants(pid))
-            _log(f"{name}: c={self.s.connections}, {self.s.warmup:g} s warm-up, "
-                 f"{self.s.duration:g} s measured")
-            self.wrk(peer, self.s.connections, self.s.warmup)
-            tree = descendants(pid) if pid is not None else []
-            cpu_before = cpu_seconds(tree)
-            upstream_before = cpu_seconds([upstream.pid])
-            with MemoryWatch(pid) if pid is not None else _no_watch() as watch:
-                load = self.wrk(peer, self.s.connections, self.s.duration)
-            requests = max(load.requests, 1)
-            if pid is not None:
-                tree = sorted(set(tree) | set(descendants(pid)))
-                used = cpu_seconds(tree) - cpu_before
-                row["cpu_us_per_req"] = used / requests * 1e6
-                # About 100 % when the proxy saturates its CPU; less while it waits on the
-                # load side, or when something else on the machine takes the CPU.
-                row["cpu_percent"] = used / load.duration_s * 100 if load.duration_s else None
-                row["rss_peak"] = watch.peak if watch else None
-            row["upstream_cpu_us_per_req"] = (
-                (cpu_seconds([upstream.pid]) - upstream_before) / requests * 1e6
-            )
-            row["load"] = load.as_dict()
-            _log(f"{name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms, "
-                 f"{load.errors} errors; c=1 for {self.s.c1_duration:g} s")
-            row["c1"] = self.wrk(peer, 1, self.s.c1_duration).as_dict()
-            for direction in ("upload", "download"):
-                _log(f"{name}: {direction} of {self.s.transfer_size // MIB} MiB")
-                row[direction] = self.transfer(peer, direction)
-                if row[direction]["error"]:
-                    _log(f"{name}: {direction} failed: {row[direction]['error']}")
-                elif not row[direction]["complete"]:
-                    _log(f"{name}: {direction} stopped after "
-                         f"{self.s.transfer_budget:g} s")
-        except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            _log(f"{name}: failed: {row['error']}")
+            for name, start in starters:
+                _log(f"{name}: starting")
+                try:
+                    peer = start()
+                except Exception as exc:
+                    self._fail(rows[name], exc)
+                    continue
+                peers[name] = peer
+                if peer.measured_pid is not None:
+                    # Idle: after start and the first token, before any load.
+                    rows[name]["rss_idle"] = rss_bytes(descendants(peer.measured_pid))
+            for name in list(peers):
+                _log(f"{name}: warm-up, c={self.s.connections} for {self.s.warmup:g} s")
+                try:
+                    self.wrk(peers[name], self.s.connections, self.s.warmup)
+                except Exception as exc:
+                    self._fail(rows[name], exc)
+                    self.procs_stop(peers.pop(name))
+            self.interleaved(peers, rows, "load", self.s.connections, self.s.duration, upstream)
+            self.interleaved(peers, rows, "c1", 1, self.s.c1_duration, upstream)
+            for name, peer in peers.items():
+                row = rows[name]
+                for direction in ("upload", "download"):
+                    _log(f"{name}: {direction} of {self.s.transfer_size // MIB} MiB")
+                    try:
+                        row[direction] = self.transfer(peer, direction)
+                    except Exception as exc:
+                        self._fail(row, exc)
+                        break
+                    if row[direction]["error"]:
+                        _log(f"{name}: {direction} failed: {row[direction]['error']}")
+                    elif not row[direction]["complete"]:
+                        _log(f"{name}: {direction} stopped after "
+                             f"{self.s.transfer_budget:g} s")
         finally:
-            if peer is not None and peer.proc is not None:
-                self.procs.stop(peer.proc)
-        return row
+            for peer in peers.values():
+                self.procs_stop(peer)
+        base = rows.get("direct", {}).get("c1")
+        for row in rows.values():
+            c1 = row.get("c1")
+            if base and c1:
+                row["c1_added_p50_ms"] = c1["p50_ms"] - base["p50_ms"]
+                row["c1_added_p99_ms"] = c1["p99_ms"] - base["p99_ms"]
+        return list(rows.values())
 
     def churn(self, name: str, start: Callable[[], Peer], services: Services) -> dict[str, Any]:
         row: dict[str, Any] = {"name": name}
@@ -231,13 +291,7 @@ class Bench:
                                                authorization)),
             ("sidecar", lambda: start_sidecar(procs, layout, pin, services, upstream.tls_port)),
         ]
-        rows = [self.row(name, start, upstream) for name, start in starters]
-        base = next((r.get("c1") for r in rows if r["name"] == "direct"), None)
-        for row in rows:
-            c1 = row.get("c1")
-            if base and c1:
-                row["c1_added_p50_ms"] = c1["p50_ms"] - base["p50_ms"]
-                row["c1_added_p99_ms"] = c1["p99_ms"] - base["p99_ms"]
+        rows = self.rows(starters, upstream)
 
         services.set_token_ttl(self.s.churn_ttl)
         try:
@@ -266,6 +320,51 @@ class Bench:
             "targets": report.targets(rows),
             "problems": _problems(rows, churn),
         }
+
+
+@dataclass
+class Window:
+    """One wrk run with what the proxy (and the upstream) spent on it."""
+
+    wrk: WrkResult
+    cpu: float | None  # seconds of the proxy's process tree; None for the direct row
+    upstream_cpu: float
+    peak_rss: int | None
+
+
+def _aggregate(row: dict[str, Any], key: str, windows: list[Window]) -> None:
+    """Sum the counts of the rounds, take the medians of their latencies."""
+    requests = sum(w.wrk.requests for w in windows)
+    seconds = sum(w.wrk.duration_s for w in windows)
+
+    def median(field: str) -> float:
+        return float(statistics.median(getattr(w.wrk, field) for w in windows))
+
+    row[key] = {
+        "connections": windows[0].wrk.connections,
+        "rounds": len(windows),
+        "duration_s": round(seconds, 3),
+        "requests": requests,
+        "rps": requests / seconds if seconds else 0.0,
+        "p50_ms": median("p50_ms"),
+        "p90_ms": median("p90_ms"),
+        "p99_ms": median("p99_ms"),
+        "max_ms": max(w.wrk.max_ms for w in windows),
+        "non2xx": sum(w.wrk.non2xx for w in windows),
+        "socket_errors": sum(w.wrk.socket_errors for w in windows),
+        "per_round": [w.wrk.as_dict() for w in windows],
+    }
+    if key != "load":
+        return
+    per_request = max(requests, 1)
+    cpu = [w.cpu for w in windows if w.cpu is not None]
+    if cpu:
+        row["cpu_us_per_req"] = sum(cpu) / per_request * 1e6
+        # About 100 % when the proxy saturates its CPU; less while it waits on the load
+        # side, or when something else on the machine takes the CPU.
+        row["cpu_percent"] = sum(cpu) / seconds * 100 if seconds else None
+        row["rss_peak"] = max(w.peak_rss or 0 for w in windows)
+    row["upstream_cpu_us_per_req"] = sum(w.upstream_cpu for w in windows) / per_request * 1e6
 
 
 @contextlib.contextmanager

@@ -72,7 +72,7 @@ def test_markdown_marks_failed_rows_and_transfers() -> None:
             ("nginx", "envoy", "proxy.py", "python", "aiohttp", "uvloop", "wrk"), "1"),
         "pinning": "none",
         "settings": {"connections": 32, "duration": 2, "warmup": 1, "c1_duration": 2,
-                     "transfer_mib": 64, "transfer_budget": 60, "churn_ttl": 2,
+                     "transfer_mib": 64, "transfer_budget": 60, "churn_ttl": 2, "rounds": 1,
                      "churn_duration": 5},
         "rows": [
             {"name": "envoy", "error": "TimeoutError: no answer"},
