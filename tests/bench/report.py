@@ -135,14 +135,14 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     v = result["versions"]
     lines = [
-        f"Benchmark ({result['mode']}), {result['date']}, code at {result['code']}",
+        f"**Benchmark ({result['mode']})**, {result['date']}, code at {result['code']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB, "
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB, "
         f"Linux {m['kernel']}, load average {m.get('load_average_before', '?')} before the "
         f"run. Pinning: {result['pinning']}.",
-        f"Versions: nginx {v['nginx']}, Envoy {v['envoy']}, proxy.py {v['proxy.py']}, "
+        f"- Versions: nginx {v['nginx']}, Envoy {v['envoy']}, proxy.py {v['proxy.py']}, "
         f"Python {v['python']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}, wrk {v['wrk']}.",
-        f"Load: wrk, 1 thread, small GET, keep-alive, c={s['connections']} for "
+        f"- Load: wrk, 1 thread, small GET, keep-alive, c={s['connections']} for "
         f"{s['duration']:g} s after {s['warmup']:g} s of warm-up; c=1 for {s['c1_duration']:g} s. "
         f"Both in {s['rounds']} round(s) with the rows interleaved; latencies are the medians "
         "of the rounds.",
