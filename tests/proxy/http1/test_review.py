@@ -1,0 +1,424 @@
+"""Wire-level edge cases of the HTTP/1.1 hot path: framing headers an app or an upstream
+lists in ``Connection``, pipelined requests next to malformed input or a half-close,
+truncated answers to HTTP/1.0 apps, and back-pressure while a request waits its turn.
+
+Tests marked xfail(strict) document defects that are still open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sidecar.app import Sidecar
+from sidecar.sandbox.servers import SandboxStack
+from tests.proxy.http1.test_wire import GET, ok
+
+
+@dataclass
+class Scripted:
+    """A TLS upstream (mTLS, sandbox CA) answering from a script, one request at a time.
+
+    ``delay``: seconds to wait before answering that path. ``early``: answer right after the
+    head, without reading the body (the body is then left unread on the connection)."""
+
+    answers: dict[str, bytes] = field(default_factory=dict)
+    delay: dict[str, float] = field(default_factory=dict)
+    early: set[str] = field(default_factory=set)
+    close_after: set[str] = field(default_factory=set)
+    paths: list[str] = field(default_factory=list)
+    heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                self.paths.append(path)
+                self.heads.append(head)
+                if path not in self.early:
+                    self.bodies.append(await _read_body(reader, head))
+                if path in self.delay:
+                    await asyncio.sleep(self.delay[path])
+                writer.write(self.answers.get(path, ok(b"unscripted")))
+                await writer.drain()
+                if path in self.close_after:
+                    break
+                if path in self.early:
+                    await asyncio.sleep(30)  # keep the connection, never read the body
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            body += await reader.readexactly(size + 2)
+            if size == 0:
+                return body[:-2]
+            body = body[:-2]
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return await reader.readexactly(int(line.split(b":")[1]))
+    return b""
+
+
+@pytest.fixture
+async def up(sandbox: SandboxStack) -> AsyncIterator[Scripted]:
+    upstream = Scripted()
+    cert = sandbox.pki.issue_server("scripted", ["127.0.0.1"])
+    ctx = sandbox.pki.server_ssl_context(cert, require_client_cert=True)
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=ctx)
+    upstream.port = server.sockets[0].getsockname()[1]
+    yield upstream
+    server.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), 2)
+
+
+@pytest.fixture
+async def proxy(make_sidecar: Any, up: Scripted) -> Sidecar:
+    sidecar: Sidecar = await make_sidecar(
+        {"target": f"https://127.0.0.1:{up.port}", "timeouts": {"read": 2.0}}
+    )
+    return sidecar
+
+
+async def _open(sidecar: Sidecar) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One answer framed by Content-Length or chunked; (head, body)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        body = b""
+        while True:
+            size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).strip(), 16)
+            body += (await asyncio.wait_for(reader.readexactly(size + 2), 5))[:-2]
+            if size == 0:
+                return head, body
+    length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+def _post(path: bytes, body: bytes, *extra: bytes) -> bytes:
+    return (b"POST http://api.moex.com%b HTTP/1.1\r\nHost: api.moex.com\r\n%bContent-Length: %d"
+            b"\r\n\r\n%b") % (path, b"".join(h + b"\r\n" for h in extra), len(body), body)
+
+
+def _post_head(path: bytes, length: int) -> bytes:
+    return (b"POST http://api.moex.com%b HTTP/1.1\r\nHost: api.moex.com\r\n"
+            b"Content-Length: %d\r\n\r\n") % (path, length)
+
+
+# -- framing headers named in Connection -------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "upstream_headers() drops every header the app lists in Connection, Content-Length "
+    "included, while the body is still sent raw: the body becomes a second request upstream"))
+async def test_app_listing_content_length_in_connection_cannot_smuggle_a_request(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
+    up.answers["/up"] = ok(b"up")
+    reader, writer = await _open(proxy)
+    writer.write(_post(b"/up", smuggled, b"Connection: Content-Length"))
+    _, body = await _read_answer(reader)
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert body == b"up"
+    for head in up.heads:
+        assert b"authorization: bearer " in head.lower(), f"sent without a token: {head!r}"
+    assert up.paths == ["/up"], "the app's body reached the upstream as a request of its own"
+    assert up.bodies == [smuggled]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the request smuggled through 'Connection: Content-Length' leaves its answer on a pooled "
+    "connection, where the next app's request (any app connection) takes it as its own"))
+async def test_a_smuggled_answer_is_not_given_to_the_next_app(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    up.answers["/up"] = ok(b"up")
+    up.answers["/victim"] = ok(b"victim")
+    up.answers["/smuggled"] = ok(b"smuggled")
+    up.delay["/smuggled"] = 0.5
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
+    attacker_r, attacker_w = await _open(proxy)
+    attacker_w.write(_post(b"/up", smuggled, b"Connection: Content-Length"))
+    await _read_answer(attacker_r)
+    attacker_w.close()
+    # Another app, on its own connection: the sidecar reuses the pooled upstream connection.
+    victim_r, victim_w = await _open(proxy)
+    victim_w.write(GET % b"victim")
+    _, body = await _read_answer(victim_r)
+    victim_w.close()
+    assert body == b"victim"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "downstream_headers() drops Content-Length when the upstream lists it in Connection, but "
+    "start_raw() is told the answer is sized: the app gets a body with no framing at all"))
+async def test_upstream_listing_content_length_in_connection_still_frames_the_answer(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    up.answers["/u"] = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Content-Length"
+                        b"\r\n\r\nhello")
+    up.answers["/next"] = ok(b"next")
+    reader, writer = await _open(proxy)
+    writer.write(GET % b"u")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    lower = head.lower()
+    framed = (b"content-length: 5\r\n" in lower or b"transfer-encoding: chunked" in lower
+              or b"connection: close" in lower)
+    assert framed, head
+
+
+# -- pipelining ------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_refuse_head() with no request being answered yet clears the pipelined requests parsed "
+    "in the same read: the valid first request gets the 400 meant for the malformed second"))
+async def test_a_malformed_pipelined_request_does_not_answer_for_the_valid_one_before_it(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    up.answers["/p1"] = ok(b"p1")
+    reader, writer = await _open(proxy)
+    writer.write(GET % b"p1" + b"BOGUS LINE\r\n\r\n")  # one segment: both parsed in one read
+    head, body = await _read_answer(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 "), head + body
+    assert body == b"p1"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "eof_received() marks the connection closing: only the request being answered gets its "
+    "answer, the complete pipelined requests behind it are dropped without one"))
+async def test_pipelined_requests_before_a_half_close_are_all_answered(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    for name in ("a", "b"):
+        up.answers[f"/{name}"] = ok(name.encode())
+    up.delay["/a"] = 0.2
+    reader, writer = await _open(proxy)
+    writer.write(GET % b"a" + GET % b"b")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write_eof()  # the app is done sending, and waits for both answers
+    answers = []
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        for _ in range(2):
+            answers.append((await _read_answer(reader))[1])
+    writer.close()
+    assert answers == [b"a", b"b"]
+
+
+# -- truncated answers -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "AppRequest.abort() closes the socket with a FIN: an HTTP/1.0 app, whose answer ends at "
+    "the close, takes an answer cut off mid-body as complete (no RST)"))
+async def test_an_answer_cut_mid_body_does_not_look_complete_to_an_http10_app(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    # A chunked answer that breaks off after its first chunk (no last chunk, then a close).
+    up.answers["/cut"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+    up.close_after.add("/cut")
+    reader, writer = await _open(proxy)
+    writer.write(b"GET http://api.moex.com/cut HTTP/1.0\r\nHost: api.moex.com\r\n\r\n")
+    try:
+        data = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        return  # the app can tell the answer is broken
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-length" not in head.lower()  # so only the close can tell the end
+    pytest.fail(f"a cut answer ended with a clean close after {len(body)} body bytes")
+
+
+# -- back-pressure -----------------------------------------------------------------------------
+
+
+def _queued(sidecar: Sidecar) -> int:
+    """Request body bytes the proxy holds in its queues, over all app connections."""
+    server = sidecar._server
+    assert server is not None
+    total = 0
+    for conn in server.connections:
+        for request in (conn._current, conn._receiving, *conn._pending):
+            if request is not None:
+                total += request.content._size
+    return total
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "AppConnection._after() resumes reading whenever a pipelined request waits, even when "
+    "that request's own BodyQueue paused the socket: its upload then buffers without bound "
+    "while it waits for a rate-limit slot (or a token)"))
+async def test_a_waiting_pipelined_upload_stays_bounded(
+    make_sidecar: Any, up: Scripted
+) -> None:
+    sidecar: Sidecar = await make_sidecar({
+        "target": f"https://127.0.0.1:{up.port}",
+        "rate_limit": {"rps": 0.5, "burst": 1, "max_wait": 10},
+    })
+    up.answers["/a"] = ok(b"a")
+    up.delay["/a"] = 0.5
+    up.answers["/up"] = ok(b"up")
+    size = 48 * 1024 * 1024
+    reader, writer = await _open(sidecar)
+    writer.write(GET % b"a" + _post_head(b"/up", size))
+
+    async def upload() -> None:
+        block = b"u" * (1024 * 1024)
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+
+    sender = asyncio.create_task(upload())
+    _, body = await _read_answer(reader)  # /a, after 0.5 s; /up waits for its slot
+    assert body == b"a"
+    most = 0
+    for _ in range(10):  # /up still waits for the rate limiter for about 1.5 s
+        await asyncio.sleep(0.1)
+        most = max(most, _queued(sidecar))
+    sender.cancel()
+    writer.close()
+    assert most < 4 * 1024 * 1024, f"{most} bytes of one upload held in memory"
+
+
+async def test_a_lone_upload_waiting_for_its_slot_stays_bounded(
+    make_sidecar: Any, up: Scripted
+) -> None:
+    """The same wait without a pipelined request ahead: the body queue keeps the app paused."""
+    sidecar: Sidecar = await make_sidecar({
+        "target": f"https://127.0.0.1:{up.port}",
+        "rate_limit": {"rps": 0.5, "burst": 1, "max_wait": 10},
+    })
+    up.answers["/a"] = ok(b"a")
+    up.answers["/up"] = ok(b"up")
+    _, body = await _read_answer_of(sidecar, GET % b"a")  # takes the only slot
+    assert body == b"a"
+    size = 48 * 1024 * 1024
+    _, writer = await _open(sidecar)
+    writer.write(_post_head(b"/up", size))
+
+    async def upload() -> None:
+        block = b"u" * (1024 * 1024)
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+
+    sender = asyncio.create_task(upload())
+    most = 0
+    for _ in range(10):
+        await asyncio.sleep(0.1)
+        most = max(most, _queued(sidecar))
+    sender.cancel()
+    writer.close()
+    assert 0 < most < 4 * 1024 * 1024
+
+
+async def _read_answer_of(sidecar: Sidecar, data: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await _open(sidecar)
+    writer.write(data)
+    try:
+        return await _read_answer(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "MAX_PIPELINED only pauses the transport: every request already in the read buffer is "
+    "still parsed, and _after() resumes reading while any request waits, so the queue of "
+    "parsed requests grows with each answer"))
+async def test_requests_parsed_ahead_stay_within_the_pipelining_limit(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    from sidecar.proxy.http1.server import MAX_PIPELINED
+
+    up.answers["/k"] = ok(b"k")
+    reader, writer = await _open(proxy)
+    batch = (GET % b"k") * 2000
+
+    async def drain_answers() -> None:
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                pass
+
+    answers = asyncio.create_task(drain_answers())
+    most = 0
+    for _ in range(5):
+        writer.write(batch)
+        await writer.drain()
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            server = proxy._server
+            assert server is not None
+            most = max([most, *(len(c._pending) for c in server.connections)])
+    answers.cancel()
+    writer.close()
+    assert most <= MAX_PIPELINED, f"{most} requests parsed ahead on one connection"
+
+
+# -- response framing from the upstream ------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "on_headers_complete() counts any Transfer-Encoding as chunked, so an answer whose last "
+    "transfer coding is not chunked (its end is the close, RFC 9112 6.3) is taken as broken"))
+async def test_an_answer_with_a_non_chunked_transfer_coding_ends_at_the_close(
+    proxy: Sidecar, up: Scripted
+) -> None:
+    up.answers["/gz"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n"
+                         b"not really gzip")
+    up.close_after.add("/gz")
+    reader, writer = await _open(proxy)
+    writer.write(GET % b"gz")
+    try:
+        head, body = await _read_answer(reader)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == b"not really gzip"
+
+
+# -- error mapping ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "wire.head() encodes heads as latin-1: a configured header value outside latin-1 (the "
+    "config accepts it) makes every request fail with a 500 that names no upstream"))
+async def test_a_configured_header_outside_latin1_does_not_fail_every_request(
+    make_sidecar: Any, up: Scripted
+) -> None:
+    sidecar: Sidecar = await make_sidecar({
+        "target": f"https://127.0.0.1:{up.port}",
+        "headers": {"X-Client-Name": "Касса №1"},
+    })
+    up.answers["/h"] = ok(b"h")
+    head, body = await _read_answer_of(sidecar, GET % b"h")
+    assert not head.startswith(b"HTTP/1.1 500 "), body
+    if not head.startswith(b"HTTP/1.1 200 "):  # refused: then the app learns where and why
+        assert b'"upstream": "moex-ntb"' in body
