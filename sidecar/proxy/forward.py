@@ -105,7 +105,7 @@ class UpstreamClient:
         # A bodiless idempotent request is then sent again once, on a new connection.
         attempts = 2 if body is None and method in IDEMPOTENT else 1
         for attempt in range(attempts):
-            conn = pool.pooled()
+            conn = pool.pooled() if attempt == 0 else None  # a retry takes a new connection
             if conn is None:
                 try:
                     conn = await pool.connect()

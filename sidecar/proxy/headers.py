@@ -24,8 +24,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Answered or set by the sidecar itself on the way up.
-_NOT_FORWARDED_UP = HOP_BY_HOP | {"host", "authorization", "expect"}
+# Answered or set by the sidecar itself on the way up. The body's framing is among them:
+# the client writes Content-Length or chunked from what the parser found, never from the
+# app's headers, so no header trick can make the upstream see a body as a second request.
+_NOT_FORWARDED_UP = HOP_BY_HOP | {"host", "authorization", "expect", "content-length"}
 
 
 def _connection_listed(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -46,7 +48,9 @@ def upstream_headers(
     out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
     for name, template in added.items():
         if name not in out:
-            out[name] = render(template, date)
+            # Heads are written as latin-1 (the app's header bytes go back out unchanged);
+            # a configured value is sent as its UTF-8 bytes, so "Касса №1" works too.
+            out[name] = render(template, date).encode().decode("latin-1")
     return out
 
 
@@ -84,10 +88,18 @@ def downstream_headers(
         if lower in _HOP_BY_HOP_RAW:
             if lower == b"connection":  # the names it lists are hop-by-hop too
                 listed.update(t.strip().lower() for t in value.split(b","))
+            elif lower == b"transfer-encoding":
+                # Chunked is redone for the app; another coding (gzip) stays, as the body
+                # still carries it.
+                codings = [c for c in value.split(b",") if c.strip().lower() != b"chunked"]
+                if codings:
+                    out.append((name, b",".join(codings).strip()))
+                    names.add(lower)
             continue
         out.append((name, value))
         names.add(lower)
-    listed -= {b"", b"close", b"keep-alive"}
+    # Framing is not the upstream's to withdraw: the length stays with the body it frames.
+    listed -= {b"", b"close", b"keep-alive", b"content-length", b"transfer-encoding"}
     if listed & names:
         out = [(name, value) for name, value in out if name.lower() not in listed]
         names -= listed

@@ -222,7 +222,10 @@ def _send(
     body = ex.body
     data = None if body is None else (body.stream() if first else body.replay())
     headers["Authorization"] = f"Bearer {token.value}"
-    chunked = data is not None and ex.request.content_length is None
+    length = ex.request.content_length
+    if length is not None:  # framing from what llhttp parsed (the app's header was dropped)
+        headers["Content-Length"] = str(length)
+    chunked = data is not None and length is None
     return ex.upstream.client.send(ex.request.method, url, headers, data, chunked)
 
 
@@ -245,7 +248,11 @@ async def _after_429(
     if not cfg.retry_on_429 or ex.request.method not in IDEMPOTENT or delay > limit or inspected:
         return resp
     if ex.body is not None:
-        await ex.body.freeze()
+        try:
+            await ex.body.freeze()
+        except BaseException:
+            upstream.client.release(resp, discard=True)  # the app went away meanwhile
+            raise
         if not ex.body.replayable:
             return resp
     if limiter is not None and limiter.expected_wait() > limit:
@@ -319,7 +326,7 @@ async def _stream_back(ex: Exchange, resp: UpstreamResponse, already_read: bytes
     headers, names = downstream_headers(resp.raw_headers)
     if _REQUEST_ID_RAW not in names:
         headers.append((b"X-Request-ID", ex.request_id.encode("latin-1")))
-    request.start_raw(resp.status, resp.reason, headers, resp.sized)
+    request.start_raw(resp.status, resp.reason, headers, b"content-length" in names)
     content = resp.content
     try:
         if already_read:

@@ -20,6 +20,10 @@ from multidict import CIMultiDict
 from sidecar.proxy.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
 
 
+class _Unsolicited(Exception):
+    """Stops the parser at an answer to no request."""
+
+
 class UpstreamBroken(ConnectionError):
     """The upstream closed or broke the connection before its answer was complete."""
 
@@ -27,7 +31,7 @@ class UpstreamBroken(ConnectionError):
 class UpstreamResponse:
     """A response head as received (raw bytes, decoded only when asked) and its body queue."""
 
-    __slots__ = ("_conn", "_headers", "content", "raw_headers", "reason", "sized", "status")
+    __slots__ = ("_conn", "_headers", "content", "raw_headers", "reason", "status")
 
     def __init__(
         self,
@@ -35,13 +39,11 @@ class UpstreamResponse:
         status: int,
         reason: bytes,
         raw_headers: list[tuple[bytes, bytes]],
-        sized: bool,
     ) -> None:
         self._conn = conn
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
-        self.sized = sized  # it has a Content-Length (which passes on to the app)
         self._headers: CIMultiDict[str] | None = None
         self.content = BodyQueue(conn)
 
@@ -128,10 +130,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_io = self._loop.time()
+        if self._waiter is None and self._response is None:
+            self.close()  # bytes while no request is out: nothing may be read from here
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroken(f"malformed response from the upstream: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not isinstance(exc.__context__, _Unsolicited):
+                self._fail(UpstreamBroken(f"malformed response from the upstream: {exc!r}"))
             self.close()
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -147,27 +153,32 @@ class UpstreamConnection(asyncio.Protocol):
         fields, self._fields = self._fields, []
         if status < 200:
             return  # 100 Continue and friends: the real answer follows
-        sized = chunked = close = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            # An answer nobody asked for (a request smuggled past us, or a confused server):
+            # this connection's stream can no longer be trusted.
+            self.close()
+            raise _Unsolicited
+        sized = chunked = False
         for name, value in fields:
             lower = name.lower()
             if lower == b"content-length":
                 sized = True
             elif lower == b"transfer-encoding":
-                chunked = True
-            elif lower == b"connection" and b"close" in value.lower():
-                close = True
-        response = UpstreamResponse(self, status, self._reason, fields, sized)
-        waiter, self._waiter = self._waiter, None
+                # Only a final "chunked" frames the body; another coding ends at the close.
+                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        response = UpstreamResponse(self, status, self._reason, fields)
         if self._method == "HEAD":
             # llhttp cannot be told the request was HEAD: end the message here and start
             # the next one on a fresh parser.
+            keep_alive = self._parser.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
             response.content.feed_eof()
-            self._message_done(keep_alive=not close)
+            self._message_done(keep_alive)
         else:
             self._response = response
             self._close_delimited = not (sized or chunked) and status not in (204, 304)
-        if waiter is not None and not waiter.done():
+        if not waiter.done():
             waiter.set_result(response)
 
     def on_body(self, data: bytes) -> None:

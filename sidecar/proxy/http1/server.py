@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -29,7 +31,8 @@ log = structlog.get_logger("sidecar.proxy")
 MAX_TARGET = 8190  # request line: nginx's and aiohttp's default buffer size
 MAX_FIELD = 8190  # one header line
 MAX_HEAD = 32 * 1024  # all header lines of one request
-MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
+MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not read
+MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
 
 
 def _reason(status: int) -> bytes:
@@ -38,6 +41,10 @@ def _reason(status: int) -> bytes:
 
 class ClientGone(ConnectionError):
     """The app closed its connection before its request was done."""
+
+
+class _TooManyAhead(Exception):
+    """Stops the parser: more pipelined requests arrived at once than are kept."""
 
 
 class _HeadRefused(Exception):
@@ -131,8 +138,10 @@ class AppRequest:
                 self._chunked_out = True
             else:
                 self.keep_alive = False  # HTTP/1.0: the end of the body is the close
-        if self.upgrade or not self.complete or self._conn.closing:
-            # An unread body (or a refused upgrade) leaves the stream at an unknown place.
+        conn = self._conn
+        if self.upgrade or not self.complete or (conn.closing and not conn.has_pending):
+            # An unread body (or a refused upgrade) leaves the stream at an unknown place; a
+            # closing connection ends with the last answer it owes.
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
@@ -178,10 +187,15 @@ class AppRequest:
         self.finish()
 
     def abort(self) -> None:
-        """Cut the app's connection (a broken upstream answer must not look complete)."""
+        """Cut the app's connection with a reset: a broken upstream answer must not look
+        complete, not even to an HTTP/1.0 app whose answer ends at the close."""
         self.keep_alive = False
-        if self._conn.transport is not None:
-            self._conn.transport.abort()
+        transport = self._conn.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError, TypeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
 
     # -- CONNECT -------------------------------------------------------------------------------
 
@@ -212,6 +226,7 @@ class AppConnection(asyncio.Protocol):
         self._fields_size = 0
         self._pending: deque[AppRequest] = deque()
         self._reading_paused = False
+        self._pausers: set[str] = set()  # why the app's socket is not read: body, pipeline, ...
         self._upgraded: list[bytes] | None = None  # bytes after a CONNECT head, before take_over
         self._tunnel: TunnelSink | None = None
         self._closed = False
@@ -250,24 +265,44 @@ class AppConnection(asyncio.Protocol):
         self.flow.resume()
 
     def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        """A body queue is full (the request being received reads slower than it sends)."""
+        self._pause("body", True)
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self._closed:
+        self._pause("body", False)
+
+    def _pause(self, reason: str, on: bool) -> None:
+        """Reading stops while any reason holds, and resumes only when none does."""
+        if on:
+            self._pausers.add(reason)
+        else:
+            self._pausers.discard(reason)
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        if self._pausers and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not self._pausers and self._reading_paused:
             self._reading_paused = False
-            self.transport.resume_reading()
+            transport.resume_reading()
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def eof_received(self) -> bool:
         if self._tunnel is not None:
             self._tunnel.feed_eof()
             return True  # keep the app's side open for the remote's answer
-        if self._receiving is not None:
-            self._receiving.content.set_exception(ClientGone("the app stopped mid-request"))
-        # A finished request still gets its answer, then the connection closes.
+        receiving = self._receiving
+        if receiving is not None:  # cut short: it is never answered
+            receiving.content.set_exception(ClientGone("the app stopped mid-request"))
+            if receiving in self._pending:
+                self._pending.remove(receiving)
+        # Complete requests still get their answers, then the connection closes.
         self.closing = True
-        return self._current is not None
+        return self._current is not None or bool(self._pending)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -282,14 +317,17 @@ class AppConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded = [data[exc.args[0]:]]
-            self.pause_reading()  # nothing more is read until the handler decides
+            self._pause("upgrade", True)  # nothing more is read until the handler decides
             return
         except _HeadRefused as exc:
             self._refuse_head(exc)
             return
         except httptools.HttpParserError as exc:
             refused = exc.__context__
-            if isinstance(refused, _HeadRefused):
+            if isinstance(refused, _TooManyAhead):
+                self.closing = True  # answer what was parsed, then close
+                self._pause("pipeline", True)
+            elif isinstance(refused, _HeadRefused):
                 self._refuse_head(refused)
             else:
                 self._refuse_head(_HeadRefused(400, "bad_request", "malformed HTTP request"),
@@ -324,6 +362,8 @@ class AppConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        if len(self._pending) >= MAX_PARSED_AHEAD:
+            raise _TooManyAhead
         if self._fields_size > MAX_HEAD:
             raise _HeadRefused(431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes")
         request = AppRequest(
@@ -344,7 +384,7 @@ class AppConnection(asyncio.Protocol):
         elif self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
         if len(self._pending) >= MAX_PIPELINED:
-            self.pause_reading()
+            self._pause("pipeline", True)
 
     def on_body(self, data: bytes) -> None:
         if self._receiving is not None:
@@ -369,6 +409,8 @@ class AppConnection(asyncio.Protocol):
                     await self._wakeup
                     self._wakeup = None
                 request = self._pending.popleft()
+                if len(self._pending) < MAX_PIPELINED and not self.closing:
+                    self._pause("pipeline", False)
                 self._current = request
                 if not await self._handle(request) or not self._after(request):
                     return
@@ -408,11 +450,10 @@ class AppConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        if not request.keep_alive or self.closing:
+        if not request.keep_alive or (self.closing and not self._pending):
             transport.close()
             return False
         if self._pending:
-            self.resume_reading()
             return True
         self._idle_since = self._loop.time()
         if self._idle_timer is None:
@@ -427,7 +468,7 @@ class AppConnection(asyncio.Protocol):
         if self._closed or self.transport is None:
             return
         timeout = self._server.idle_timeout
-        if self._current is not None or self._tunnel is not None:
+        if self._current is not None or self._pending or self._tunnel is not None:
             self._idle_timer = self._loop.call_later(timeout, self._check_idle)
             return
         waited = self._loop.time() - self._idle_since
@@ -437,42 +478,36 @@ class AppConnection(asyncio.Protocol):
             self._idle_timer = self._loop.call_later(timeout - waited, self._check_idle)
 
     def _refuse_head(self, refused: _HeadRefused, parser_error: str | None = None) -> None:
-        """A request head the sidecar will not parse: one warning, a JSON 4xx, then close."""
+        """Input the sidecar will not parse: one warning; requests complete before it still
+        get their answers, and a JSON 4xx goes out only when nothing else is owed (it must
+        not read as the answer to an earlier request). Then the connection closes."""
         log.warning("malformed_request_refused", status=refused.status, error=refused.error,
                     parser_error=parser_error)
         self._server.on_malformed(refused.error)
         transport = self.transport
         if transport is None:
             return
-        current = self._current
-        if (
-            current is not None
-            and current is self._receiving
-            and not current.started
-            and self._worker is not None
-        ):
-            # Its body turned out malformed before any answer: stop the request (an upstream
-            # send in progress is aborted with it) and answer the 400 instead.
+        self.closing = True
+        self._pause("refused", True)  # nothing more is read from this connection
+        receiving = self._receiving
+        if receiving is not None:  # its body broke off: it is never sent on as complete
+            receiving.content.set_exception(ClientGone("malformed request body"))
+            if receiving in self._pending:
+                self._pending.remove(receiving)
+            elif receiving is self._current and not receiving.started and self._worker:
+                self._worker.cancel()  # its upstream send (if any) is aborted with it
+                self._current = None
+        if self._current is not None or self._pending:
+            return  # the answers owed go out first; the last one closes the connection
+        if self._worker is not None:
             self._worker.cancel()
-            current = self._current = None
-        if current is None:
-            # Nothing is being answered: requests parsed ahead (this one's head included)
-            # never run, and the 400 is the last thing on this connection.
-            self._pending.clear()
-            if self._worker is not None:
-                self._worker.cancel()
-            body = json_body(refused.error, refused.message)
-            headers = json_headers()
-            headers["Content-Length"] = str(len(body))
-            headers["Connection"] = "close"
-            line = f"HTTP/1.1 {refused.status} {REASONS.get(refused.status, 'Bad Request')}"
-            transport.write(head(line, headers.items()) + body)
-            transport.close()
-        else:
-            self.closing = True  # answer the request in progress, then close
-            if self._receiving is not None:
-                self._receiving.content.set_exception(ClientGone("malformed request body"))
-            self.pause_reading()
+        body = json_body(refused.error, refused.message)
+        headers = json_headers()
+        headers["Content-Length"] = str(len(body))
+        headers["Connection"] = "close"
+        line = f"HTTP/1.1 {refused.status} {REASONS.get(refused.status, 'Bad Request')}"
+        transport.write(head(line, headers.items()) + body)
+        transport.close()
 
     # -- tunnels -------------------------------------------------------------------------------
 
@@ -483,13 +518,17 @@ class AppConnection(asyncio.Protocol):
         for data in early:
             if data:
                 sink.feed_data(data)
-        self.resume_reading()
+        self._pausers.clear()  # the tunnel does its own flow control on the transport
+        self._pause("upgrade", False)
         return self.transport
 
     def shutdown(self) -> None:
         """The server is stopping: idle connections close now, busy ones after their answer."""
         self.closing = True
-        if self._current is None and self._tunnel is None and self.transport is not None:
+        if (
+            self._current is None and not self._pending and self._tunnel is None
+            and self.transport is not None
+        ):
             self.transport.close()
 
 
