@@ -129,8 +129,9 @@ class Traffic:
         self, family: str, method: str, url: str, check: Callable[[int, bytes, Any], str | None],
         *, body: Any = None, headers: dict[str, str] | None = None, ok: int = 200,
         up: int = 0,
-    ) -> None:
-        """One request; ``check(status, response body, headers)`` says what is wrong, if any."""
+    ) -> bool:
+        """One request; ``check(status, response body, headers)`` says what is wrong, if any.
+        True when it was answered as it should be."""
         t = self.tally
         t.requests[family] += 1
         sent = time.time()
@@ -142,7 +143,7 @@ class Traffic:
                 status, answer_headers = resp.status, resp.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             t.failures.append(Failure(family, type(exc).__name__, str(exc), sent, time.time()))
-            return
+            return False
         received = time.time()
         t.slowest = sorted([*t.slowest, (received - sent, f"{method} {url} {status}")])[-5:]
         if received - sent > HUNG_AFTER[family]:
@@ -154,12 +155,13 @@ class Traffic:
         if status != ok:
             t.failures.append(Failure(family, status, raw[:300].decode("utf-8", "replace"),
                                       sent, received))
-            return
+            return False
         t.ok += 1
         wrong = check(status, raw, answer_headers)
         t.bodies += 1
         if wrong:
             t.altered.append(f"{family} {method} {url}: {wrong}")
+        return not wrong
 
     # -- lanes -----------------------------------------------------------------------------
 
@@ -236,12 +238,12 @@ class Traffic:
             return None if kept is not None and sha(kept) == sha(data) else "stored altered"
 
         chunked = rng.random() < 0.3
-        await self.call(
+        if await self.call(
             "kisc", "POST", KISC, stored, ok=202, up=len(data),
             body=self.chunks(data, rng) if chunked else data,
             headers={"x-idempotency-key": key, "Content-Type": "application/xml"},
-        )
-        self.kisc_keys = [*self.kisc_keys[-200:], (key, sha(data))]
+        ):  # only a message the gateway took can be fetched back
+            self.kisc_keys = [*self.kisc_keys[-200:], (key, sha(data))]
 
     async def mpt(self, rng: random.Random) -> None:
         data = b"" if rng.random() < 0.3 else self.body(rng)
@@ -265,9 +267,10 @@ class Traffic:
             kept = api.document("2026-11-20", str(number))
             return None if kept is not None and sha(kept) == sha(data) else "document altered"
 
-        await self.call("registration", "POST", REGISTRATION, registered, ok=202, up=len(data),
-                        body=data, headers={"Content-Type": "application/xml"})
-        if rng.random() < 0.3 and self.running:
+        posted = await self.call("registration", "POST", REGISTRATION, registered, ok=202,
+                                 up=len(data), body=data,
+                                 headers={"Content-Type": "application/xml"})
+        if posted and rng.random() < 0.3 and self.running:
             def status(status: int, raw: bytes, headers: Any) -> str | None:
                 return None if json.loads(raw)["body_sha256"] == sha(data) else "status altered"
 
@@ -499,6 +502,9 @@ async def test_soak(env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
                "max": max([fd_start, fd_end, *(s[1] for s in samples)])},
         "rss_mib": {"start": round(rss_start / 2**20, 1), "end": round(rss_end / 2**20, 1),
                     "max": round(max([rss_start, rss_end, *(s[2] for s in samples)]) / 2**20, 1)},
+        # Every minute or so (every 5 s in a short run): (seconds in, open fds, RSS in MiB).
+        "trend": [[round(at - started), fds, round(rss / 2**20, 1)]
+                  for at, fds, rss in samples[:: 12 if SOAK_SECONDS >= 120 else 1]],
         "idp": idp_calls,
         "idp_calls": sum(v["calls"] for v in idp_calls.values()),
         "idp_injected_failures": sum(v["injected"] for v in idp_calls.values()),
