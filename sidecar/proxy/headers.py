@@ -44,8 +44,10 @@ def upstream_headers(
 
     Made once per request, so a replay carries the same generated ids and dates; the
     pipeline sets ``Authorization`` on each send."""
-    drop = _NOT_FORWARDED_UP | _connection_listed(incoming)
-    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+    drop = _NOT_FORWARDED_UP
+    if "Connection" in incoming:
+        drop = drop | _connection_listed(incoming)
+    out = CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in drop])
     for name, template in added.items():
         if name not in out:
             # Heads are written as latin-1 (the app's header bytes go back out unchanged);

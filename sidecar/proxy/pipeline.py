@@ -8,7 +8,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 
 import structlog
 from multidict import CIMultiDict
@@ -37,23 +36,32 @@ def _new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-@dataclass
 class Exchange:
-    """What one request picked up on its way through, for the access line and metrics."""
+    """What one request picked up on its way through, for the access line and metrics.
 
-    request: AppRequest
-    upstream: UpstreamRuntime
-    path_qs: str
-    request_id: str
-    started: float = field(default_factory=time.monotonic)
-    body: RequestBody | None = None
-    replayed: bool = False
-    bytes_out: int = 0
-    refused: str | None = None  # the sidecar's own error code, when it answered itself
-    queued: float = 0.0  # seconds spent in the rate limiter's queue
-    retried_429: bool = False
-    broken: bool = False  # the upstream broke off mid-body; the app's connection was cut
-    gone: bool = False  # the app hung up before its answer was out
+    A plain class with slots: one is made per request."""
+
+    __slots__ = (
+        "body", "broken", "bytes_out", "gone", "path_qs", "queued", "refused", "replayed",
+        "request", "request_id", "retried_429", "started", "upstream",
+    )
+
+    def __init__(
+        self, request: AppRequest, upstream: UpstreamRuntime, path_qs: str, request_id: str
+    ) -> None:
+        self.request = request
+        self.upstream = upstream
+        self.path_qs = path_qs
+        self.request_id = request_id
+        self.started = time.monotonic()
+        self.body: RequestBody | None = None
+        self.replayed = False
+        self.bytes_out = 0
+        self.refused: str | None = None  # the sidecar's own error code, when it answered
+        self.queued = 0.0  # seconds spent in the rate limiter's queue
+        self.retried_429 = False
+        self.broken = False  # the upstream broke off mid-body; the app's connection was cut
+        self.gone = False  # the app hung up before its answer was out
 
 
 async def forward(request: AppRequest, upstream: UpstreamRuntime, path_qs: str) -> None:
@@ -187,8 +195,10 @@ def _rate_limited(ex: Exchange, exc: RateLimited) -> LocalAnswer:
 def _local_checks(ex: Exchange, length: int | None) -> LocalAnswer | None:
     """What the sidecar refuses itself, before a token is fetched or a byte is sent."""
     request, cfg = ex.request, ex.upstream.config
-    required = cfg.require_headers.get(request.method, []) + cfg.require_headers.get("*", [])
-    missing = [h for h in required if h not in request.headers]
+    missing = None
+    if cfg.require_headers:
+        required = cfg.require_headers.get(request.method, []) + cfg.require_headers.get("*", [])
+        missing = [h for h in required if h not in request.headers]
     if missing:
         return _refuse(
             ex, 400, "missing_header",

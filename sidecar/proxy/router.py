@@ -6,17 +6,20 @@ A ``match`` entry ``host`` matches that host on any port; ``host:port`` only tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.config.models import parse_host_port
+
+# Apps call a handful of hosts: their parsed authorities are kept (bounded, cleared when full).
+_AUTHORITIES: dict[tuple[str, int], tuple[str, int]] = {}
+_MAX_AUTHORITIES = 1024
 
 
 class BadTarget(Exception):
     """A request target the sidecar will not interpret; answered with 400."""
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     host: str
     port: int
     path_qs: str  # raw path and query, byte for byte as the app sent them
@@ -41,11 +44,17 @@ def request_target(raw_target: str, host_header: str | None) -> Target:
         authority, path_qs, default_port = host_header, raw_target, 80
     else:
         raise BadTarget("request target must be an absolute URI or start with /")
-    try:
-        host, port = parse_host_port(authority, default_port=default_port)
-    except ValueError as exc:
-        raise BadTarget(str(exc)) from None
-    return Target(host, port, path_qs or "/")
+    key = (authority, default_port)
+    found = _AUTHORITIES.get(key)
+    if found is None:
+        try:
+            found = parse_host_port(authority, default_port=default_port)
+        except ValueError as exc:
+            raise BadTarget(str(exc)) from None
+        if len(_AUTHORITIES) >= _MAX_AUTHORITIES:
+            _AUTHORITIES.clear()
+        _AUTHORITIES[key] = found
+    return Target(found[0], found[1], path_qs or "/")
 
 
 class Router:

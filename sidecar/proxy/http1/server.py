@@ -35,6 +35,23 @@ MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not
 MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
 
 
+class _NoBody(BodyQueue):
+    """The body of every request without one: always at its end, never fed."""
+
+    def __init__(self) -> None:
+        super().__init__(cast(Any, None))
+        self._eof = True
+
+    def feed(self, data: bytes) -> None:  # llhttp sends no body bytes for these
+        raise RuntimeError("a request without a body got body bytes")
+
+    def set_exception(self, exc: BaseException) -> None:
+        pass  # shared: one request's fate is not another's
+
+
+_NO_BODY = _NoBody()
+
+
 def _reason(status: int) -> bytes:
     return REASONS.get(status, "Unknown").encode()
 
@@ -92,7 +109,8 @@ class AppRequest:
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None else None  # llhttp checked it
         self.chunked = "Transfer-Encoding" in headers
-        self.content = BodyQueue(conn)
+        # Most requests (GET) have no body: they share one queue that is already at its end.
+        self.content = BodyQueue(conn) if self.chunked or self.content_length else _NO_BODY
         self.complete = False
         self.started = False
         self.finished = False
