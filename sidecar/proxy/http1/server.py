@@ -35,6 +35,22 @@ MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not
 MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
 
 
+class _BodyPause:
+    """Lets one request's body queue stop reading the app's socket, under its own name: the
+    pause ends with that request's exchange even if its body was never read to the end."""
+
+    __slots__ = ("_conn", "_request")
+
+    def __init__(self, conn: AppConnection, request: AppRequest) -> None:
+        self._conn, self._request = conn, request
+
+    def pause_reading(self) -> None:
+        self._conn.pause_for(self._request, True)
+
+    def resume_reading(self) -> None:
+        self._conn.pause_for(self._request, False)
+
+
 class _NoBody(BodyQueue):
     """The body of every request without one: always at its end, never fed."""
 
@@ -110,7 +126,9 @@ class AppRequest:
         self.content_length = int(length) if length is not None else None  # llhttp checked it
         self.chunked = "Transfer-Encoding" in headers
         # Most requests (GET) have no body: they share one queue that is already at its end.
-        self.content = BodyQueue(conn) if self.chunked or self.content_length else _NO_BODY
+        self.content = (
+            BodyQueue(_BodyPause(conn, self)) if self.chunked or self.content_length else _NO_BODY
+        )
         self.complete = False
         self.started = False
         self.finished = False
@@ -244,7 +262,9 @@ class AppConnection(asyncio.Protocol):
         self._fields_size = 0
         self._pending: deque[AppRequest] = deque()
         self._reading_paused = False
-        self._pausers: set[str] = set()  # why the app's socket is not read: body, pipeline, ...
+        # Why the app's socket is not read: a request whose body queue is full (the request
+        # itself is the key), "pipeline", "upgrade" or "refused".
+        self._pausers: set[object] = set()
         self._upgraded: list[bytes] | None = None  # bytes after a CONNECT head, before take_over
         self._tunnel: TunnelSink | None = None
         self._closed = False
@@ -282,14 +302,11 @@ class AppConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.flow.resume()
 
-    def pause_reading(self) -> None:
-        """A body queue is full (the request being received reads slower than it sends)."""
-        self._pause("body", True)
+    def pause_for(self, request: AppRequest, on: bool) -> None:
+        """A request's body queue is full (or has drained)."""
+        self._pause(request, on)
 
-    def resume_reading(self) -> None:
-        self._pause("body", False)
-
-    def _pause(self, reason: str, on: bool) -> None:
+    def _pause(self, reason: object, on: bool) -> None:
         """Reading stops while any reason holds, and resumes only when none does."""
         if on:
             self._pausers.add(reason)
@@ -465,6 +482,9 @@ class AppConnection(asyncio.Protocol):
 
     def _after(self, request: AppRequest) -> bool:
         self._current = None
+        # Its exchange is over: a body it left unread no longer holds the socket (when the
+        # body was complete, the stream is at the next request; otherwise the close follows).
+        self._pause(request, False)
         transport = self.transport
         if transport is None or transport.is_closing():
             return False

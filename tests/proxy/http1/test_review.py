@@ -393,3 +393,30 @@ async def test_a_configured_header_outside_latin1_does_not_fail_every_request(
     assert not head.startswith(b"HTTP/1.1 500 "), body
     if not head.startswith(b"HTTP/1.1 200 "):  # refused: then the app learns where and why
         assert b'"upstream": "moex-ntb"' in body
+
+
+# -- a body left unread must not stall the connection --------------------------------------
+
+
+@pytest.mark.parametrize("size", [300_000, 262_200, 1_000_000])
+async def test_an_early_answer_to_an_upload_does_not_stall_the_next_request(
+    proxy: Sidecar, up: Scripted, size: int
+) -> None:
+    """The upstream answers before reading the upload, whose last bytes filled the body
+    queue past its high-water mark: that pause ends with the exchange, and the next request
+    on the connection is read at once (not after listen.idle_timeout)."""
+    up.answers["/early"] = ok(b"early", b"Connection: close")  # as servers do when they
+    up.early.add("/early")  # answer before reading the body
+    up.answers["/next"] = ok(b"next")
+    reader, writer = await _open(proxy)
+    writer.write(b"POST http://api.moex.com/early HTTP/1.1\r\nHost: api.moex.com\r\n"
+                 b"Content-Length: %d\r\n\r\n%b" % (size, b"u" * size))
+    await writer.drain()
+    head, body = await _read_answer(reader)
+    assert body == b"early"
+    if b"connection: close" not in head.lower():  # kept alive: the next request must flow
+        writer.write(GET % b"next")
+        await writer.drain()
+        _, body = await _read_answer(reader)  # within 5 s; the idle timeout is 75 s
+        assert body == b"next", body
+    writer.close()
