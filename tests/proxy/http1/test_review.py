@@ -14,6 +14,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
+from tests.proxy.http1.scripted import read_body, start_upstream
 from tests.proxy.http1.test_wire import GET, ok
 
 
@@ -43,7 +44,7 @@ class Scripted:
                 self.paths.append(path)
                 self.heads.append(head)
                 if path not in self.early:
-                    self.bodies.append(await _read_body(reader, head))
+                    self.bodies.append(await read_body(reader, head))
                 if path in self.delay:
                     await asyncio.sleep(self.delay[path])
                 writer.write(self.answers.get(path, ok(b"unscripted")))
@@ -58,28 +59,10 @@ class Scripted:
             writer.close()
 
 
-async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
-    lower = head.lower()
-    if b"transfer-encoding: chunked" in lower:
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            body += await reader.readexactly(size + 2)
-            if size == 0:
-                return body[:-2]
-            body = body[:-2]
-    for line in lower.split(b"\r\n"):
-        if line.startswith(b"content-length:"):
-            return await reader.readexactly(int(line.split(b":")[1]))
-    return b""
-
-
 @pytest.fixture
 async def up(sandbox: SandboxStack) -> AsyncIterator[Scripted]:
     upstream = Scripted()
-    cert = sandbox.pki.issue_server("scripted", ["127.0.0.1"])
-    ctx = sandbox.pki.server_ssl_context(cert, require_client_cert=True)
-    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=ctx)
+    server = await start_upstream(sandbox, upstream.handle, "scripted")
     upstream.port = server.sockets[0].getsockname()[1]
     yield upstream
     server.close()

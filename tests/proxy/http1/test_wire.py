@@ -13,6 +13,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
+from tests.proxy.http1.scripted import read_body, start_upstream
 
 
 @dataclass
@@ -33,7 +34,7 @@ class RawUpstream:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.requests.append(head)
-                self.bodies.append(await _read_body(reader, head))
+                self.bodies.append(await read_body(reader, head))
                 path = head.split(b" ", 2)[1].decode()
                 if path in self.silent:
                     await asyncio.sleep(30)
@@ -48,28 +49,10 @@ class RawUpstream:
             writer.close()
 
 
-async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
-    lower = head.lower()
-    if b"transfer-encoding: chunked" in lower:
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            body += await reader.readexactly(size + 2)
-            if size == 0:
-                return body[:-2]
-            body = body[:-2]
-    for line in lower.split(b"\r\n"):
-        if line.startswith(b"content-length:"):
-            return await reader.readexactly(int(line.split(b":")[1]))
-    return b""
-
-
 @pytest.fixture
 async def raw(sandbox: SandboxStack) -> AsyncIterator[RawUpstream]:
     upstream = RawUpstream()
-    cert = sandbox.pki.issue_server("raw", ["127.0.0.1"])
-    ctx = sandbox.pki.server_ssl_context(cert, require_client_cert=True)
-    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=ctx)
+    server = await start_upstream(sandbox, upstream.handle, "raw")
     upstream.port = server.sockets[0].getsockname()[1]
     yield upstream
     server.close()

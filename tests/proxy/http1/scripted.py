@@ -1,0 +1,34 @@
+"""Pieces of the scripted TLS upstreams the wire tests answer from."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from sidecar.sandbox.servers import SandboxStack
+
+Handle = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body after a request head: chunked, sized, or none."""
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            body += await reader.readexactly(size + 2)
+            if size == 0:
+                return body[:-2]
+            body = body[:-2]
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return await reader.readexactly(int(line.split(b":")[1]))
+    return b""
+
+
+async def start_upstream(sandbox: SandboxStack, handle: Handle, name: str) -> asyncio.Server:
+    """An mTLS server (sandbox CA, client certificate required) on an ephemeral port."""
+    cert = sandbox.pki.issue_server(name, ["127.0.0.1"])
+    ctx = sandbox.pki.server_ssl_context(cert, require_client_cert=True)
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
