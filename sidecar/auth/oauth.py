@@ -10,9 +10,9 @@ import base64
 import json
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
-from yarl import URL
 
 from sidecar.auth.base import MAX_LIFETIME, AuthError, Grant, InvalidGrant
 from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after, short
@@ -22,7 +22,8 @@ class TokenEndpoint:
     """Posts forms to one token URL over its own pooled TLS session."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, timeout: float) -> None:
-        self.url = URL(url)
+        self.url = url
+        self.host = urlsplit(url).hostname or url
         self._http = IdpSession(ssl_context, timeout)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
@@ -33,11 +34,11 @@ class TokenEndpoint:
         if authorization:
             headers["Authorization"] = authorization
         try:
-            reply = await self._http.request("POST", str(self.url), form=form, headers=headers)
+            reply = await self._http.request("POST", self.url, form=form, headers=headers)
             body, status = reply.body, reply.status
             retry_after = reply.headers.get("Retry-After")
         except NETWORK_ERRORS as exc:
-            raise idp_error(f"IdP {self.url.host}", exc, self._http.timeout) from None
+            raise idp_error(f"IdP {self.host}", exc, self._http.timeout) from None
         return parse_token_response(status, body, retry_after)
 
     async def close(self) -> None:

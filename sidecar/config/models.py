@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -20,21 +21,22 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from yarl import URL
 
 from sidecar.errors import SetupError
 
 
 def _check_url(value: str) -> str:
     try:
-        url = URL(value)
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except (ValueError, TypeError) as exc:
         raise ValueError(f"not a valid URL ({exc})") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in value):
         raise ValueError(
             f"not a valid URL: expected http:// or https:// with a host (got {value!r})"
         )
-    if url.user is not None or url.password is not None:
+    if parts.username is not None or parts.password is not None:
         # Credentials in a URL would end up in /status and logs: they belong in secret fields.
         raise ValueError("URL must not carry a user or password; use the auth secret fields")
     return value
@@ -425,8 +427,8 @@ class Upstream(Model):
     @field_validator("target")
     @classmethod
     def _plain_origin(cls, value: str) -> str:
-        url = URL(value)
-        if url.query_string or url.fragment:
+        parts = urlsplit(value)
+        if parts.query or parts.fragment:
             raise ValueError("target is an origin (and optional path prefix): no query or fragment")
         return value.rstrip("/")
 
