@@ -466,6 +466,11 @@ class Matrix:
         window = time.monotonic() - armed
         calls = case.idp.calls_since(armed)
         assert calls <= 2 * (window / 1.2 + 3), f"{calls} IdP calls in {window:.1f} s"
+
+        async def valid() -> bool:  # a renewal may be under way at this very moment
+            return (await self.token(case))["state"] == "valid"
+
+        await self.until(valid, 5, "a valid token after the fault")
         token = await self.token(case)
         assert token["state"] == "valid", token
         if fault.max_expires_in is not None:
