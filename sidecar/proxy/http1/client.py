@@ -89,7 +89,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = False
         self.closed = False
         self.idle_since = 0.0
-        self.requests = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -205,7 +204,6 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             raise UpstreamBroken("the upstream closed the connection")
-        self.requests += 1
         self.complete = False
         self._method = method
         self._waiter = self._loop.create_future()

@@ -141,10 +141,6 @@ class AppRequest:
     def body_exists(self) -> bool:
         return self.chunked or bool(self.content_length)
 
-    @property
-    def peer(self) -> Any:
-        return self._conn.transport.get_extra_info("peername") if self._conn.transport else None
-
     # -- answering -----------------------------------------------------------------------------
 
     async def send_continue(self) -> None:

@@ -60,10 +60,6 @@ class BodyQueue:
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
 
-    @property
-    def at_eof(self) -> bool:
-        return self._eof and not self._chunks
-
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
