@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import __version__
-from sidecar.proxy.http1.server import AppRequest
+from sidecar.http1.server import AppRequest
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar

@@ -15,9 +15,9 @@ from sidecar.admin import AdminRoutes
 from sidecar.auth import TokenSource, rejection_policy, token_source
 from sidecar.config import Config, Upstream, parse_host_port
 from sidecar.config.models import Tls
+from sidecar.http1.server import ProxyServer
 from sidecar.metrics import Metrics
 from sidecar.proxy.forward import UpstreamClient
-from sidecar.proxy.http1.server import ProxyServer
 from sidecar.proxy.listener import ProxyHandler, start_listener
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream import UpstreamRuntime

@@ -1,5 +1,5 @@
 """The HTTP side of talking to an identity provider: one-shot calls (see
-:mod:`sidecar.proxy.http1.fetch`), with network failures turned into clear
+:mod:`sidecar.http1.fetch`), with network failures turned into clear
 :class:`AuthError` reasons.
 """
 
@@ -9,7 +9,7 @@ import ssl
 from typing import Any
 
 from sidecar.auth.base import AuthError
-from sidecar.proxy.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher, Reply
+from sidecar.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher, Reply
 
 __all__ = ["NETWORK_ERRORS", "IdpSession", "Reply", "idp_error", "idp_retry_after", "short"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
-from sidecar.proxy.http1.server import AppRequest
+from sidecar.http1.server import AppRequest
 
 
 @dataclass(frozen=True)

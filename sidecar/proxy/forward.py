@@ -1,7 +1,7 @@
 """The upstream client: pooled keep-alive HTTP/1.1 connections to one target, over TLS.
 
 A small interface (``send`` → response with a streaming body, then ``release``) over the
-connection pool in :mod:`sidecar.proxy.http1.client`.
+connection pool in :mod:`sidecar.http1.client`.
 
 New TLS material (a rotated client certificate) starts a new pool: new requests open new
 connections with it, while requests in flight finish on the old pool, which closes after them.
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from sidecar.config.models import Timeouts
-from sidecar.proxy.http1.client import (
+from sidecar.http1.client import (
     ConnectionPool,
     UpstreamBroken,
     UpstreamResponse,

@@ -1,6 +1,6 @@
 """The proxy listener: accepts the app's HTTP/1.1 requests and hands each to its upstream.
 
-The wire work (parsing, keep-alive, framing) is in :mod:`sidecar.proxy.http1.server`; this
+The wire work (parsing, keep-alive, framing) is in :mod:`sidecar.http1.server`; this
 module only decides where a request goes.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Awaitable
 import structlog
 
 from sidecar.config.models import parse_host_port
+from sidecar.http1.server import AppRequest, ProxyServer
 from sidecar.metrics import NO_UPSTREAM, Metrics
 from sidecar.proxy.errors import LocalAnswer, error_response
-from sidecar.proxy.http1.server import AppRequest, ProxyServer
 from sidecar.proxy.pipeline import forward
 from sidecar.proxy.router import BadTarget, Router, request_target
 from sidecar.proxy.tunnel import tunnel

@@ -13,13 +13,13 @@ import structlog
 from multidict import CIMultiDict
 
 from sidecar.auth.base import NoToken, Token
+from sidecar.http1.client import UpstreamResponse
+from sidecar.http1.server import AppRequest, ClientGone
 from sidecar.logs import access_log
 from sidecar.proxy.body import BodyTooLarge, RequestBody
 from sidecar.proxy.errors import LocalAnswer, error_response
 from sidecar.proxy.forward import IDEMPOTENT, UpstreamFailure
 from sidecar.proxy.headers import downstream_headers, upstream_headers
-from sidecar.proxy.http1.client import UpstreamResponse
-from sidecar.proxy.http1.server import AppRequest, ClientGone
 from sidecar.proxy.ratelimit import RateLimited, retry_after_seconds
 from sidecar.proxy.upstream import UpstreamRuntime
 

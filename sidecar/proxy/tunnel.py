@@ -7,8 +7,8 @@ import contextlib
 
 import structlog
 
+from sidecar.http1.server import AppRequest
 from sidecar.proxy.errors import error_response
-from sidecar.proxy.http1.server import AppRequest
 
 log = structlog.get_logger("sidecar.proxy")
 

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from sidecar.config.models import NcaNodeSignerConfig
-from sidecar.proxy.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher
+from sidecar.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher
 from sidecar.signing.base import SigningError, b64
 
 

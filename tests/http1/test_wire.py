@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.proxy.http1.scripted import read_body, start_upstream
+from tests.http1.scripted import read_body, start_upstream
 
 
 @dataclass

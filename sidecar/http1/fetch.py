@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit
 from multidict import CIMultiDict
 
 from sidecar import __version__
-from sidecar.proxy.http1.client import ConnectionPool, request_head
+from sidecar.http1.client import ConnectionPool, request_head
 
 MAX_ANSWER = 1024 * 1024  # an IdP answer is a few KiB; more is refused, not buffered
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.proxy.http1.fetch import MAX_ANSWER, AnswerTooLarge, ConnectFailed, Fetcher
+from sidecar.http1.fetch import MAX_ANSWER, AnswerTooLarge, ConnectFailed, Fetcher
 from sidecar.sandbox.pki import Pki
 
 Answer = Callable[[bytes], bytes | None]

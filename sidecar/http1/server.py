@@ -24,7 +24,7 @@ import httptools
 import structlog
 from multidict import CIMultiDict
 
-from sidecar.proxy.http1.wire import LAST_CHUNK, REASONS, BodyQueue, WriteFlow, chunk, head
+from sidecar.http1.wire import LAST_CHUNK, REASONS, BodyQueue, WriteFlow, chunk, head
 
 log = structlog.get_logger("sidecar.proxy")
 

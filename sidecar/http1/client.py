@@ -17,7 +17,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
-from sidecar.proxy.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
+from sidecar.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
 
 
 class _Unsolicited(Exception):

@@ -14,8 +14,8 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.proxy.http1.scripted import read_body, start_upstream
-from tests.proxy.http1.test_wire import GET, ok
+from tests.http1.scripted import read_body, start_upstream
+from tests.http1.test_wire import GET, ok
 
 
 @dataclass
@@ -311,7 +311,7 @@ async def _read_answer_of(sidecar: Sidecar, data: bytes) -> tuple[bytes, bytes]:
 async def test_requests_parsed_ahead_stay_within_the_pipelining_limit(
     proxy: Sidecar, up: Scripted
 ) -> None:
-    from sidecar.proxy.http1.server import MAX_PARSED_AHEAD
+    from sidecar.http1.server import MAX_PARSED_AHEAD
 
     up.answers["/k"] = ok(b"k")
     reader, writer = await _open(proxy)

@@ -8,8 +8,8 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from sidecar.proxy.http1.server import AppConnection, AppRequest, ProxyServer
-from sidecar.proxy.http1.wire import HIGH_WATER
+from sidecar.http1.server import AppConnection, AppRequest, ProxyServer
+from sidecar.http1.wire import HIGH_WATER
 
 
 class Transport(asyncio.Transport):
