@@ -28,6 +28,7 @@ from sidecar.auth.base import (
     MAX_LIFETIME,
     AuthError,
     AuthFlow,
+    Failure,
     Grant,
     InvalidGrant,
     NoToken,
@@ -134,7 +135,9 @@ class TokenManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._outcome is not None and not self._outcome.done():
-            self._outcome.set_exception(AuthError("sidecar is shutting down"))
+            self._outcome.set_exception(
+                AuthError("sidecar is shutting down", kind=Failure.LOCAL)
+            )
             self._outcome.exception()
         await self._flow.close()
 
@@ -203,7 +206,7 @@ class TokenManager:
             return
         except Exception as exc:  # a bug must not kill the loop: report it like an IdP error
             self._log.exception("token_attempt_crashed")
-            self._fail(AuthError(f"internal error: {type(exc).__name__}"))
+            self._fail(AuthError(f"internal error: {type(exc).__name__}", kind=Failure.LOCAL))
             return
         self._log.info(
             "token_obtained", grant=how, expires_in=round(token.expires_at - sent_at, 1)

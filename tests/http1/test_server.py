@@ -8,7 +8,8 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from sidecar.http1.server import AppConnection, AppRequest, ProxyServer
+from sidecar.http1.request import ServerRequest
+from sidecar.http1.server import HttpServer, ServerConnection
 from sidecar.http1.wire import HIGH_WATER
 
 
@@ -50,12 +51,12 @@ async def test_a_body_left_unread_does_not_keep_the_socket_paused() -> None:
     the idle timeout."""
     seen: list[str] = []
 
-    async def handler(request: AppRequest) -> None:
+    async def handler(request: ServerRequest) -> None:
         seen.append(request.raw_path)
         await request.respond(200, CIMultiDict(), b"ok")  # never reads request.content
 
-    server = ProxyServer(handler, 75.0, lambda _: None)
-    conn = AppConnection(server)
+    server = HttpServer(handler, 75.0, lambda _: None)
+    conn = ServerConnection(server)
     transport = Transport()
     conn.connection_made(transport)
     size = HIGH_WATER + 1000
