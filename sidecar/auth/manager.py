@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 import structlog
 
 from sidecar import logs
-from sidecar.auth import jwt
 from sidecar.auth.base import (
     MAX_LIFETIME,
     AuthError,
@@ -35,6 +34,7 @@ from sidecar.auth.base import (
     Token,
     TokenEvents,
 )
+from sidecar.auth.jwt import expiry as jwt_expiry
 
 log = structlog.get_logger("sidecar.auth")
 
@@ -245,7 +245,7 @@ class TokenManager:
             self._refresh_deadline = sent_at + expires if expires else None
         lifetime = grant.expires_in
         if lifetime is None:
-            exp = jwt.expiry(grant.access_token)
+            exp = jwt_expiry(grant.access_token)
             lifetime = exp - time.time() if exp is not None else DEFAULT_LIFETIME
             if lifetime <= 0:
                 raise AuthError("IdP issued a token that has already expired")

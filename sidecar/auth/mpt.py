@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from sidecar import logs
-from sidecar.auth import jwt
 from sidecar.auth.base import AuthError, Failure, Grant, InvalidGrant
 from sidecar.auth.http import idp_error, idp_retry_after
+from sidecar.auth.jwt import expiry as jwt_expiry
 from sidecar.config.models import MptSigninAuth
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
@@ -53,7 +53,7 @@ class MptSigninFlow:
         return Grant(access_token=token, expires_in=self._lifetime(token))
 
     def _lifetime(self, token: str) -> float:
-        exp = jwt.expiry(token)
+        exp = jwt_expiry(token)
         if exp is None:
             return self._cfg.token_ttl
         left = exp - time.time()

@@ -9,14 +9,22 @@ import contextlib
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from multidict import CIMultiDict
 
-from sidecar.http1.wire import LAST_CHUNK, REASONS, BodyQueue, chunk
+from sidecar.http1.wire import LAST_CHUNK, REASONS, BodyQueue, WriteFlow, chunk
 
-if TYPE_CHECKING:
-    from sidecar.http1.server import ServerConnection
+
+class ServerConnection(Protocol):
+    """What a request needs of the connection it came on (``server.ServerConnection``)."""
+
+    transport: asyncio.Transport | None
+    flow: WriteFlow
+
+    def pause_for(self, request: ServerRequest, on: bool) -> None: ...
+
+    def tunnel_to(self, sink: TunnelSink) -> asyncio.Transport: ...
 
 
 class _BodyPause:
