@@ -126,9 +126,14 @@ class Reloader:
         task.add_done_callback(self._pending.discard)
 
     async def reload(self, reason: str, changed: set[Path] | None = None) -> bool:
-        """Load and apply the config; True when applied. Never raises for a bad config."""
+        """Load and apply the config; True when applied. Never raises for a bad config.
+
+        File states are taken *before* loading: a Secret update that lands while the reload
+        reads its files then differs from what was recorded and starts another reload,
+        instead of being taken as already seen."""
         metrics = self._sidecar.reload_counter
         async with self._lock:
+            before = self._states(self._files())
             try:
                 config = load_config(self._path, self._environ)
                 await self._sidecar.apply(config, changed)
@@ -138,7 +143,9 @@ class Reloader:
                 metrics.labels("failure").inc()
                 return False
             finally:
-                self._remember()
+                # Files the new config names for the first time are taken as they are now.
+                now = self._files()
+                self._seen = {p: before[p] if p in before else _identity(p) for p in now}
             metrics.labels("success").inc()
             log.info("config_reloaded", reason=reason)
             return True
@@ -149,8 +156,12 @@ class Reloader:
         except ConfigError:
             return set(self._seen) | {self._path}
 
+    @staticmethod
+    def _states(files: set[Path]) -> dict[Path, Identity]:
+        return {path: _identity(path) for path in files}
+
     def _remember(self) -> None:
-        self._seen = {path: _identity(path) for path in self._files()}
+        self._seen = self._states(self._files())
 
     async def _watch(self) -> None:
         while True:
