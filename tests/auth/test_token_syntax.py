@@ -154,7 +154,7 @@ def test_inline_static_token_with_unsafe_characters_is_a_setup_error() -> None:
     ("content", "reason"),
     [
         (b"\xff\xfetoken\n", "not UTF-8"),
-        ("abc\r\nX-Injected: 1\n".encode(), "access token"),
+        (b"abc\r\nX-Injected: 1\n", "access token"),
         (NON_LATIN1.encode(), "access token"),
     ],
     ids=["not_utf8", "crlf", "non_latin1"],
