@@ -47,13 +47,18 @@ class ClientIdentity:
 
 
 def client_context(tls: Tls) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.ca_file is not None:
+    if tls.ca_file is None:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    else:
+        # ca_file replaces the system store (as curl's --cacert): otherwise any public CA
+        # could vouch for a private API's host name. system_ca adds the store back.
         try:
-            ctx.load_verify_locations(cafile=str(tls.ca_file))
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
         except (ssl.SSLError, OSError) as exc:
             raise TlsSetupError(f"ca_file {tls.ca_file}: not a usable CA bundle ({exc})") from None
+        if tls.system_ca:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not tls.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -160,6 +160,7 @@ class Tls(SecretFiles):
     p12_file: ExistingFile | None = None
     p12_password: SecretStr | None = None
     verify: bool = True
+    system_ca: bool = False  # with ca_file: trust the system store too (else ca_file alone)
 
     @model_validator(mode="after")
     def _one_identity(self) -> Tls:
