@@ -152,6 +152,7 @@ class AccessLog:
         queued: float,
         refused: str | None,
         broken: bool,
+        over_budget: bool = False,
     ) -> None:
         if not self.enabled:
             return
@@ -161,7 +162,7 @@ class AccessLog:
                 "request", request_id=request_id, upstream=upstream, method=method, path=path,
                 status=status, duration_ms=duration_ms, bytes_in=bytes_in, bytes_out=bytes_out,
                 replayed=replayed, retried_429=retried_429, queued_s=queued_s, refused=refused,
-                broken=broken,
+                broken=broken, replay_budget_exceeded=over_budget,
             )
             return
         # What redact() would do, for the only values an app controls: the id and the path
@@ -174,7 +175,9 @@ class AccessLog:
             f'"bytes_out": {bytes_out}, "replayed": {_JSON_BOOL[replayed]}, '
             f'"retried_429": {_JSON_BOOL[retried_429]}, "queued_s": {queued_s!r}, '
             f'"refused": {"null" if refused is None else text(refused)}, '
-            f'"broken": {_JSON_BOOL[broken]}, "event": "request", "level": "info", '
+            f'"broken": {_JSON_BOOL[broken]}, '
+            f'"replay_budget_exceeded": {_JSON_BOOL[over_budget]}, '
+            f'"event": "request", "level": "info", '
             f'"ts": "{_timestamp()}"}}'
         )
         if len(self._pending) >= self.MAX_PENDING:

@@ -142,6 +142,13 @@ class Listen(Model):
     # An app connection without a complete request for this long is closed: idle keep-alive
     # connections, and clients that send their headers too slowly (slowloris).
     idle_timeout: float = Field(75.0, gt=0)
+    # Open connections at most, per listener. Past it the longest-idle connection is closed
+    # to make room, or the new one is when none is idle.
+    max_connections: int = Field(1024, ge=1)
+    admin_max_connections: int = Field(64, ge=1)
+    # /status names targets, certificate subjects and IdP errors: by default it is served to
+    # loopback clients only (kubectl exec / port-forward), not to the whole cluster.
+    expose_status: bool = False
 
 
 class Log(Model):
@@ -416,6 +423,9 @@ class Upstream(Model):
     retry_on_429: bool = False
     max_body: int | None = Field(None, gt=0)
     replay_limit: int = Field(1024 * 1024, ge=0)
+    # Connections to the target at most; requests beyond wait (up to timeouts.connect) for
+    # one to come free.
+    max_connections: int = Field(64, ge=1)
     timeouts: Timeouts = Timeouts()
     eager: bool = True
 
@@ -447,6 +457,9 @@ class Config(BaseSettings):
     reload: Reload = Reload()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     passthrough: list[MatchHost] = []
+    # Request bodies kept for a replay after a 401, all requests together. Past it a request
+    # is still forwarded, only not replayable: memory stays bounded under many large uploads.
+    replay_budget: int = Field(32 * 1024 * 1024, ge=0)
 
     @classmethod
     def settings_customise_sources(

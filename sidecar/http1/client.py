@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import AsyncIterable
 from typing import cast
 
 import httptools
 from multidict import CIMultiDict
 
-from sidecar.http1.errors import Closed, TimedOut, connect_error
+from sidecar.http1.errors import Closed, PoolFull, TimedOut, connect_error
 from sidecar.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
 
 
@@ -299,7 +300,9 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle keep-alive connections to one origin, made with one TLS context."""
+    """Idle keep-alive connections to one origin, made with one TLS context; at most
+    ``max_connections`` open at once (requests beyond wait for room, up to the connect
+    timeout)."""
 
     def __init__(
         self,
@@ -310,8 +313,12 @@ class ConnectionPool:
         connect_timeout: float,
         read_timeout: float,
         keepalive: float = 30.0,
+        max_connections: int | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.max_connections = max_connections
+        self._connecting = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
@@ -335,14 +342,53 @@ class ConnectionPool:
         return None
 
     async def connect(self) -> UpstreamConnection:
-        """A new connection, counted as in use; a failure comes as a typed
-        :class:`~sidecar.http1.errors.TransportError`."""
+        """A new connection (or, after waiting for room, one that came free), counted as in
+        use; a failure comes as a typed :class:`~sidecar.http1.errors.TransportError`."""
+        if self._full():
+            await self._wait_for_room()
+            conn = self.pooled()
+            if conn is not None:
+                return conn
+        self._connecting += 1
         try:
             conn = await self._connect()
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            raise connect_error(exc, self.label, self.connect_timeout) from None
+        except BaseException as exc:
+            self._connecting -= 1
+            self._wake()  # the room it held is free again
+            if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
+                raise connect_error(exc, self.label, self.connect_timeout) from None
+            raise
+        self._connecting -= 1
         self.in_use += 1
         return conn
+
+    def _full(self) -> bool:
+        limit = self.max_connections
+        return limit is not None and self.in_use + self._connecting >= limit
+
+    async def _wait_for_room(self) -> None:
+        deadline = self.loop.time() + self.connect_timeout
+        while self._full():
+            waiter = self.loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - self.loop.time()))
+            except TimeoutError:
+                raise PoolFull(
+                    self.label,
+                    f"all {self.max_connections} connections busy for {self.connect_timeout:g} s",
+                ) from None
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _wake(self) -> None:
+        """Room for one more: the longest waiter goes next."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def _connect(self) -> UpstreamConnection:
         connecting = self.loop.create_connection(
@@ -359,6 +405,8 @@ class ConnectionPool:
     def release(self, conn: UpstreamConnection, reuse: bool = True) -> None:
         """Take back a lent connection: kept when ``reuse`` and it is clean, else closed."""
         self.in_use -= 1
+        if self._waiting:
+            self.loop.call_soon(self._wake)  # after this connection is parked or closed
         if not reuse or not conn.reusable or self.retired:
             conn.close()
             return

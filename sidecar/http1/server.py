@@ -72,7 +72,7 @@ class ServerConnection(asyncio.Protocol):
         self._closed = False
         self.closing = False  # the server is shutting down: answer, then close
         self._fresh = True  # no request has begun here yet
-        self._idle_since = self._loop.time()
+        self.idle_since = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -80,6 +80,8 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._server.connections.add(self)
+        if len(self._server.connections) > self._server.max_connections:
+            self._server.shed(self)
         self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -300,7 +302,7 @@ class ServerConnection(asyncio.Protocol):
             return False
         if self._pending:
             return True
-        self._idle_since = self._loop.time()
+        self.idle_since = self._loop.time()
         if self._idle_timer is None:
             self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
         return True
@@ -316,7 +318,7 @@ class ServerConnection(asyncio.Protocol):
         if self._current is not None or self._pending or self._tunnel is not None:
             self._idle_timer = self._loop.call_later(timeout, self._check_idle)
             return
-        waited = self._loop.time() - self._idle_since
+        waited = self._loop.time() - self.idle_since
         if waited >= timeout:
             self.transport.close()
         else:
@@ -367,6 +369,11 @@ class ServerConnection(asyncio.Protocol):
         self._pause("upgrade", False)
         return self.transport
 
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing being answered, nothing waiting, no tunnel."""
+        return self._current is None and not self._pending and self._tunnel is None
+
     def shutdown(self) -> None:
         """The server is stopping: idle connections close now, busy ones after their answer.
         A connection that has not begun a request yet is left its moment: its request may
@@ -383,11 +390,18 @@ class HttpServer:
     """The listener's connections, handler and limits."""
 
     def __init__(
-        self, handler: Handler, idle_timeout: float, on_malformed: Callable[[str], None]
+        self,
+        handler: Handler,
+        idle_timeout: float,
+        on_malformed: Callable[[str], None],
+        max_connections: int = 1024,
+        on_shed: Callable[[], None] = lambda: None,
     ) -> None:
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.on_malformed = on_malformed
+        self.max_connections = max_connections
+        self.on_shed = on_shed
         self.loop = asyncio.get_running_loop()
         self.connections: set[ServerConnection] = set()
         self._all_closed: asyncio.Event | None = None
@@ -395,6 +409,15 @@ class HttpServer:
         # Set when a graceful stop begins: every answer from then on closes its connection,
         # so no app keeps an idle keep-alive connection that the stop would cut.
         self.draining = False
+
+    def shed(self, newcomer: ServerConnection) -> None:
+        """Over ``max_connections``: the longest-idle connection makes room, else the new one
+        goes. So idle connections cannot starve a health probe or a real request."""
+        idle = [c for c in self.connections if c is not newcomer and c.idle and c.transport]
+        victim = min(idle, key=lambda c: c.idle_since) if idle else newcomer
+        self.on_shed()
+        if victim.transport is not None:
+            victim.transport.close()
 
     def forget(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)

@@ -7,7 +7,7 @@ module only decides where a request goes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -90,9 +90,14 @@ class ProxyHandler:
 
 
 async def start_listener(
-    handler: ProxyHandler, host: str, port: int, idle_timeout: float = 75.0
+    handler: ProxyHandler,
+    host: str,
+    port: int,
+    idle_timeout: float = 75.0,
+    max_connections: int = 1024,
+    on_shed: Callable[[], None] = lambda: None,
 ) -> tuple[asyncio.Server, HttpServer]:
-    server = HttpServer(handler, idle_timeout, handler.malformed)
+    server = HttpServer(handler, idle_timeout, handler.malformed, max_connections, on_shed)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
     return listener, server

@@ -136,7 +136,8 @@ async def _take_body(ex: Exchange, token: Token) -> Token:
     """Stream the body up; a chunked one under ``max_body`` is buffered first to enforce it
     (then the token is checked again: a slow upload may have outlived it)."""
     request, cfg = ex.request, ex.upstream.config
-    ex.body = RequestBody(request.content, request.content_length, cfg.replay_limit)
+    ex.body = RequestBody(request.content, request.content_length, cfg.replay_limit,
+                          ex.upstream.replay_budget)
     if cfg.max_body is None or request.content_length is not None:
         return token
     await ex.body.buffer_up_to(cfg.max_body)

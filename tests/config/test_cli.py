@@ -65,7 +65,8 @@ def test_check_prints_effective_config(tmp_path: Path, files: Files) -> None:
     printed = yaml.safe_load(result.stdout)
     assert list(printed["upstreams"]) == ["moex-ntb", "kisc", "static-api", "static-file"]
     assert printed["listen"] == {
-        "proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19090", "idle_timeout": 75.0
+        "proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19090", "idle_timeout": 75.0,
+        "max_connections": 1024, "admin_max_connections": 64, "expose_status": False,
     }
     assert printed["log"] == {"level": "debug", "format": "console"}
     assert printed["passthrough"] == ["github.com", "pypi.org:443"]
@@ -93,7 +94,8 @@ def test_check_shows_defaults(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["listen"] == {
-        "proxy": "127.0.0.1:8080", "admin": "0.0.0.0:9090", "idle_timeout": 75.0
+        "proxy": "127.0.0.1:8080", "admin": "0.0.0.0:9090", "idle_timeout": 75.0,
+        "max_connections": 1024, "admin_max_connections": 64, "expose_status": False,
     }
     ntb = printed["upstreams"]["moex-ntb"]
     assert ntb["replay_limit"] == 1048576
