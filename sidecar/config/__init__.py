@@ -1,5 +1,6 @@
 """Configuration: models mirror the YAML contract one to one; the loader reads and checks it."""
 
+from sidecar.config.files import config_files, signer_files, tls_files
 from sidecar.config.loader import (
     ConfigError,
     load_config,
@@ -13,9 +14,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "Upstream",
+    "config_files",
     "load_config",
     "parse_host_port",
     "redacted",
     "referenced_files",
+    "signer_files",
+    "tls_files",
     "validate_config",
 ]
