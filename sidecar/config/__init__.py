@@ -3,6 +3,7 @@
 from sidecar.config.files import config_files, signer_files, tls_files
 from sidecar.config.loader import (
     ConfigError,
+    config_warnings,
     load_config,
     redacted,
     referenced_files,
@@ -15,6 +16,7 @@ __all__ = [
     "ConfigError",
     "Upstream",
     "config_files",
+    "config_warnings",
     "load_config",
     "parse_host_port",
     "redacted",

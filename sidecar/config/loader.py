@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from sidecar.config.errors import ConfigError
 from sidecar.config.files import config_files
-from sidecar.config.models import Auth, Config, SignerConfig
+from sidecar.config.models import PLAINTEXT_ERROR, Auth, Config, SignerConfig
 from sidecar.config.secrets import read_location, redacted
 from sidecar.config.sources import (
     ENV_CONFIG_PATH,
@@ -28,6 +28,7 @@ __all__ = [
     "ENV_CONFIG_PATH",
     "ConfigError",
     "apply_env_overrides",
+    "config_warnings",
     "format_errors",
     "load_config",
     "redacted",
@@ -71,6 +72,16 @@ def validate_config(data: dict[str, Any]) -> Config:
         raise ConfigError(format_errors(exc)) from None
 
 
+def config_warnings(config: Config) -> list[str]:
+    """What is allowed but unsafe, one line each: plain-http targets."""
+    return [
+        f"upstreams.{name}.target: plain http:// carries requests and their tokens "
+        f"unencrypted; use https://, or set upstreams.{name}.allow_plaintext: true"
+        for name, upstream in config.upstreams.items()
+        if upstream.plaintext_target
+    ]
+
+
 _MESSAGES = {
     "missing": "is required",
     "extra_forbidden": "unknown field (check the spelling against the configuration reference)",
@@ -90,7 +101,14 @@ def format_errors(exc: ValidationError) -> list[str]:
         if not loc and ": " in message:  # a whole-config check names its own field path
             path, message = message.split(": ", 1)
         given = err.get("input")
-        if kind == "union_tag_invalid" and isinstance(given, dict):
+        if kind == PLAINTEXT_ERROR:
+            field = err.get("ctx", {}).get("field", "")
+            message = (
+                "plain http:// would send credentials in clear; "
+                f"use https://, or set {path}.allow_plaintext: true"
+            )
+            path = f"{path}.auth.{field}"
+        elif kind == "union_tag_invalid" and isinstance(given, dict):
             tags = _SIGNER_TYPES if loc and loc[-1] == "signer" else _AUTH_TYPES
             message = f"unknown type {given.get('type')!r}; expected one of " + ", ".join(
                 sorted(tags)

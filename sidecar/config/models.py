@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.config.secrets import secret_file_twins
@@ -431,6 +432,9 @@ class Upstream(Model):
     replay_limit: int = Field(1024 * 1024, ge=0)
     timeouts: Timeouts = Timeouts()
     eager: bool = True
+    # Plain http:// for the IdP (token_url, passport_url, base_url) sends credentials in clear:
+    # refused unless this is set (a test stand on a trusted network).
+    allow_plaintext: bool = False
 
     @field_validator("require_headers")
     @classmethod
@@ -447,6 +451,41 @@ class Upstream(Model):
         if parts.query or parts.fragment:
             raise ValueError("target is an origin (and optional path prefix): no query or fragment")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials_encrypted(self) -> Upstream:
+        if self.allow_plaintext:
+            return self
+        for field, url in credential_urls(self.auth).items():
+            if urlsplit(url).scheme == "http":
+                # The upstream's name is the key above this block: the loader's error
+                # formatter writes the fix with the full path (see loader.format_errors).
+                raise PydanticCustomError(
+                    PLAINTEXT_ERROR,
+                    "auth.{field}: plain http:// would send credentials in clear",
+                    {"field": field},
+                )
+        return self
+
+    @property
+    def plaintext_target(self) -> bool:
+        """Requests (with their tokens) go to the target unencrypted, and nobody said so."""
+        return urlsplit(self.target).scheme == "http" and not self.allow_plaintext
+
+
+PLAINTEXT_ERROR = "plaintext_credentials"
+
+
+def credential_urls(auth: AuthBase | StaticAuth) -> dict[str, str]:
+    """The IdP URLs an auth block sends credentials or signatures to, by field name."""
+    urls: dict[str, str] = {}
+    if isinstance(auth, MoexPassportAuth):
+        urls["passport_url"] = auth.passport_url
+    if isinstance(auth, AuthCommon):
+        urls["token_url"] = auth.token_url
+    if isinstance(auth, MptSigninAuth):
+        urls["base_url"] = auth.base_url
+    return urls
 
 
 class Config(BaseSettings):

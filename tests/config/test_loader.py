@@ -109,6 +109,7 @@ def test_full_config_loads_every_field(tmp_path: Path, files: Files) -> None:
     assert static.auth.type == "static"
     assert static.auth.token.get_secret_value() == STATIC_TOKEN
     assert static.auth.token_file is None
+    assert static.allow_plaintext is True
 
     from_file = config.upstreams["static-file"]
     assert from_file.auth.token is None
