@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic import BaseModel
+
+from sidecar.config.secrets import secret_values
 
 MASK = "***"
 # A key names a secret when it is one of these words or ends with one ("refresh_token"),
@@ -272,17 +273,4 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
 
 def configure_for(config: Any) -> None:
     """Configure from a sidecar Config, registering every secret in it for redaction."""
-    found: list[str] = []
-
-    def collect(value: object) -> None:
-        if hasattr(value, "get_secret_value"):
-            found.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                collect(getattr(value, name))
-        elif isinstance(value, dict):
-            for v in value.values():
-                collect(v)
-
-    collect(config)
-    configure(config.log.level, config.log.format, found)
+    configure(config.log.level, config.log.format, secret_values(config))

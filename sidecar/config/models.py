@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -16,12 +16,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sidecar.config.secrets import secret_file_twins
 from sidecar.errors import SetupError
 
 
@@ -109,31 +113,44 @@ class Model(BaseModel):
 
 
 class SecretFiles(Model):
-    """Resolves ``x_file: /path`` into the secret field ``x`` before validation."""
+    """Resolves ``x_file: /path`` into the secret field ``x`` before validation; which fields
+    are secret is read from the annotations (``SecretStr``). The paths are kept, so that the
+    reloader can watch them (:mod:`sidecar.config.files`)."""
 
-    secret_fields: ClassVar[tuple[str, ...]] = ()
+    _secret_files: dict[str, Path] = PrivateAttr(default_factory=dict)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
+    def _read_secret_files(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         data = dict(data)
-        for name in cls.secret_fields:
-            path = data.pop(f"{name}_file", None)
+        paths: dict[str, Path] = {}
+        for twin, name in sorted(secret_file_twins(cls).items()):
+            path = data.pop(twin, None)
             if path is None:
                 continue
             if data.get(name) is not None:
-                raise ValueError(f"give either {name} or {name}_file, not both")
+                raise ValueError(f"give either {name} or {twin}, not both")
+            if not isinstance(path, str | Path):
+                raise ValueError(f"{twin}: expected a file path")
             try:
                 data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except FileNotFoundError:
-                raise ValueError(f"{name}_file: file not found: {path}") from None
+                raise ValueError(f"{twin}: file not found: {path}") from None
             except UnicodeDecodeError:
-                raise ValueError(f"{name}_file: cannot read {path}: not UTF-8 text") from None
+                raise ValueError(f"{twin}: cannot read {path}: not UTF-8 text") from None
             except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
-        return data
+                raise ValueError(f"{twin}: cannot read {path}: {exc.strerror}") from None
+            paths[twin] = Path(path)
+        model = handler(data)
+        model._secret_files = paths
+        return model
+
+    @property
+    def secret_files(self) -> set[Path]:
+        """The files secrets of this block were read from."""
+        return set(self._secret_files.values())
 
 
 class Listen(Model):
@@ -158,8 +175,6 @@ class Log(Model):
 
 class Tls(SecretFiles):
     """TLS towards a target or an IdP. Verification is on unless explicitly turned off."""
-
-    secret_fields = ("p12_password",)
 
     ca_file: ExistingFile | None = None
     cert_file: ExistingFile | None = None
@@ -220,8 +235,6 @@ class AuthCommon(AuthBase):
 
 
 class OidcPasswordAuth(AuthCommon):
-    secret_fields = ("password", "client_secret")
-
     type: Literal["oidc_password"]
     client_id: str
     username: str
@@ -231,8 +244,6 @@ class OidcPasswordAuth(AuthCommon):
 
 
 class ClientCredentialsAuth(AuthCommon):
-    secret_fields = ("client_secret",)
-
     type: Literal["client_credentials"]
     client_id: str
     client_secret: SecretStr
@@ -240,8 +251,6 @@ class ClientCredentialsAuth(AuthCommon):
 
 class Wso2PasswordAuth(AuthCommon):
     """WSO2 API Manager (KISC): Basic consumer key/secret + password grant, over mTLS."""
-
-    secret_fields = ("password", "consumer_secret")
 
     type: Literal["wso2_password"]
     consumer_key: str
@@ -259,8 +268,6 @@ class CommandSignerConfig(SecretFiles):
     holding the ``pin`` secret; ``{pin}`` for the secret itself (visible in the process list).
     The program's environment is PATH, HOME and LANG plus ``env``."""
 
-    secret_fields = ("pin",)
-
     argv: list[str] = Field(min_length=1)
     timeout: float = Field(10.0, gt=0)
     output: Literal["der", "base64", "pem"] = "der"
@@ -277,8 +284,6 @@ class CommandSignerConfig(SecretFiles):
 class NcaNodeSignerConfig(SecretFiles):
     """NCANode (Kalkan inside) for Kazakh GOST keys: v3 REST, or v2 JSON-RPC."""
 
-    secret_fields = ("p12_password",)
-
     url: HttpUrlStr = "http://127.0.0.1:14579"
     p12_file: ExistingFile
     p12_password: SecretStr
@@ -286,51 +291,63 @@ class NcaNodeSignerConfig(SecretFiles):
     timeout: float = Field(10.0, gt=0)
 
 
-class SignerConfig(SecretFiles):
-    """How a login challenge is signed into a CMS (PKCS#7) SignedData."""
-
-    secret_fields = ("key_password", "p12_password")
+class SignerBase(SecretFiles):
+    """How a login challenge is signed into a CMS (PKCS#7) SignedData; one block per ``type``."""
 
     type: Literal["pkcs7", "command", "ncanode"]
-    # pkcs7: a PEM certificate and key, or a PKCS#12 bundle (RSA or EC keys).
+    detached: bool | None = None  # None: what the login flow needs (MOEX: true; MPT: false)
+
+    def check_detached(self, detached: bool) -> None:
+        """Refuse at start-up a signature form the signer cannot make."""
+
+
+class Pkcs7Signing(SignerBase):
+    """Built in: a PEM certificate and key, or a PKCS#12 bundle (RSA or EC keys)."""
+
+    type: Literal["pkcs7"]
     cert_file: ExistingFile | None = None
     key_file: ExistingFile | None = None
     key_password: SecretStr | None = None
     p12_file: ExistingFile | None = None
     p12_password: SecretStr | None = None
-    detached: bool | None = None  # None: what the login flow needs (MOEX: true; MPT: false)
     digest: Literal["sha224", "sha256", "sha384", "sha512"] = "sha256"
     signed_attributes: bool = True
     include_certificate: bool = True
-    command: CommandSignerConfig | None = None
-    ncanode: NcaNodeSignerConfig | None = None
 
     @model_validator(mode="after")
-    def _complete(self) -> SignerConfig:
-        if self.type == "pkcs7":
-            if self.p12_file is None and (self.cert_file is None or self.key_file is None):
-                raise ValueError("a pkcs7 signer needs cert_file and key_file, or p12_file")
-            if self.p12_file is not None and self.cert_file is not None:
-                raise ValueError("give either cert_file/key_file or p12_file, not both")
-        if self.type == "command" and self.command is None:
-            raise ValueError("a command signer needs a command: {argv: [...]} block")
-        if self.type == "ncanode" and self.ncanode is None:
-            raise ValueError("an ncanode signer needs an ncanode: {url, p12_file, ...} block")
+    def _complete(self) -> Pkcs7Signing:
+        if self.p12_file is None and (self.cert_file is None or self.key_file is None):
+            raise ValueError("a pkcs7 signer needs cert_file and key_file, or p12_file")
+        if self.p12_file is not None and self.cert_file is not None:
+            raise ValueError("give either cert_file/key_file or p12_file, not both")
         return self
+
+
+class CommandSigning(SignerBase):
+    type: Literal["command"]
+    command: CommandSignerConfig
+
+
+class NcaNodeSigning(SignerBase):
+    type: Literal["ncanode"]
+    ncanode: NcaNodeSignerConfig
 
     def check_detached(self, detached: bool) -> None:
         """NCANode's v2 cms.sign always attaches the data: refuse what it cannot do."""
-        if self.type == "ncanode" and self.ncanode and self.ncanode.version == 2 and detached:
+        if self.ncanode.version == 2 and detached:
             raise SetupError(
                 "signer.ncanode.version 2 cannot make detached signatures (MOEX needs them); "
                 "use version 3"
             )
 
 
+SignerConfig = Annotated[
+    Pkcs7Signing | CommandSigning | NcaNodeSigning, Field(discriminator="type")
+]
+
+
 class MoexPassportAuth(AuthCommon):
     """MOEX Passport two-factor login (PROTOCOLS §2): Passport token, detached signature."""
-
-    secret_fields = ("password", "client_secret")
 
     type: Literal["moex_passport"]
     passport_url: HttpUrlStr
@@ -428,6 +445,9 @@ class Upstream(Model):
     max_connections: int = Field(64, ge=1)
     timeouts: Timeouts = Timeouts()
     eager: bool = True
+    # Plain http:// for the IdP (token_url, passport_url, base_url) sends credentials in clear:
+    # refused unless this is set (a test stand on a trusted network).
+    allow_plaintext: bool = False
 
     @field_validator("require_headers")
     @classmethod
@@ -445,11 +465,55 @@ class Upstream(Model):
             raise ValueError("target is an origin (and optional path prefix): no query or fragment")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _credentials_encrypted(self) -> Upstream:
+        if self.allow_plaintext:
+            return self
+        for field, url in credential_urls(self.auth).items():
+            if urlsplit(url).scheme == "http":
+                # The upstream's name is the key above this block: the loader's error
+                # formatter writes the fix with the full path (see loader.format_errors).
+                raise PydanticCustomError(
+                    PLAINTEXT_ERROR,
+                    "auth.{field}: plain http:// would send credentials in clear",
+                    {"field": field},
+                )
+        return self
+
+    @property
+    def plaintext_target(self) -> bool:
+        """Requests (with their tokens) go to the target unencrypted, and nobody said so."""
+        return urlsplit(self.target).scheme == "http" and not self.allow_plaintext
+
+
+PLAINTEXT_ERROR = "plaintext_credentials"
+
+
+def credential_urls(auth: AuthBase | StaticAuth) -> dict[str, str]:
+    """The IdP URLs an auth block sends credentials or signatures to, by field name."""
+    urls: dict[str, str] = {}
+    if isinstance(auth, MoexPassportAuth):
+        urls["passport_url"] = auth.passport_url
+    if isinstance(auth, AuthCommon):
+        urls["token_url"] = auth.token_url
+    if isinstance(auth, MptSigninAuth):
+        urls["base_url"] = auth.base_url
+    return urls
+
 
 class Config(BaseSettings):
-    """The whole file. Environment overrides are applied by the loader (see loader.py)."""
+    """The whole file. ``load_config`` reads it with pydantic-settings sources: the YAML file,
+    under ``SIDECAR_<SECTION>__<FIELD>`` variables (see sources.py)."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        # YAML keys are exact ("LISTEN:" is a typo); env names are matched ignoring case by
+        # the env source, which is built case-insensitive (sources.EnvOverrides).
+        case_sensitive=True,
+        env_prefix="SIDECAR_",
+        env_nested_delimiter="__",
+    )
 
     listen: Listen = Listen()
     log: Log = Log()
@@ -470,8 +534,9 @@ class Config(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The loader has merged YAML and SIDECAR_* variables already, resolving upstream
-        # names ("moex-ntb" from MOEX_NTB), which the generic env source cannot do.
+        # Config(**data) validates exactly the data given (validate_config). The file and the
+        # environment are read by load_config, which hands its sources in (_build_sources):
+        # they need a path and an environment per call, and this hook takes neither.
         return (init_settings,)
 
     @model_validator(mode="after")

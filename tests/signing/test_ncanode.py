@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import NcaNodeSignerConfig, SignerConfig
+from sidecar.config.models import NcaNodeSignerConfig, NcaNodeSigning
 from sidecar.errors import SetupError
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.ncanode import NcaNode, start_ncanode
@@ -26,8 +26,8 @@ async def node() -> AsyncIterator[tuple[NcaNode, TlsServer]]:
 
 
 def _signer(server: TlsServer, key: IssuedCert, version: int, password: str | None = None,
-            detached: bool = False) -> SignerConfig:
-    return SignerConfig(
+            detached: bool = False) -> NcaNodeSigning:
+    return NcaNodeSigning(
         type="ncanode",
         ncanode=NcaNodeSignerConfig(
             url=server.url, p12_file=key.p12_file,
