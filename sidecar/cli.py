@@ -18,7 +18,7 @@ import yaml
 
 from sidecar import __version__, logs
 from sidecar.config import Config, ConfigError, config_warnings, load_config, redacted
-from sidecar.errors import SetupError
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.ports import Ports
 
 EXIT_USAGE = 2

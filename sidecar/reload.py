@@ -30,7 +30,7 @@ from sidecar.config import (
     signer_files,
     tls_files,
 )
-from sidecar.errors import SetupError
+from sidecar.config.errors import SetupError
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream import UpstreamRuntime
 

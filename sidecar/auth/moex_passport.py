@@ -18,7 +18,7 @@ from sidecar import logs
 from sidecar.auth.base import AuthError, Failure, Grant
 from sidecar.auth.http import idp_error, idp_retry_after
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
-from sidecar.config.models import MoexPassportAuth
+from sidecar.config.auth import MoexPassportAuth
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.signing import Signer, SigningError, b64

@@ -19,7 +19,7 @@ from sidecar import logs
 from sidecar.auth.base import AuthError, Failure, Grant, InvalidGrant
 from sidecar.auth.http import idp_error, idp_retry_after
 from sidecar.auth.jwt import expiry as jwt_expiry
-from sidecar.config.models import MptSigninAuth
+from sidecar.config.auth import MptSigninAuth
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.signing import Signer, SigningError, b64

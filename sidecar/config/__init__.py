@@ -1,5 +1,6 @@
 """Configuration: models mirror the YAML contract one to one; the loader reads and checks it."""
 
+from sidecar.config.fields import parse_host_port
 from sidecar.config.files import config_files, signer_files, tls_files
 from sidecar.config.loader import (
     ConfigError,
@@ -9,7 +10,7 @@ from sidecar.config.loader import (
     referenced_files,
     validate_config,
 )
-from sidecar.config.models import Config, Upstream, parse_host_port
+from sidecar.config.models import Config, Upstream
 
 __all__ = [
     "Config",

@@ -8,14 +8,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from sidecar.config.models import (
-    AuthBase,
-    Config,
-    MoexPassportAuth,
-    MptSigninAuth,
-    SecretFiles,
-    Upstream,
-)
+from sidecar.config.auth import AuthBase, MoexPassportAuth, MptSigninAuth
+from sidecar.config.fields import SecretFiles
+from sidecar.config.models import Config, Upstream
 
 
 def files_of(node: object) -> set[Path]:

@@ -13,9 +13,10 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from sidecar.config.auth import PLAINTEXT_ERROR, Auth, SignerConfig
 from sidecar.config.errors import ConfigError
 from sidecar.config.files import config_files
-from sidecar.config.models import PLAINTEXT_ERROR, Auth, Config, SignerConfig
+from sidecar.config.models import Config
 from sidecar.config.secrets import read_location, redacted
 from sidecar.config.sources import (
     ENV_CONFIG_PATH,

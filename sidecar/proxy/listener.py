@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from sidecar.config.models import parse_host_port
+from sidecar.config.fields import parse_host_port
 from sidecar.http1.answer import LocalAnswer
 from sidecar.http1.request import ServerRequest
 from sidecar.http1.server import HttpServer

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from sidecar.config.models import Timeouts
+from sidecar.config.sections import Timeouts
 from sidecar.http1.client import ConnectionPool, UpstreamResponse, request_head
 from sidecar.http1.errors import (
     Closed,

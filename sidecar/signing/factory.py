@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.config.models import CommandSigning, Pkcs7Signing, SignerConfig
+from sidecar.config.auth import CommandSigning, Pkcs7Signing, SignerConfig
 from sidecar.signing.base import Signer
 from sidecar.signing.command import CommandSigner
 from sidecar.signing.ncanode import NcaNodeSigner

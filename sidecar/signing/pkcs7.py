@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from sidecar.config.models import Pkcs7Signing
-from sidecar.errors import SetupError
+from sidecar.config.auth import Pkcs7Signing
+from sidecar.config.errors import SetupError
 from sidecar.pkcs12 import open_bundle
 from sidecar.signing.base import SigningError
 

@@ -14,7 +14,7 @@ from sidecar.auth.base import AuthError
 from sidecar.auth.http import idp_retry_after
 from sidecar.auth.moex_passport import PassportClient
 from sidecar.auth.mpt import MptSigninFlow
-from sidecar.config.models import MptSigninAuth
+from sidecar.config.auth import MptSigninAuth
 
 
 async def _busy(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from sidecar.auth.base import AuthError
 from sidecar.auth.moex_passport import MAX_PASSPORT_TOKEN, PassportClient
 from sidecar.auth.mpt import MAX_CHALLENGE, MptSigninFlow
-from sidecar.config.models import MptSigninAuth, SignerConfig
+from sidecar.config.auth import CommandSigning, MptSigninAuth
 from sidecar.http1.fetch import Fetched
 
 
@@ -57,7 +57,7 @@ def _mpt(http: ScriptedHttp, signer: RecordingSigner) -> MptSigninFlow:
     cfg = MptSigninAuth(
         type="mpt_signin",
         base_url="https://mpt.test/api",
-        signer=SignerConfig(type="command", command={"argv": ["true"]}),  # type: ignore[arg-type]
+        signer=CommandSigning(type="command", command={"argv": ["true"]}),  # type: ignore[arg-type]
     )
     flow = MptSigninFlow(cfg, ssl.create_default_context(), signer)  # type: ignore[arg-type]
     flow._http = http  # type: ignore[assignment]

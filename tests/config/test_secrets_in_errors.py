@@ -15,8 +15,17 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, SecretStr
 
 from sidecar import logs
-from sidecar.config import Config, ConfigError, load_config, redacted, validate_config
-from sidecar.config import models as m
+from sidecar.config import (
+    Config,
+    ConfigError,
+    fields,
+    load_config,
+    models,
+    redacted,
+    sections,
+    validate_config,
+)
+from sidecar.config import auth as m
 from sidecar.config.secrets import secret_fields, secret_file_twins, secret_values
 from sidecar.reload import Reloader
 from tests.config.helpers import write
@@ -118,9 +127,10 @@ def test_secret_from_env_with_a_numeric_value_stays_secret(tmp_path: Path) -> No
 
 
 def _models() -> list[type[BaseModel]]:
+    """Every config model, whichever module of the package defines it."""
     return [
-        v for v in vars(m).values()
-        if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == m.__name__
+        v for module in (fields, sections, m, models) for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == module.__name__
     ]
 
 
@@ -138,9 +148,9 @@ def test_secret_fields_are_every_secretstr_field() -> None:
         ("Pkcs7Signing", "key_password"),
         ("StaticAuth", "token"),
     }
-    assert not secret_fields(m.Upstream) and not secret_fields(m.MptSigninAuth)
+    assert not secret_fields(models.Upstream) and not secret_fields(m.MptSigninAuth)
     # only a SecretFiles block reads x_file twins: every block with a secret must be one
-    assert all(issubclass(model, m.SecretFiles) for model in _models() if secret_fields(model))
+    assert all(issubclass(model, fields.SecretFiles) for model in _models() if secret_fields(model))
     # static auth's token_file is a path the flow re-reads, not a file read once at load
     assert "token_file" not in secret_file_twins(m.StaticAuth)
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, validate_config
-from sidecar.config.models import CommandSigning, NcaNodeSigning, Pkcs7Signing
-from sidecar.errors import SetupError
+from sidecar.config.auth import CommandSigning, NcaNodeSigning, Pkcs7Signing
+from sidecar.config.errors import SetupError
 from sidecar.signing import make_signer
 from tests.config.helpers import write
 

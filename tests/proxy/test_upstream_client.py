@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.config.models import Timeouts
+from sidecar.config.sections import Timeouts
 from sidecar.proxy.upstream_client import UpstreamClient, UpstreamFailure
 from sidecar.sandbox.pki import Pki
 

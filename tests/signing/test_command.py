@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import CommandSignerConfig, CommandSigning
+from sidecar.config.auth import CommandSignerConfig, CommandSigning
 from sidecar.signing import SigningError, make_signer
 
 

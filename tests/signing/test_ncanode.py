@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import NcaNodeSignerConfig, NcaNodeSigning
-from sidecar.errors import SetupError
+from sidecar.config.auth import NcaNodeSignerConfig, NcaNodeSigning
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.ncanode import NcaNode, start_ncanode
 from sidecar.sandbox.pki import IssuedCert, Pki

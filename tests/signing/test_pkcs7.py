@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import Pkcs7Signing
-from sidecar.errors import SetupError
+from sidecar.config.auth import Pkcs7Signing
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.signing import make_signer
