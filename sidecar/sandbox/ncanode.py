@@ -35,8 +35,8 @@ Assumptions [A]: v2 errors keep HTTP 200 (the ``httpCode`` field is in the body)
 ``raw`` in v1 and unparsable JSON-RPC bodies answer status 3. ``withTsp``/``createTsp``
 fail, because there is no TSA offline (a real NCANode without network fails too).
 
-Fault injection (failures, hangs, latency) and statistics are available as Python methods
-and over HTTP under ``/_sandbox/``, like the other emulators'.
+Fault injection (failures, hangs, latency) of the signing calls and statistics are
+available as Python methods and over HTTP under ``/_sandbox/``, like the other emulators'.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 from cryptography import x509
@@ -59,16 +59,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7, pkcs12
 
 from sidecar.sandbox import controls
+from sidecar.sandbox.emulator import Emulator
 from sidecar.sandbox.servers import TlsServer
 
 __all__ = ["DEFAULT_PORT", "NcaNode", "java_b64decode", "start_ncanode"]
 
 DEFAULT_PORT = 14579  # NCANode's own default (NCANODE_PORT)
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024**2  # Spring has no JSON body limit; keep big batches working
-_SETTINGS: dict[str, controls.Validator] = {
-    "latency": controls.number,
-    "detailed_errors": controls.boolean,
-}
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _SHA2 = (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _REASONS = {
@@ -224,11 +221,6 @@ def _spring_error(status: int, path: str) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _shutting_down() -> web.Response:
-    body = {"status": 503, "message": "Server is shutting down", "details": None}
-    return web.json_response(body, status=503)
-
-
 def _as_bool(value: Any) -> bool:
     """Jackson's view of a boolean field: null is false, "true"/"false" are coerced."""
     if value is None:
@@ -252,11 +244,18 @@ def _as_rpc_bool(value: Any) -> bool:
     return value is True
 
 
-class NcaNode:
+class NcaNode(Emulator):
     """NCANode's v3 REST and v1/v2 JSON-RPC signing APIs, with sandbox controls.
 
-    Settings are plain attributes, read on every call (``node.latency = 0.5``).
+    Settings are plain attributes, read on every call (``node.latency = 0.5``). The
+    controlled calls are the signing calls; an injected failure has the called API's
+    error shape.
     """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "latency": controls.number,
+        "detailed_errors": controls.boolean,
+    }
 
     def __init__(
         self,
@@ -265,45 +264,21 @@ class NcaNode:
         detailed_errors: bool = False,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
+        super().__init__(client_max_size=max_request_bytes)
         self.latency = latency
         self.detailed_errors = detailed_errors  # NCANODE_DEBUG: fill "details" with the cause
 
-        self._controls = controls.FaultControls()
         self._calls = 0
         self._by_version: Counter[str] = Counter()
         self._errors = 0
         self._signatures = 0
 
-        self._app = web.Application(client_max_size=max_request_bytes)
         router = self._app.router
         router.add_post("/cms/sign", self._v3_handler)
         router.add_post("/", self._rpc_handler)
         router.add_get("/", self._banner_handler)
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, none_status=True)
+        self.add_sandbox_routes(none_status=True)
         router.add_route("*", "/{tail:.*}", self._not_found_handler)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the signing calls from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
-
-    # -- controls --------------------------------------------------------------------------
-
-    def fail_with(self, status: int | None, count: int | None = None) -> None:
-        """Answer the next ``count`` signing calls (all if None) with HTTP ``status``.
-
-        The body has the called API's error shape. ``status=None`` (or ``count=0``) clears it.
-        """
-        self._controls.fail_with(status, count)
-
-    def hang(self, enabled: bool) -> None:
-        """While enabled, signing calls wait and never answer (until disabled or shutdown)."""
-        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         """Signing calls: ``by_version`` counts "v3", "v2", "v1" and "rpc" (a JSON-RPC call
@@ -313,20 +288,19 @@ class NcaNode:
             "by_version": dict(self._by_version),
             "errors": self._errors,
             "signatures": self._signatures,
-            "max_concurrent": self._controls.max_concurrent,
-            "in_flight": self._controls.in_flight,
-            "events": [dict(e) for e in self._controls.events],
+            **self.call_stats(),
         }
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self._calls = 0
         self._by_version.clear()
         self._errors = 0
         self._signatures = 0
-        self._controls.reset_stats()
 
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SETTINGS}
+    def answer_closed(self) -> web.Response:
+        body = {"status": 503, "message": "Server is shutting down", "details": None}
+        return web.json_response(body, status=503)
 
     # -- v3 --------------------------------------------------------------------------------
 
@@ -538,11 +512,7 @@ class NcaNode:
                         payload = None
                     if isinstance(payload, dict) and payload.get("version") in ("1.0", "2.0"):
                         event["version"] = "v1" if payload["version"] == "1.0" else "v2"
-                response = await self._controls.intercept(
-                    self.latency,
-                    closed=_shutting_down,
-                    failure=partial(self._injected_failure, api),
-                )
+                response = await self.intercept(partial(self._injected_failure, api))
                 if response is None and api == "v3":
                     response, ok = await self._v3(request, raw)
                 elif response is None:

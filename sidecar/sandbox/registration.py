@@ -29,14 +29,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from datetime import time as dtime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from aiohttp import web
 
 from sidecar.sandbox import controls
+from sidecar.sandbox.emulator import LOOPBACK_HOSTS, MAX_EVENTS, Emulator
+from sidecar.sandbox.inbound import bearer_token, header_map
 from sidecar.sandbox.keycloak import KeycloakEmulator
-from sidecar.sandbox.ntb import _bearer_token, _headers
 from sidecar.sandbox.passport import MoexPassport
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.servers import TlsServer
@@ -61,8 +62,6 @@ DEFAULT_HOURS = (dtime(11, 0), dtime(16, 0))
 MAX_BODY = 1024 * 1024  # "Maximum request payload size - 1 Mb"
 RETRY_AFTER = 30  # seconds; MOEX: "Please try again in 30 seconds"
 
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-_MAX_EVENTS = 10_000  # keep stats bounded during long runs
 # The sandbox keeps documents in memory: the oldest are forgotten past these bounds.
 _MAX_STORED_DOCUMENTS = 1000
 _MAX_STORED_BYTES = 64 * 1024 * 1024
@@ -87,14 +86,6 @@ def _parse_hours(value: Any) -> tuple[dtime, dtime] | None:
     if start.tzinfo is not None or end.tzinfo is not None:
         raise ValueError("hours are Moscow times without a UTC offset")
     return start, end
-
-
-_SETTINGS: dict[str, controls.Validator] = {
-    "min_interval": controls.number,
-    "processing_delay": controls.number,
-    "max_body": controls.integer,
-    "hours": lambda _name, value: _parse_hours(value),
-}
 
 
 def _local_name(name: str) -> str:
@@ -163,13 +154,22 @@ class _Application:
         }
 
 
-class RegistrationApi:
+class RegistrationApi(Emulator):
     """The registration API; ``validate_token`` returns a live token's claims or None.
 
     Settings are attributes read on every request: ``clock`` (aware datetimes), ``hours``
     (Moscow times, start inclusive, end exclusive; None = always open), ``min_interval``,
     ``max_body`` and ``processing_delay`` (seconds until a document reads "processed").
+    Every API request is a controlled call; failures can be injected, but it never hangs.
     """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "min_interval": controls.number,
+        "processing_delay": controls.number,
+        "max_body": controls.integer,
+        "hours": lambda _name, value: _parse_hours(value),
+    }
+    HANGS = False  # this emulator has never had a hang control
 
     def __init__(
         self,
@@ -181,6 +181,7 @@ class RegistrationApi:
         max_body: int = MAX_BODY,
         processing_delay: float = 2.0,
     ) -> None:
+        super().__init__()
         self._validate = validate_token
         self.clock: Callable[[], datetime] = clock or _real_clock
         self.hours = hours
@@ -192,31 +193,18 @@ class RegistrationApi:
         self._stored_bytes = 0
         self._numbers = itertools.count(1)
         self._last_let_through: dict[str, float] = {}  # client -> time.monotonic()
-        self._controls = controls.FaultControls()
 
-        self.arrivals: deque[float] = deque(maxlen=_MAX_EVENTS)
+        self.arrivals: deque[float] = deque(maxlen=MAX_EVENTS)
         self.last_request: dict[str, Any] | None = None
         self._counts: dict[str, int] = {}
         self.reset_stats()
 
-        self._app = web.Application()
         for path in (APPLICATIONS_PATH + "/", APPLICATIONS_PATH):
             self._app.router.add_post(path, self._post_handler)
         self._app.router.add_get(APPLICATIONS_PATH + "/{doc_date}/{doc_num}", self._get_handler)
         self._app.router.add_get("/_sandbox/clock", self._clock_handler)
         self._app.router.add_post("/_sandbox/clock", self._clock_handler)
-        # Only failures can be injected here: this emulator has never had a hang control.
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, hang=False)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the API requests from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
+        self.add_sandbox_routes()
 
     # -- controls --------------------------------------------------------------------------
 
@@ -239,13 +227,6 @@ class RegistrationApi:
             return start <= now < end
         return now >= start or now < end  # a window across midnight
 
-    def fail_with(self, status: int | None, count: int | None = None) -> None:
-        """Answer the next ``count`` API requests (all if None) with ``status``.
-
-        ``status=None`` (or ``count=0``) clears the failure.
-        """
-        self._controls.fail_with(status, count)
-
     def document(self, doc_date: str, doc_num: str) -> bytes | None:
         """The stored bytes of an accepted document, if still kept."""
         found = self._applications.get((doc_date, doc_num))
@@ -260,6 +241,7 @@ class RegistrationApi:
         }
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self.arrivals.clear()
         self.last_request = None
         self._counts = dict.fromkeys(
@@ -297,7 +279,7 @@ class RegistrationApi:
     ) -> web.Response:
         return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
-    def _injected_failure(self, status: int) -> web.Response:
+    def answer_failure(self, status: int) -> web.Response:
         self._counts["injected"] += 1
         error = "server_error" if status >= 500 else "invalid_request"
         return self._error(status, error, controls.failure_text(status))
@@ -309,10 +291,10 @@ class RegistrationApi:
 
         A refusal is returned with the body already drained.
         """
-        refusal = self._controls.take_failure(self._injected_failure)
+        refusal = self._controls.take_failure(self.answer_failure)
         client = ""
         if refusal is None:
-            token = _bearer_token(request.headers.get("Authorization"))
+            token = bearer_token(request.headers.get("Authorization"))
             claims = self._validate(token) if token is not None else None
             if claims is None:
                 self._counts["unauthorized"] += 1
@@ -376,7 +358,7 @@ class RegistrationApi:
         return {
             "method": request.method,
             "path": request.path,
-            "headers": _headers(request),
+            "headers": header_map(request),
             "token_azp": None,
             "token_sub": None,
         }
@@ -559,12 +541,12 @@ async def start_moex_registration(
 
     passport_server = TlsServer(
         passport.app,
-        pki.server_ssl_context(pki.issue_server("moex-passport", _LOOPBACK_HOSTS)),
+        pki.server_ssl_context(pki.issue_server("moex-passport", LOOPBACK_HOSTS)),
         port=passport_port,
     )
     registration_server = TlsServer(
         registration.app,
-        pki.server_ssl_context(pki.issue_server("moex-apim", _LOOPBACK_HOSTS)),
+        pki.server_ssl_context(pki.issue_server("moex-apim", LOOPBACK_HOSTS)),
         port=api_port,
     )
     await passport_server.start()
