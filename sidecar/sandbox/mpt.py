@@ -60,7 +60,7 @@ from sidecar.sandbox import controls, jwts
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.emulator import LOOPBACK_HOSTS, MAX_EVENTS, Emulator
 from sidecar.sandbox.inbound import bearer_token, hash_body, request_summary
-from sidecar.sandbox.ncanode import java_b64decode
+from sidecar.sandbox.ncanode_signing import java_b64decode
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import TlsServer
 

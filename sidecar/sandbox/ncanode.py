@@ -47,27 +47,21 @@ import datetime as dt
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7, pkcs12
 
 from sidecar.sandbox import controls
 from sidecar.sandbox.emulator import Emulator
+from sidecar.sandbox.ncanode_signing import KeyProblem, KeySpec, java_b64decode
+from sidecar.sandbox.ncanode_signing import sign_cms as _sign  # a module global: tests patch it
 from sidecar.sandbox.servers import TlsServer
 
 __all__ = ["DEFAULT_PORT", "NcaNode", "java_b64decode", "start_ncanode"]
 
 DEFAULT_PORT = 14579  # NCANode's own default (NCANODE_PORT)
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024**2  # Spring has no JSON body limit; keep big batches working
-_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-_SHA2 = (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _REASONS = {
     400: "Bad Request",
     404: "Not Found",
@@ -76,17 +70,6 @@ _REASONS = {
 }
 _BANNER = "NCANode sandbox emulator. Use POST /cms/sign (API v3) or POST / (API v1/v2).\n"
 
-# NCANode v3 key messages (kz.ncanode.constants.MessageConstants).
-_V3_KEY_MESSAGES = {
-    "base64": "Key reading error: Invalid Base64 format. Key must be in valid Base64 format.",
-    "format": "Key reading error: Invalid format.",
-    "password": "Key reading error: Password incorrect.",
-}
-# What Kalkan itself says, which v1 and v2 pass through unchanged.
-_KALKAN_MESSAGES = {
-    "format": "stream does not represent a PKCS12 key store",
-    "password": "PKCS12 key store mac invalid - wrong password or corrupted file.",
-}
 _NO_TSP = "TSP is unavailable: the sandbox has no TSA to timestamp with"
 # JSON-RPC statuses (kz.ncanode.api.core.ApiStatus).
 _OK = 0
@@ -99,60 +82,6 @@ _PARAMS_NOT_FOUND = 6
 _METHOD_NOT_SPECIFIED = 7
 
 
-def java_b64decode(text: str) -> bytes:
-    """Decode like Java's ``Base64.getDecoder()``: strict alphabet, no whitespace, optional
-    padding; errors carry Java's messages, which NCANode passes on to clients."""
-    stripped = text.rstrip("=")
-    padding = len(text) - len(stripped)
-    for char in stripped:
-        if char not in _B64_ALPHABET:
-            raise ValueError(f"Illegal base64 character {ord(char):x}")
-    if padding > 2 or (padding and len(text) % 4):
-        raise ValueError("Input byte array has wrong 4-byte ending unit")
-    if len(stripped) % 4 == 1:
-        raise ValueError("Last unit does not have enough valid bits")
-    return base64.b64decode(stripped + "=" * (-len(stripped) % 4))
-
-
-class _KeyProblem(Exception):
-    """A signer's PKCS#12 could not be used; ``kind`` picks each API's wording."""
-
-    def __init__(self, index: int, kind: str, detail: str = "") -> None:
-        super().__init__(f"signers[{index}]: {kind} {detail}".strip())
-        self.index = index
-        self.kind = kind  # base64 | format | password | alias | unsupported
-        self.detail = detail
-
-    def kalkan_message(self) -> str:
-        if self.kind in _KALKAN_MESSAGES:
-            return _KALKAN_MESSAGES[self.kind]
-        return self.detail
-
-    def v3_message(self) -> str:
-        if self.kind in _V3_KEY_MESSAGES:
-            text = _V3_KEY_MESSAGES[self.kind]
-        elif self.kind == "alias":
-            text = f"Key reading error: Key does not have '{self.detail}' alias"
-        else:
-            text = self.detail
-        return f"signers[{self.index}]: {text}"
-
-
-@dataclass(frozen=True)
-class _KeySpec:
-    """One signer as the request gave it: the base64 PKCS#12, its password and an alias."""
-
-    p12: str
-    password: str
-    alias: str | None
-
-
-@dataclass(frozen=True)
-class _Signer:
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-
 class _RpcError(Exception):
     """A JSON-RPC (v1/v2) failure, answered with HTTP 200 and a non-zero status."""
 
@@ -161,56 +90,6 @@ class _RpcError(Exception):
         self.status = status
         self.message = message
         self.http_code = http_code  # v2 bodies carry it; v1 bodies do not
-
-
-def _load_signer(index: int, spec: _KeySpec) -> _Signer:
-    try:
-        raw = java_b64decode(spec.p12)
-    except ValueError as exc:
-        raise _KeyProblem(index, "base64", str(exc)) from None
-    try:
-        loaded = pkcs12.load_pkcs12(raw, spec.password.encode())
-    except ValueError as exc:
-        # cryptography says "Could not deserialize" for non-PKCS#12 bytes and "Invalid
-        # password" when the MAC does not verify: the two cases Kalkan tells apart.
-        kind = "format" if "deserialize" in str(exc) else "password"
-        raise _KeyProblem(index, kind) from None
-    if loaded.key is None or loaded.cert is None:
-        raise _KeyProblem(index, "format")
-    if spec.alias:
-        name = (loaded.cert.friendly_name or b"").decode("utf-8", "replace")
-        # Java's PKCS12 key store lower-cases aliases, so compare without case.
-        if name.lower() != spec.alias.lower():
-            raise _KeyProblem(index, "alias", spec.alias)
-    if not isinstance(loaded.key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        kind_name = type(loaded.key).__name__
-        raise _KeyProblem(
-            index, "unsupported", f"the sandbox signs RSA and EC keys, not {kind_name}"
-        )
-    return _Signer(key=loaded.key, cert=loaded.cert.certificate)
-
-
-def _digest_for(cert: x509.Certificate) -> hashes.HashAlgorithm:
-    # NCANode picks the digest from the certificate's signature algorithm
-    # (Helper.getDigestAlgorithmOidBYSignAlgorithmOid); SHA-256 when that is not SHA-2.
-    algorithm = cert.signature_hash_algorithm
-    if isinstance(algorithm, _SHA2):
-        return type(algorithm)()
-    return hashes.SHA256()
-
-
-def _sign(data: bytes, specs: Sequence[_KeySpec], *, detached: bool) -> bytes:
-    """Load every key and make the CMS; CPU-bound, so callers run it in a thread."""
-    signers = [_load_signer(i, spec) for i, spec in enumerate(specs)]
-    builder = pkcs7.PKCS7SignatureBuilder().set_data(data)
-    for signer in signers:
-        builder = builder.add_signer(signer.cert, signer.key, _digest_for(signer.cert))
-    # Binary keeps the bytes exact (no LF→CRLF); NoCapabilities leaves only the attributes
-    # Kalkan adds (contentType, signingTime, messageDigest).
-    options = [pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoCapabilities]
-    if detached:
-        options.append(pkcs7.PKCS7Options.DetachedSignature)
-    return builder.sign(Encoding.DER, options)
 
 
 def _spring_error(status: int, path: str) -> web.Response:
@@ -334,7 +213,7 @@ class NcaNode(Emulator):
             data = payload.get("data")
             if data is not None and not isinstance(data, str):
                 raise ValueError("Cannot deserialize `data` from a non-string value")
-            specs: list[_KeySpec | None] = []
+            specs: list[KeySpec | None] = []
             for item in signers or []:
                 if not isinstance(item, dict):
                     raise ValueError("Cannot deserialize SignerRequest from a non-object")
@@ -343,7 +222,7 @@ class NcaNode(Emulator):
                     raise ValueError("Cannot deserialize a SignerRequest field from a non-string")
                 # Kalkan is never reached without a key and a password (a NullPointerException).
                 specs.append(
-                    None if key is None or password is None else _KeySpec(key, password, alias)
+                    None if key is None or password is None else KeySpec(key, password, alias)
                 )
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             return self._v3_error(500, f"JSON parse error: {exc}", None), False
@@ -366,7 +245,7 @@ class NcaNode(Emulator):
         ready = [spec for spec in specs if spec is not None]
         try:
             cms = await asyncio.to_thread(_sign, content, ready, detached=detached)
-        except _KeyProblem as exc:
+        except KeyProblem as exc:
             return self._v3_error(500, exc.v3_message(), exc.kalkan_message()), False
         if with_tsp:
             return self._v3_error(500, _NO_TSP, None), False
@@ -418,12 +297,12 @@ class NcaNode(Emulator):
         items = params["p12array"]
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise api_error("p12array must be an array of objects")
-        specs: list[_KeySpec] = []
+        specs: list[KeySpec] = []
         for item in items:
             p12, password, alias = item.get("p12"), item.get("password"), item.get("alias")
             if not isinstance(p12, str) or not isinstance(password, str):
                 raise invalid("p12 and password must be strings")
-            specs.append(_KeySpec(p12, password, alias if isinstance(alias, str) else None))
+            specs.append(KeySpec(p12, password, alias if isinstance(alias, str) else None))
         if "data" not in params:
             raise invalid("Field 'data' is required")
         if not isinstance(params["data"], str):
@@ -436,7 +315,7 @@ class NcaNode(Emulator):
             raise api_error("no keys in p12array")
         try:
             cms = await asyncio.to_thread(_sign, content, specs, detached=False)
-        except _KeyProblem as exc:
+        except KeyProblem as exc:
             if exc.kind == "alias":  # thrown by the method, not by argument validation
                 raise api_error("Certificate with specified alias not found") from None
             raise invalid(exc.kalkan_message()) from None
@@ -473,9 +352,9 @@ class NcaNode(Emulator):
         try:
             # RAW.sign uses the last alias of the key store, so no alias is checked.
             cms = await asyncio.to_thread(
-                _sign, content, [_KeySpec(p12, password, None)], detached=False
+                _sign, content, [KeySpec(p12, password, None)], detached=False
             )
-        except _KeyProblem as exc:
+        except KeyProblem as exc:
             raise invalid("p12", exc.kalkan_message()) from None
         if _as_rpc_bool(params.get("createTsp")):
             raise _RpcError(_API_ERROR, f"Api error: {_NO_TSP}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -61,27 +60,15 @@ class Wso2Gateway(Wso2KeyManager):
     def __init__(
         self,
         *,
-        consumer_key: str = "kisc-consumer-key",
-        consumer_secret: str = "kisc-consumer-secret",
-        users: Mapping[str, str] | None = None,
-        access_ttl: float = 3600,
-        refresh_ttl: float = 86400,
-        timestamp_skew: float = 0.0,
-        latency: float = 0.0,
         fault_format: str = "json",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        **key_manager: Any,
     ) -> None:
+        """``key_manager``: ``Wso2KeyManager``'s keyword arguments (consumer key and secret,
+        users, token lifetimes, ``timestamp_skew``, ``latency``)."""
         if fault_format not in FAULT_FORMATS:
             raise ValueError(f"fault_format must be one of {FAULT_FORMATS}")
-        super().__init__(
-            consumer_key=consumer_key,
-            consumer_secret=consumer_secret,
-            users=users,
-            access_ttl=access_ttl,
-            refresh_ttl=refresh_ttl,
-            timestamp_skew=timestamp_skew,
-            latency=latency,
-        )
+        super().__init__(**key_manager)
         self.fault_format = fault_format
         self.max_message_bytes = max_message_bytes
 
