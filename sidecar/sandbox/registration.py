@@ -14,8 +14,9 @@ limits are enforced as MOEX publishes them, because they are what a client must 
 * at most 1 MB of body, else 413; the body must be well-formed XML, else 400.
 
 Every request needs a live bearer token with scope ``client_registration`` (from the
-Keycloak emulator's ``grant_type_moex=passport`` login). ``start_moex_registration`` starts
-the whole MOEX stack: Passport, this API, and the IdP wiring between them.
+Keycloak emulator's ``grant_type_moex=passport`` login). ``start_moex_registration`` (in
+``moex``, still importable from here) starts the whole MOEX stack: Passport, this API, and
+the IdP wiring between them.
 """
 
 from __future__ import annotations
@@ -35,12 +36,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from sidecar.sandbox import controls
-from sidecar.sandbox.emulator import LOOPBACK_HOSTS, MAX_EVENTS, Emulator
+from sidecar.sandbox.emulator import MAX_EVENTS, Emulator
 from sidecar.sandbox.inbound import bearer_token, header_map
-from sidecar.sandbox.keycloak import KeycloakEmulator
-from sidecar.sandbox.passport import MoexPassport
-from sidecar.sandbox.pki import IssuedCert, Pki
-from sidecar.sandbox.servers import TlsServer
 
 __all__ = [
     "APPLICATIONS_PATH",
@@ -48,15 +45,12 @@ __all__ = [
     "MSK",
     "REGISTRATION_CLIENT_ID",
     "REGISTRATION_SCOPE",
-    "MoexStack",
     "RegistrationApi",
-    "start_moex_registration",
 ]
 
 APPLICATIONS_PATH = "/client/v1/applications"
 REGISTRATION_SCOPE = "client_registration"
 REGISTRATION_CLIENT_ID = "moex_registration"
-_DEFAULT_CLIENT_SECRET = "registration-secret"
 MSK = timezone(timedelta(hours=3), "MSK")  # Moscow has had no DST since 2014
 DEFAULT_HOURS = (dtime(11, 0), dtime(16, 0))
 MAX_BODY = 1024 * 1024  # "Maximum request payload size - 1 Mb"
@@ -65,7 +59,6 @@ RETRY_AFTER = 30  # seconds; MOEX: "Please try again in 30 seconds"
 # The sandbox keeps documents in memory: the oldest are forgotten past these bounds.
 _MAX_STORED_DOCUMENTS = 1000
 _MAX_STORED_BYTES = 64 * 1024 * 1024
-_PASSPORT_SETTINGS = frozenset({"users", "token_ttl", "redirect"})
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _INSUFFICIENT_SCOPE = {
     "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{REGISTRATION_SCOPE}"'
@@ -484,86 +477,11 @@ class RegistrationApi(Emulator):
         )
 
 
-@dataclass
-class MoexStack:
-    """What ``start_moex_registration`` started, with the values a sidecar config needs."""
+def __getattr__(name: str) -> Any:
+    # The MOEX stack moved to ``moex``, which imports this module; resolving the old names
+    # lazily keeps both import orders working.
+    if name in ("MoexStack", "start_moex_registration"):
+        from sidecar.sandbox import moex
 
-    passport: MoexPassport
-    passport_server: TlsServer
-    registration: RegistrationApi
-    registration_server: TlsServer
-    passport_url: str  # the GET /authenticate URL
-    api_url: str  # the registration API's base URL (scheme://host:port)
-    signer: IssuedCert  # the default Passport user's RSA signing certificate
-    user: str  # that Passport user
-    client_id: str
-    client_secret: str
-
-    async def stop(self) -> None:
-        """Stop both servers; safe to call more than once."""
-        try:
-            await self.registration_server.stop()
-        finally:
-            await self.passport_server.stop()
-
-
-async def start_moex_registration(
-    pki: Pki,
-    idp: KeycloakEmulator,
-    *,
-    passport_port: int = 0,
-    api_port: int = 0,
-    **settings: Any,
-) -> MoexStack:
-    """Start MOEX Passport and the registration API over TLS and wire ``idp`` to them.
-
-    ``settings`` named ``users``, ``token_ttl`` or ``redirect`` go to ``MoexPassport``,
-    the others to ``RegistrationApi``. The IdP gets the Passport, the PKI's CA as the
-    signing CA and a confidential client ``moex_registration`` if it has none.
-    """
-    passport = MoexPassport(**{k: v for k, v in settings.items() if k in _PASSPORT_SETTINGS})
-    registration = RegistrationApi(
-        idp.introspect, **{k: v for k, v in settings.items() if k not in _PASSPORT_SETTINGS}
-    )
-    if not passport.users:
-        raise ValueError("MOEX Passport needs at least one user")
-    user = next(iter(passport.users))
-    # As MOEX's CA does for each Passport user: an RSA certificate in the user's name.
-    signer = pki.issue_client("moex-signer", common_name=user)
-    passport.register_signer(user, signer.cert)
-
-    idp.passport = passport
-    idp.ca_file = pki.ca_file
-    secret = idp.clients.get(REGISTRATION_CLIENT_ID)
-    if secret is None:  # absent or public: a Passport login needs a client secret
-        secret = _DEFAULT_CLIENT_SECRET
-        idp.clients[REGISTRATION_CLIENT_ID] = secret
-
-    passport_server = TlsServer(
-        passport.app,
-        pki.server_ssl_context(pki.issue_server("moex-passport", LOOPBACK_HOSTS)),
-        port=passport_port,
-    )
-    registration_server = TlsServer(
-        registration.app,
-        pki.server_ssl_context(pki.issue_server("moex-apim", LOOPBACK_HOSTS)),
-        port=api_port,
-    )
-    await passport_server.start()
-    try:
-        await registration_server.start()
-    except BaseException:
-        await passport_server.stop()
-        raise
-    return MoexStack(
-        passport=passport,
-        passport_server=passport_server,
-        registration=registration,
-        registration_server=registration_server,
-        passport_url=passport_server.url + "/authenticate",
-        api_url=registration_server.url,
-        signer=signer,
-        user=user,
-        client_id=REGISTRATION_CLIENT_ID,
-        client_secret=secret,
-    )
+        return getattr(moex, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
