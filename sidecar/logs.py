@@ -94,30 +94,6 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-def _is_http_processing_error(exc: BaseException | None) -> bool:
-    return exc is not None and any(
-        k.__name__ == "HttpProcessingError" and k.__module__.startswith("aiohttp")
-        for k in type(exc).__mro__
-    )
-
-
-class MalformedRequests(logging.Filter):
-    """aiohttp logs every malformed request at ERROR with a traceback and the offending bytes
-    (which may carry an app's credentials). The client already got its 400: keep one short
-    warning naming the kind of error, without the bytes, so bad input cannot flood the logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        # By name: the sidecar itself does not load aiohttp (only the sandbox servers do).
-        if record.name == "aiohttp.server" and _is_http_processing_error(exc):
-            record.msg, record.args = "malformed_request_refused", ()
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
-            record.__dict__["error"] = type(exc).__name__
-            record.__dict__["status"] = getattr(exc, "code", None)
-        return True
-
-
 class AccessLog:
     """The one line per request. In JSON format it skips structlog's processor chain (about
     a sixth of a proxied request's CPU) but writes the same keys, redacted the same way, and
@@ -263,9 +239,6 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
             ],
         )
     )
-    server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
-        server_log.addFilter(MalformedRequests())  # on the logger: every handler sees it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.getLevelName(level.upper()))
