@@ -14,21 +14,20 @@ limits are enforced as MOEX publishes them, because they are what a client must 
 * at most 1 MB of body, else 413; the body must be well-formed XML, else 400.
 
 Every request needs a live bearer token with scope ``client_registration`` (from the
-Keycloak emulator's ``grant_type_moex=passport`` login). ``start_moex_registration`` (in
-``moex``, still importable from here) starts the whole MOEX stack: Passport, this API, and
-the IdP wiring between them.
+Keycloak emulator's ``grant_type_moex=passport`` login). ``moex.start_moex_registration``
+starts the whole MOEX stack: Passport, this API, and the IdP wiring between them. What a
+received document is (fields, body, status) and the stand's hours are in
+:mod:`.registration_parts`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from datetime import time as dtime
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -38,15 +37,15 @@ from aiohttp import web
 from sidecar.sandbox import controls
 from sidecar.sandbox.emulator import MAX_EVENTS, Emulator
 from sidecar.sandbox.inbound import bearer_token, header_map
-
-__all__ = [
-    "APPLICATIONS_PATH",
-    "DEFAULT_HOURS",
-    "MSK",
-    "REGISTRATION_CLIENT_ID",
-    "REGISTRATION_SCOPE",
-    "RegistrationApi",
-]
+from sidecar.sandbox.registration_parts import (
+    Application,
+    Body,
+    doc_field,
+    local_name,
+    parse_hours,
+    read_body,
+    real_clock,
+)
 
 APPLICATIONS_PATH = "/client/v1/applications"
 REGISTRATION_SCOPE = "client_registration"
@@ -65,88 +64,6 @@ _INSUFFICIENT_SCOPE = {
 }
 
 
-def _real_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-def _parse_hours(value: Any) -> tuple[dtime, dtime] | None:
-    """``null`` or ``["HH:MM", "HH:MM"]`` from the settings endpoint."""
-    if value is None:
-        return None
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError('hours must be null or ["HH:MM", "HH:MM"]')
-    start, end = (dtime.fromisoformat(str(v)) for v in value)
-    if start.tzinfo is not None or end.tzinfo is not None:
-        raise ValueError("hours are Moscow times without a UTC offset")
-    return start, end
-
-
-def _local_name(name: str) -> str:
-    """An XML tag or attribute name without its ``{namespace}``."""
-    return name.rsplit("}", 1)[-1].lower()
-
-
-def _doc_field(root: ET.Element, name: str) -> str | None:
-    """The first non-empty attribute or element called ``name`` (case-insensitive)."""
-    for element in root.iter():
-        for attr, value in element.attrib.items():
-            if _local_name(attr) == name and value.strip():
-                return value.strip()
-        if _local_name(element.tag) == name and element.text and element.text.strip():
-            return element.text.strip()
-    return None
-
-
-@dataclass
-class _Body:
-    data: bytes | None  # None: not kept (drained, or over the limit and cut short)
-    sha256: str | None
-    length: int
-
-
-async def _read_body(request: web.Request, limit: int | None) -> _Body:
-    """Read the body in chunks. With a ``limit``, stop as soon as it is exceeded and keep
-    nothing; without one, drain and hash it all (so an early error reaches the client
-    instead of a connection reset)."""
-    digest = hashlib.sha256()
-    chunks: list[bytes] = []
-    length = 0
-    while chunk := await request.content.readany():
-        length += len(chunk)
-        if limit is not None:
-            if length > limit:
-                # aiohttp discards the unread rest after the answer, so the 413 still arrives.
-                return _Body(None, None, length)
-            chunks.append(chunk)
-        digest.update(chunk)
-    return _Body(b"".join(chunks) if limit is not None else None, digest.hexdigest(), length)
-
-
-@dataclass
-class _Application:
-    doc_date: str
-    doc_num: str
-    client_id: str
-    root_tag: str
-    body: bytes
-    sha256: str
-    received_at: datetime  # by the API's clock, in MSK
-    accepted_at: float  # time.monotonic(); drives accepted -> processed
-
-    def status(self, processing_delay: float) -> dict[str, Any]:
-        done = time.monotonic() - self.accepted_at >= processing_delay
-        return {
-            "doc_date": self.doc_date,
-            "doc_num": self.doc_num,
-            "status": "processed" if done else "accepted",
-            "received_at": self.received_at.isoformat(),
-            "client_id": self.client_id,
-            "root": self.root_tag,
-            "body_sha256": self.sha256,
-            "body_length": len(self.body),
-        }
-
-
 class RegistrationApi(Emulator):
     """The registration API; ``validate_token`` returns a live token's claims or None.
 
@@ -160,7 +77,7 @@ class RegistrationApi(Emulator):
         "min_interval": controls.number,
         "processing_delay": controls.number,
         "max_body": controls.integer,
-        "hours": lambda _name, value: _parse_hours(value),
+        "hours": lambda _name, value: parse_hours(value),
     }
     HANGS = False  # this emulator has never had a hang control
 
@@ -176,13 +93,13 @@ class RegistrationApi(Emulator):
     ) -> None:
         super().__init__()
         self._validate = validate_token
-        self.clock: Callable[[], datetime] = clock or _real_clock
+        self.clock: Callable[[], datetime] = clock or real_clock
         self.hours = hours
         self.min_interval = min_interval
         self.max_body = max_body
         self.processing_delay = processing_delay
 
-        self._applications: OrderedDict[tuple[str, str], _Application] = OrderedDict()
+        self._applications: OrderedDict[tuple[str, str], Application] = OrderedDict()
         self._stored_bytes = 0
         self._numbers = itertools.count(1)
         self._last_let_through: dict[str, float] = {}  # client -> time.monotonic()
@@ -204,7 +121,7 @@ class RegistrationApi(Emulator):
     def set_clock(self, now: datetime | None) -> None:
         """Freeze the clock at ``now`` (an aware datetime); None goes back to real time."""
         if now is None:
-            self.clock = _real_clock
+            self.clock = real_clock
             return
         if now.tzinfo is None:
             raise ValueError("the clock needs an aware datetime (with a UTC offset)")
@@ -305,7 +222,7 @@ class RegistrationApi(Emulator):
                 summary["token_sub"] = claims.get("sub")
                 refusal = self._authorise(claims, client)
         if refusal is not None:
-            self._record(summary, await _read_body(request, None))
+            self._record(summary, await read_body(request, None))
         return refusal, client
 
     def _authorise(self, claims: Mapping[str, Any], client: str) -> web.Response | None:
@@ -342,7 +259,7 @@ class RegistrationApi(Emulator):
             )
         return None
 
-    def _record(self, summary: dict[str, Any], body: _Body) -> None:
+    def _record(self, summary: dict[str, Any], body: Body) -> None:
         summary["body_sha256"] = body.sha256
         summary["body_length"] = body.length
         summary["body_complete"] = body.sha256 is not None
@@ -370,14 +287,14 @@ class RegistrationApi(Emulator):
         if refusal is not None:
             return refusal
         if request.content_type != "application/xml":
-            self._record(summary, await _read_body(request, None))
+            self._record(summary, await read_body(request, None))
             self._counts["bad_content_type"] += 1
             return self._error(
                 400,
                 "invalid_request",
                 f"Content-Type must be application/xml, got {request.content_type!r}",
             )
-        body = await _read_body(request, self.max_body)
+        body = await read_body(request, self.max_body)
         self._record(summary, body)
         if body.data is None:
             self._counts["too_large"] += 1
@@ -394,8 +311,8 @@ class RegistrationApi(Emulator):
             )
 
         received_at = self.clock().astimezone(MSK)
-        doc_date = _doc_field(root, "doc_date") or received_at.date().isoformat()
-        doc_num = _doc_field(root, "doc_num")
+        doc_date = doc_field(root, "doc_date") or received_at.date().isoformat()
+        doc_num = doc_field(root, "doc_num")
         if doc_num is None:
             doc_num = str(next(self._numbers))
             while (doc_date, doc_num) in self._applications:
@@ -408,11 +325,11 @@ class RegistrationApi(Emulator):
                 400, "invalid_request", f"document {doc_date}/{doc_num} is already registered"
             )
         self._store(
-            _Application(
+            Application(
                 doc_date=doc_date,
                 doc_num=doc_num,
                 client_id=client,
-                root_tag=_local_name(root.tag),
+                root_tag=local_name(root.tag),
                 body=body.data,
                 sha256=str(body.sha256),
                 received_at=received_at,
@@ -424,7 +341,7 @@ class RegistrationApi(Emulator):
         summary["location"] = location
         return web.Response(status=202, headers={"Location": location})
 
-    def _store(self, application: _Application) -> None:
+    def _store(self, application: Application) -> None:
         self._applications[(application.doc_date, application.doc_num)] = application
         self._stored_bytes += len(application.body)
         while len(self._applications) > 1 and (
@@ -440,7 +357,7 @@ class RegistrationApi(Emulator):
         self.last_request = summary
         refusal, _ = await self._gate(request, summary)
         if refusal is None:
-            self._record(summary, await _read_body(request, None))
+            self._record(summary, await read_body(request, None))
             key = (request.match_info["doc_date"], request.match_info["doc_num"])
             found = self._applications.get(key)
             if found is None:
@@ -471,17 +388,7 @@ class RegistrationApi(Emulator):
         return web.json_response(
             {
                 "now": self.clock().astimezone(MSK).isoformat(),
-                "fixed": self.clock is not _real_clock,
+                "fixed": self.clock is not real_clock,
                 "open": self.is_open(),
             }
         )
-
-
-def __getattr__(name: str) -> Any:
-    # The MOEX stack moved to ``moex``, which imports this module; resolving the old names
-    # lazily keeps both import orders working.
-    if name in ("MoexStack", "start_moex_registration"):
-        from sidecar.sandbox import moex
-
-        return getattr(moex, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
