@@ -51,6 +51,13 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m tests.bench.run --smoke
 
+# User-space instructions per proxied GET, counted with valgrind's callgrind (installed from
+# Debian's valgrind package): the access line on (log level info), then off (warning).
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	$(BIN)/python -m tests.bench.instructions --log-level info
+	$(BIN)/python -m tests.bench.instructions --log-level warning
+
 # The soak at full length: 10 minutes of mixed traffic through every upstream family with 3 s
 # tokens and IdPs failing 20 % of their calls (make test runs it for 20 s). The one-line
 # summary is printed; the figures go to .soak/last.json.
