@@ -23,14 +23,11 @@ from multidict import CIMultiDict
 
 from sidecar.http1.answer import error_answer
 from sidecar.http1.request import ClientGone, Handler, ServerRequest, TunnelSink
-from sidecar.http1.wire import REASONS, WriteFlow, head
+from sidecar.http1.wire import MAX_FIELD, MAX_HEAD, MAX_TARGET, REASONS, WriteFlow, head
 from sidecar.inflight import InFlight
 
 log = structlog.get_logger("sidecar.proxy")
 
-MAX_TARGET = 8190  # request line: nginx's and aiohttp's default buffer size
-MAX_FIELD = 8190  # one header line
-MAX_HEAD = 32 * 1024  # all header lines of one request
 MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not read
 MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
 
