@@ -252,6 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
             # the next one on a fresh parser.
             keep_alive = self._parser.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
+            self._in_head = True  # the fresh parser's first bytes are a head
             response.content.feed_eof()
             self._message_done(keep_alive)
         else:
