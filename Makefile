@@ -65,6 +65,18 @@ bench-instructions: $(STAMP)
 soak: $(STAMP)
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/pytest -q tests/reliability/test_soak.py
 
+# Hypothesis with random seeds (make test runs the derandomized "ci" profile): every
+# property test with FUZZ_EXAMPLES examples (default 5000), run again and again until
+# FUZZ_SECONDS (default 300) have passed. A failure stops it and prints the input: add it
+# to its test as an @example, then fix the code.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	@end=$$(( $$(date +%s) + $${FUZZ_SECONDS:-300} )); \
+	while :; do \
+		HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -m hypothesis -p no:cacheprovider || exit 1; \
+		[ $$(date +%s) -lt $$end ] || break; \
+	done
+
 .PHONY: image-check deploy-check
 
 # Builds the Dockerfile with podman on a debootstrapped Debian base and runs the image as the

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sidecar import logs
 from sidecar.app import Sidecar
@@ -18,6 +20,22 @@ from sidecar.sandbox.servers import SandboxStack, TlsServer, start_sandbox, stop
 from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
 
 SidecarFactory = Callable[..., Awaitable[Sidecar]]
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (or --hypothesis-profile).
+# "ci", the default (make test): derandomized and with no example database, so every run
+# tries the same inputs and CI never turns red by luck; each test keeps its example count.
+# "fuzz" (make fuzz): random seeds and FUZZ_EXAMPLES per test, to find new failures; each
+# one found becomes an @example on its test, so that ci runs it from then on.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    deadline=None,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "5000")),
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

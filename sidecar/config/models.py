@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sidecar.config.auth import PLAINTEXT_ERROR, Auth, credential_urls
 from sidecar.config.fields import HttpUrlStr, MatchHost, Model
 from sidecar.config.sections import Listen, Log, Reload, Shutdown, Timeouts, Tls
+from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
 
 class HeaderDate(Model):
@@ -40,7 +41,9 @@ class RateLimit(Model):
     rps: float = Field(gt=0)
     burst: int = Field(1, ge=1)
     max_wait: float = Field(30.0, ge=0)
-    default_retry_after: float = Field(30.0, ge=0, description="an upstream 429 without one")
+    default_retry_after: float = Field(
+        DEFAULT_RETRY_AFTER, ge=0, description="an upstream 429 without one"
+    )
 
 
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]

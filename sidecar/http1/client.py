@@ -18,8 +18,25 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
-from sidecar.http1.errors import Closed, PoolFull, TimedOut, connect_error
-from sidecar.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
+from sidecar.http1.errors import (
+    Closed,
+    PoolFull,
+    TimedOut,
+    TooLarge,
+    TransportError,
+    connect_error,
+)
+from sidecar.http1.wire import (
+    LAST_CHUNK,
+    MAX_FIELD,
+    MAX_FIELDS,
+    MAX_HEAD,
+    MAX_TARGET,
+    BodyQueue,
+    WriteFlow,
+    chunk,
+    head,
+)
 
 
 class _Unsolicited(Exception):
@@ -86,6 +103,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._reason = b""
+        self._in_head = True  # else header callbacks are the trailers of a chunked body
+        self._head_bytes = 0  # raw bytes fed while in a head (llhttp buffers partial lines)
+        self._fields_size = 0  # name + value bytes of this message's fields and trailers
+        self._field_count = 0
+        self._quiet = 0  # bytes fed since the parser last called back (a partial trailer)
+        self._called = False
         self._method = ""
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
@@ -141,22 +164,70 @@ class UpstreamConnection(asyncio.Protocol):
         if self._waiter is None and self._response is None:
             self.close()  # bytes while no request is out: nothing may be read from here
             return
+        if self._in_head:
+            self._head_bytes += len(data)
+        self._called = False
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if not isinstance(exc.__context__, _Unsolicited):
+            refused = exc.__context__
+            if isinstance(refused, TransportError):
+                self._fail(refused)
+            elif not isinstance(refused, _Unsolicited):
                 self._fail(Closed(self.pool.label, f"malformed response: {exc!r}"))
+            self.close()
+            return
+        # httptools keeps a header line until it ends, so the parser's own calls alone do not
+        # bound what it holds: count the raw bytes of a head, and of reads with no call back
+        # (a trailer line, a chunk extension) in a body.
+        self._quiet = 0 if self._called else self._quiet + len(data)
+        if (self._in_head and self._head_bytes > MAX_HEAD + MAX_TARGET) or self._quiet > MAX_HEAD:
+            self._fail(self._too_large(f"response headers over {MAX_HEAD} bytes"))
             self.close()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # Every message (a 1xx, the answer, the next answer) starts with its own fields.
+        self._fields = []
+        self._reason = b""
+        self._in_head = True
+        self._fields_size = self._field_count = 0
+        self._called = True
+
     def on_status(self, reason: bytes) -> None:
+        self._called = True
+        reason = self._reason + reason  # llhttp hands it over in pieces across reads
+        if len(reason) > MAX_TARGET:
+            raise self._too_large(f"a response status line over {MAX_TARGET} bytes")
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
+        self._called = True
+        size = len(name) + len(value)
+        self._fields_size += size
+        self._field_count += 1
+        if size > MAX_FIELD:
+            raise self._too_large(f"a response header line over {MAX_FIELD} bytes")
+        if self._fields_size > MAX_HEAD:
+            raise self._too_large(f"response headers over {MAX_HEAD} bytes")
+        if self._field_count > MAX_FIELDS:
+            raise self._too_large(f"more than {MAX_FIELDS} response header lines")
+        if self._in_head:
+            self._fields.append((name, value))
+        # Trailers (after the head) are counted, then dropped: the answer's head is already
+        # on its way to the app, and they must never be read as the next answer's headers.
+
+    def _too_large(self, what: str) -> TransportError:
+        if self._in_head:
+            return TooLarge(self.pool.label, what)
+        # Trailers: the head went out already, so for its reader the body broke off.
+        return Closed(self.pool.label, what.replace("header", "trailer"))
 
     def on_headers_complete(self) -> None:
+        self._called = True
+        self._in_head = False
+        self._head_bytes = 0
         status = self._parser.get_status_code()
         fields, self._fields = self._fields, []
         if status < 200:
@@ -181,6 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
             # the next one on a fresh parser.
             keep_alive = self._parser.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
+            self._in_head = True  # the fresh parser's first bytes are a head
             response.content.feed_eof()
             self._message_done(keep_alive)
         else:
@@ -190,10 +262,19 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(response)
 
     def on_body(self, data: bytes) -> None:
+        self._called = True
         if self._response is not None:
             self._response.content.feed(data)
 
+    def on_chunk_header(self) -> None:
+        self._called = True
+
+    def on_chunk_complete(self) -> None:
+        self._called = True
+
     def on_message_complete(self) -> None:
+        self._called = True
+        self._in_head = True  # what follows is the next answer's head
         response, self._response = self._response, None
         if response is None:
             return  # the end of a 1xx, or of a HEAD answer already closed above

@@ -23,14 +23,11 @@ from multidict import CIMultiDict
 
 from sidecar.http1.answer import error_answer
 from sidecar.http1.request import ClientGone, Handler, ServerRequest, TunnelSink
-from sidecar.http1.wire import REASONS, WriteFlow, head
+from sidecar.http1.wire import MAX_FIELD, MAX_HEAD, MAX_TARGET, REASONS, WriteFlow, head
 from sidecar.inflight import InFlight
 
 log = structlog.get_logger("sidecar.proxy")
 
-MAX_TARGET = 8190  # request line: nginx's and aiohttp's default buffer size
-MAX_FIELD = 8190  # one header line
-MAX_HEAD = 32 * 1024  # all header lines of one request
 MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not read
 MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
 
@@ -57,6 +54,7 @@ class ServerConnection(asyncio.Protocol):
         self._fields: list[tuple[str, str]] = []
         self._head_size = 0
         self._in_head = True
+        self._quiet = 0  # body bytes fed with no parser call back: a trailer being buffered
         self._receiving: ServerRequest | None = None  # the request whose body is being parsed
         self._current: ServerRequest | None = None  # the request being answered
         self._worker: asyncio.Task[None] | None = None
@@ -153,6 +151,8 @@ class ServerConnection(asyncio.Protocol):
             return
         if self._in_head:
             self._head_size += len(data)
+        else:
+            self._quiet += len(data)  # any call back during the feed resets it
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -176,6 +176,10 @@ class ServerConnection(asyncio.Protocol):
         if self._in_head and self._head_size > MAX_HEAD + MAX_TARGET:
             self._refuse_head(_HeadRefused(
                 431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes"))
+        elif self._quiet > MAX_HEAD + MAX_TARGET:
+            # httptools holds a trailer line until it ends: one without end is refused here.
+            self._refuse_head(_HeadRefused(
+                431, "headers_too_large", f"request trailers exceed {MAX_HEAD} bytes"))
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -199,6 +203,14 @@ class ServerConnection(asyncio.Protocol):
         if size > MAX_FIELD:
             raise _HeadRefused(431, "headers_too_large",
                                f"a request header line exceeds {MAX_FIELD} bytes")
+        if not self._in_head:
+            # A chunked body's trailer: it counts against the head's limit and is dropped
+            # (nothing forwards trailers), so an app cannot stream them without end.
+            self._quiet = 0
+            if self._fields_size > MAX_HEAD:
+                raise _HeadRefused(431, "headers_too_large",
+                                   f"request headers and trailers exceed {MAX_HEAD} bytes")
+            return
         self._fields.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -228,6 +240,7 @@ class ServerConnection(asyncio.Protocol):
             self._pause("pipeline", True)
 
     def on_body(self, data: bytes) -> None:
+        self._quiet = 0
         if self._receiving is not None:
             self._receiving.content.feed(data)
 
@@ -238,6 +251,7 @@ class ServerConnection(asyncio.Protocol):
             request.content.feed_eof()
             self._receiving = None
         self._in_head = True
+        self._quiet = 0
 
     # -- running handlers ----------------------------------------------------------------------
 
