@@ -9,7 +9,8 @@ from typing import Any
 from multidict import CIMultiDict
 
 from sidecar.http1.request import ServerRequest
-from sidecar.http1.server import HttpServer, ServerConnection
+from sidecar.http1.server import HttpServer
+from sidecar.http1.server_connection import ServerConnection
 from sidecar.http1.wire import HIGH_WATER
 
 
