@@ -51,30 +51,44 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     names = list(upstreams) if isinstance(upstreams, dict) else []
     env = EnvOverrides(Config, environ, file.init_kwargs)
     variables = env.variables()
-    _check_upstream_names(variables, names, path)
     # Highest priority first: variables override the file.
     sources = (env, file)
     try:
         return Config(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, variables)) from None
+        lines = format_errors(exc, variables)
+        raise ConfigError(_unknown_upstreams(lines, variables, names, path)) from None
 
 
-def _check_upstream_names(
-    variables: dict[str, list[str]], names: list[str], path: str | Path
-) -> None:
-    """A variable that sets a field of an upstream the file does not define is a typo (or a
-    renamed upstream): said as such, not as the phantom upstream's missing fields. A variable
-    holding a whole upstream (``SIDECAR_UPSTREAMS__NEW='{match: ...}'``) adds one."""
+def _unknown_upstreams(
+    lines: list[str], variables: dict[str, list[str]], names: list[str], path: str | Path
+) -> list[str]:
+    """Variables may add an upstream field by field; when such an upstream does not validate,
+    the likelier story is a typo in a variable meant for one of the file's upstreams. Its
+    errors ("match: is required"...) are replaced by one line per variable saying so."""
     known = {norm_key(n) for n in names}
-    problems = [
-        f"{variable}: names upstream {parts[1]!r}, which {path} does not define "
-        f"(its upstreams: {', '.join(names) or 'none'})"
-        for variable, parts in sorted(variables.items())
+    unknown = {
+        variable: parts[1]
+        for variable, parts in variables.items()
         if len(parts) > 2 and parts[0] == "upstreams" and norm_key(parts[1]) not in known
+    }
+    failed = {
+        name for name in unknown.values()
+        if any(norm_key(line).startswith(f"upstreams.{norm_key(name)}.") for line in lines)
+    }
+    if not failed:
+        return lines
+    kept = [
+        line for line in lines
+        if not any(norm_key(line).startswith(f"upstreams.{norm_key(n)}.") for n in failed)
     ]
-    if problems:
-        raise ConfigError(problems)
+    return kept + [
+        f"{variable}: names upstream {name!r}, which {path} does not define (its upstreams: "
+        f"{', '.join(names) or 'none'}); an upstream added by variables needs at least "
+        "match, target and auth"
+        for variable, name in sorted(unknown.items())
+        if name in failed
+    ]
 
 
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -153,14 +167,17 @@ def format_errors(
             # A secret's value is never shown, whatever its type (a numeric PIN too).
             if given is not None and not secret:
                 message += f" (got {given!r})"
-        # Secret-file errors are raised for the whole block: move the field name into the path.
-        field, sep, rest = message.partition(": ")
-        if sep and field.endswith("_file") and field.isidentifier():
-            path, message = f"{path}.{field}", rest
         variable = _variable_of(loc, variables or {})
-        if variable is not None:
-            message += f" (set by {variable})"
-        lines.append(f"{path}: {message}")
+        for part in message.split("\n"):  # a block's secret files: one line each
+            # Secret-file errors are raised for the whole block: move the field name into
+            # the path.
+            where = path
+            field, sep, rest = part.partition(": ")
+            if sep and field.endswith("_file") and field.isidentifier():
+                where, part = f"{path}.{field}", rest
+            if variable is not None:
+                part += f" (set by {variable})"
+            lines.append(f"{where}: {part}")
     return lines
 
 
