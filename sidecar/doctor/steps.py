@@ -13,7 +13,7 @@ import time
 from urllib.parse import urlsplit
 
 from sidecar.auth.base import AuthError, Failure, Grant
-from sidecar.auth.factory import _flow as auth_flow
+from sidecar.auth.factory import auth_flow
 from sidecar.auth.static import StaticToken
 from sidecar.config.auth import AuthBase, StaticAuth, TokenEndpointAuth, credential_urls
 from sidecar.config.errors import SetupError
