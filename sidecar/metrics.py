@@ -63,6 +63,11 @@ class Metrics:
             "sidecar_auth_replays", "Requests replayed with a new token after a rejection.",
             ["upstream"], registry=r,
         )
+        self.token_rejected_again = Counter(
+            "sidecar_auth_token_rejected_again",
+            "401s passed to the app without a new login: the token was itself fetched "
+            "because of a 401 less than replay.min_interval ago.", ["upstream"], registry=r,
+        )
         self.replay_budget_exceeded = Counter(
             "sidecar_replay_budget_exceeded",
             "Requests forwarded without a replay copy because the replay budget was spent.",
@@ -120,6 +125,7 @@ class UpstreamMetrics:
             lambda: sum(i.count for i in self._inflight)
         )
         self.replays = metrics.replays.labels(name)
+        self.token_rejected_again = metrics.token_rejected_again.labels(name)
         self.replay_budget_exceeded = metrics.replay_budget_exceeded.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
         self.token_expiry = metrics.token_expiry.labels(name)

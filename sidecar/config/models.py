@@ -46,6 +46,14 @@ class RateLimit(Model):
     )
 
 
+class Replay(Model):
+    """After a 401 for a token that was itself fetched because of a 401 less than
+    ``min_interval`` seconds ago, no new login: the 401 goes to the app (a 401 for a
+    permission, not the token, would otherwise cost one login per request)."""
+
+    min_interval: float = Field(10.0, ge=0)
+
+
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
 
@@ -70,6 +78,7 @@ class Upstream(Model):
     retry_on_429: bool = False
     max_body: int | None = Field(None, gt=0)
     replay_limit: int = Field(1024 * 1024, ge=0)
+    replay: Replay = Replay()
     # Connections to the target at most; requests beyond wait (up to timeouts.connect) for
     # one to come free.
     max_connections: int = Field(64, ge=1)
