@@ -27,8 +27,8 @@ from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
 
 class HeaderDate(Model):
-    """How ``{now}`` is written in ``headers``: KISC's samples use ISO-8601 with an offset,
-    FAPI asks for an HTTP-date."""
+    """How ``{now}`` and ``{login_time}`` are written in ``headers``: KISC's samples use
+    ISO-8601 with an offset, FAPI asks for an HTTP-date."""
 
     format: Literal["iso8601", "http"] = "iso8601"
     utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
@@ -60,9 +60,11 @@ HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 def _check_header_template(value: str) -> str:
     if any(ch in value for ch in "\r\n\0"):
         raise ValueError("header values cannot contain line breaks")
-    leftover = value.replace("{uuid}", "").replace("{now}", "")
+    leftover = value.replace("{uuid}", "").replace("{now}", "").replace("{login_time}", "")
     if "{" in leftover or "}" in leftover:
-        raise ValueError(f"unknown placeholder in {value!r}: only {{uuid}} and {{now}} exist")
+        raise ValueError(
+            f"unknown placeholder in {value!r}: only {{uuid}}, {{now}} and {{login_time}} exist"
+        )
     return value
 
 

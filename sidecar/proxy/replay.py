@@ -16,6 +16,7 @@ import structlog
 from sidecar.auth.base import Token
 from sidecar.http1.errors import TransportError
 from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.headers import login_time_headers
 from sidecar.proxy.upstream_client import UpstreamFailure
 
 log = structlog.get_logger("sidecar.proxy")
@@ -91,6 +92,9 @@ async def replay_if_rejected(ex: Exchange, token: Token) -> bytes:
     if fresh is None:
         return inspected
     ex.replayed = True
+    cfg = ex.upstream.config
+    login_time_headers(ex.headers, ex.request.headers, cfg.headers, cfg.header_date,
+                       fresh.obtained_wall)
     ex.upstream.metrics.replays.inc()
     if ex.upstream.limiter is not None:  # a replay is a send like any other
         ex.queued += await ex.upstream.limiter.acquire()
