@@ -230,8 +230,8 @@ wait_for() {  # wait_for PATH SECONDS
 }
 wait_for /healthz 30
 say "/healthz 200"
-wait_for /readyz 60
-say "/readyz 200: every upstream holds a token"
+wait_for "/readyz?strict" 60
+say "/readyz?strict 200: every upstream holds a token"
 
 [ "$(pod exec "$CTR" id -u)" = 10001 ] || fail "the sidecar does not run as uid 10001"
 pod exec "$CTR" sh -c 'touch /probe 2>/dev/null' && fail "the root file system is writable"
