@@ -9,9 +9,9 @@ Rules (the README's "Tokens" paragraph says them for users):
 - single flight: only the background task talks to the IdP, so the IdP sees one call at a time;
 - on failure keep the old token while it is valid and back off (0.5 s doubling to a cap, with
   jitter); a waiting request gets the outcome of the current or next attempt, never a hang;
-- a full login whose credentials the IdP refused (a 4xx) waits at least 30 s, doubling up to
-  10 min: retrying cannot fix a wrong password, and IdPs lock accounts that keep trying;
-  new TLS files (a reload) end that wait;
+- a full login whose credentials the IdP refused (a 4xx) waits ``auth.refused_backoff``
+  (30 s), doubling up to ``auth.refused_backoff_cap`` (10 min): retrying cannot fix a wrong
+  password, and IdPs lock accounts that keep trying; new TLS files (a reload) end that wait;
 - a token the upstream rejected is dropped only if it is still the current one.
 """
 
