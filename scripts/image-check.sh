@@ -232,8 +232,8 @@ wait_for() {  # wait_for PATH SECONDS
 }
 wait_for /healthz 30
 say "/healthz 200"
-wait_for /readyz 60
-say "/readyz 200: every upstream holds a token"
+wait_for "/readyz?strict" 60
+say "/readyz?strict 200: every upstream holds a token"
 
 [ "$(pod exec "$CTR" id -u)" = 10001 ] || fail "the sidecar does not run as uid 10001"
 pod exec "$CTR" sh -c 'touch /probe 2>/dev/null' && fail "the root file system is writable"
@@ -276,7 +276,7 @@ pod run -d --name "$CTR" --no-healthcheck --network host --user "$ANY_UID" \
     --cap-drop ALL --security-opt no-new-privileges \
     -v "$WORK/run/etc:/etc/sidecar:ro" -v "$WORK/run/secrets-any:/run/secrets/sandbox:ro" \
     "$IMAGE" >"$WORK/run.log" 2>&1 || { cat "$WORK/run.log" >&2; fail "podman run --user $ANY_UID failed"; }
-wait_for /readyz 60
+wait_for "/readyz?strict" 60
 [ "$(pod exec "$CTR" id -u)" = "${ANY_UID%%:*}" ] || fail "the sidecar does not run as uid ${ANY_UID%%:*}"
 body=$(curl -sS --max-time 20 -x "$proxy" http://api.moex.com/ntb/hello) \
     || fail "under uid ${ANY_UID%%:*}: proxied request to http://api.moex.com/ntb/hello failed"

@@ -68,6 +68,11 @@ class Metrics:
             "sidecar_auth_replays", "Requests replayed with a new token after a rejection.",
             ["upstream"], registry=r,
         )
+        self.token_rejected_again = Counter(
+            "sidecar_auth_token_rejected_again",
+            "401s passed to the app without a new login: the token was itself fetched "
+            "because of a 401 less than replay.min_interval ago.", ["upstream"], registry=r,
+        )
         self.replay_budget_exceeded = Counter(
             "sidecar_replay_budget_exceeded",
             "Requests forwarded without a replay copy because the replay budget was spent.",
@@ -142,6 +147,7 @@ class UpstreamMetrics:
             lambda: max((b.refusing for b in self._breakers), default=0.0)
         )
         self.replays = metrics.replays.labels(name)
+        self.token_rejected_again = metrics.token_rejected_again.labels(name)
         self.replay_budget_exceeded = metrics.replay_budget_exceeded.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
         # The expiry series appears with the token manager's first report (a token or a failed

@@ -49,6 +49,8 @@ def token_source(
         flow,
         token_wait=upstream.timeouts.token_wait,
         backoff_cap=auth.backoff_cap,
+        refused_backoff=auth.refused_backoff,
+        refused_backoff_cap=auth.refused_backoff_cap,
         events=events,
     )
 

@@ -21,6 +21,10 @@ class AuthBase(SecretFiles):
 
     tls: Tls | None = None  # IdP calls; default: the upstream's tls block
     backoff_cap: float = Field(5.0, gt=0, description="seconds between failed logins, at most")
+    # A login whose credentials the IdP refused (a 4xx) is not retried soon: that cannot fix
+    # it, and IdPs lock accounts that keep trying. The wait doubles up to the cap.
+    refused_backoff: float = Field(30.0, gt=0, description="seconds after refused credentials")
+    refused_backoff_cap: float = Field(600.0, gt=0, description="the longest such wait")
     timeout: float = Field(10.0, gt=0, description="seconds one IdP call may take")
 
 

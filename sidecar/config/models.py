@@ -27,8 +27,8 @@ from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
 
 class HeaderDate(Model):
-    """How ``{now}`` is written in ``headers``: KISC's samples use ISO-8601 with an offset,
-    FAPI asks for an HTTP-date."""
+    """How ``{now}`` and ``{login_time}`` are written in ``headers``: KISC's samples use
+    ISO-8601 with an offset, FAPI asks for an HTTP-date."""
 
     format: Literal["iso8601", "http"] = "iso8601"
     utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
@@ -65,15 +65,25 @@ class CircuitBreaker(Model):
         return self
 
 
+class Replay(Model):
+    """After a 401 for a token that was itself fetched because of a 401 less than
+    ``min_interval`` seconds ago, no new login: the 401 goes to the app (a 401 for a
+    permission, not the token, would otherwise cost one login per request)."""
+
+    min_interval: float = Field(10.0, ge=0)
+
+
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
 
 def _check_header_template(value: str) -> str:
     if any(ch in value for ch in "\r\n\0"):
         raise ValueError("header values cannot contain line breaks")
-    leftover = value.replace("{uuid}", "").replace("{now}", "")
+    leftover = value.replace("{uuid}", "").replace("{now}", "").replace("{login_time}", "")
     if "{" in leftover or "}" in leftover:
-        raise ValueError(f"unknown placeholder in {value!r}: only {{uuid}} and {{now}} exist")
+        raise ValueError(
+            f"unknown placeholder in {value!r}: only {{uuid}}, {{now}} and {{login_time}} exist"
+        )
     return value
 
 
@@ -89,6 +99,7 @@ class Upstream(Model):
     retry_on_429: bool = False
     max_body: int | None = Field(None, gt=0)
     replay_limit: int = Field(1024 * 1024, ge=0)
+    replay: Replay = Replay()
     # Connections to the target at most; requests beyond wait (up to timeouts.connect) for
     # one to come free.
     max_connections: int = Field(64, ge=1)

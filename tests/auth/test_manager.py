@@ -56,14 +56,6 @@ class ScriptedFlow:
         return None
 
 
-@pytest.fixture
-async def managers() -> list[TokenManager]:
-    made: list[TokenManager] = []
-    yield made
-    for m in made:
-        await m.close()
-
-
 def manager(made: list[TokenManager], flow: ScriptedFlow, **kw: float) -> TokenManager:
     m = TokenManager("test", flow, **kw)  # type: ignore[arg-type]
     made.append(m)

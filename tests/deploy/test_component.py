@@ -132,7 +132,7 @@ def test_component_adds_a_native_sidecar_to_the_labelled_deployment(tmp_path: Pa
         k: v for k, v in demo["securityContext"].items() if k not in pinned}
     assert "securityContext" not in spec, "the app's pod security context is its own"
     served = set(AdminRoutes(SimpleNamespace()).routes)  # type: ignore[arg-type]
-    assert {p["httpGet"]["path"] for p in probes(sidecar).values()} <= served
+    assert {p["httpGet"]["path"].split("?")[0] for p in probes(sidecar).values()} <= served
 
     # Volumes: the app's, plus config, secrets and tmp, referring to the generated (hashed)
     # ConfigMap and Secret.

@@ -7,6 +7,7 @@ linters the `deploy-check` target runs find nothing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.admin import AdminRoutes
 from sidecar.config.fields import parse_host_port
 from sidecar.sandbox.pki import Pki
+from sidecar.sandbox.servers import SandboxStack
 from tests.conftest import SidecarFactory, proxy_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,10 +229,13 @@ def test_probes_point_at_routes_the_admin_app_serves() -> None:
     served = set(AdminRoutes(SimpleNamespace()).routes)  # type: ignore[arg-type]
     container = sidecar_container()
     admin_port = parse_host_port(sidecar_config()["listen"]["admin"])[1]
-    expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz"}
+    # The startup probe waits for the first tokens; readiness after it does not follow the IdP.
+    expected = {
+        "livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz?strict",
+    }
     for probe_name, path in expected.items():
         probe = container[probe_name]["httpGet"]
-        assert probe["path"] == path and path in served
+        assert probe["path"] == path and path.split("?")[0] in served
         assert port_of(container, probe["port"]) == admin_port
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "generous start-up"
@@ -267,6 +272,49 @@ def test_podmonitor_and_networkpolicy_select_the_pod() -> None:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             assert ("TCP", port) in egress_ports, f"egress to {url} is not allowed"
+
+
+async def test_probe_paths_mean_first_tokens_then_serving(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory
+) -> None:
+    """The manifests' own probe paths against a running sidecar: the startup probe fails until
+    the first tokens; readiness then stays up through an IdP outage (only /readyz?strict
+    follows it) and goes down when draining."""
+    container = sidecar_container()
+    startup = container["startupProbe"]["httpGet"]["path"]
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    sandbox.idp.access_ttl = 2
+    sandbox.idp.latency = 0.5  # the first login takes a while: both say 503 meanwhile
+    sidecar = await make_sidecar()
+    admin = f"http://127.0.0.1:{sidecar.admin_port}"
+    async with aiohttp.ClientSession() as session:
+
+        async def probe(path: str) -> tuple[int, dict[str, Any]]:
+            async with session.get(admin + path) as resp:
+                return resp.status, await resp.json()
+
+        assert (await probe(startup))[0] == 503
+        assert (await probe(readiness))[0] == 503
+        for _ in range(50):
+            if (await probe(startup))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await probe(readiness))[0] == 200
+
+        sandbox.idp.latency = 0
+        sandbox.idp.fail_with(503)  # the IdP goes down; the 2 s token runs out
+        await asyncio.sleep(2.2)
+        status, body = await probe(startup)
+        assert status == 503 and body["missing"][0]["upstream"] == "moex-ntb"
+        status, body = await probe(readiness)
+        assert status == 200 and body["without_token"][0]["upstream"] == "moex-ntb"
+        async with session.get("http://api.moex.com/ntb/hello", proxy=proxy_url(sidecar)) as r:
+            assert r.status == 503 and (await r.json())["error"] == "no_token"
+
+        drain = asyncio.create_task(sidecar.drain(delay=0.5, grace=0.5))
+        await asyncio.sleep(0.1)
+        assert (await probe(readiness)) == (503, {"status": "shutting down"})
+        await drain
 
 
 # -- alerts ----------------------------------------------------------------------------------
