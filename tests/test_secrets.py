@@ -18,8 +18,8 @@ from sidecar.sandbox.demo import moex_registration_upstream, mpt_upstream
 from sidecar.sandbox.mpt import MptApi, start_mpt
 from sidecar.sandbox.registration import MSK, MoexStack, start_moex_registration
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import Kisc
-from tests.test_app import SidecarProcess
+from tests.helpers.process import SidecarProcess
+from tests.helpers.sidecars import Kisc
 
 NTB = "http://api.moex.com/ntb"
 KISC = "http://ax.kisc.kz/etsfo/1.0.0/messages/"

@@ -19,7 +19,7 @@ from sidecar.sandbox import registration
 from sidecar.sandbox.demo import moex_registration_upstream
 from sidecar.sandbox.registration import MSK, MoexStack, start_moex_registration
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 APPLICATIONS = "http://play-apim.moex.com/client/v1/applications/"
 

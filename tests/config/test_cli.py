@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import sidecar
-from tests.config.helpers import (
+from tests.helpers.config_files import (
     ALL_SECRETS,
     MINIMAL_YAML,
     Files,

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.admin import AdminRoutes
 from sidecar.config.models import parse_host_port
 from sidecar.sandbox.pki import Pki
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"

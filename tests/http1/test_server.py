@@ -4,43 +4,12 @@ flow control that must end with the exchange that started it."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from multidict import CIMultiDict
 
 from sidecar.http1.server import AppConnection, AppRequest, ProxyServer
 from sidecar.http1.wire import HIGH_WATER
-
-
-class Transport(asyncio.Transport):
-    """Records writes and whether reading is paused."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.paused = False
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+from tests.helpers.transport import MockTransport
 
 
 async def test_a_body_left_unread_does_not_keep_the_socket_paused() -> None:
@@ -56,7 +25,7 @@ async def test_a_body_left_unread_does_not_keep_the_socket_paused() -> None:
 
     server = ProxyServer(handler, 75.0, lambda _: None)
     conn = AppConnection(server)
-    transport = Transport()
+    transport = MockTransport()
     conn.connection_made(transport)
     size = HIGH_WATER + 1000
     conn.data_received(b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b"

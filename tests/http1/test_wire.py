@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import GET, ok, read_body, start_upstream
 
 
 @dataclass
@@ -82,14 +82,6 @@ async def exchange(sidecar: Sidecar, data: bytes, *, until_close: bool = False) 
             return head
     finally:
         writer.close()
-
-
-def ok(body: bytes, *extra: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (
-        len(body), b"".join(h + b"\r\n" for h in extra), body)
-
-
-GET = b"GET http://api.moex.com/%b HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
 
 
 async def test_chunked_upstream_answer_is_rechunked_for_the_app(

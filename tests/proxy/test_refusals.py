@@ -8,7 +8,7 @@ import os
 import subprocess
 
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 
 async def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
