@@ -133,6 +133,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
     """The first handler is the slowest; the answers still leave in request order."""
     delays = {"/1": 0.05, "/2": 0.0, "/3": 0.01}
     running: list[str] = []
+    last_answered = asyncio.Event()
 
     async def answer(request: AppRequest) -> None:
         running.append(request.raw_path)
@@ -140,12 +141,14 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
         await asyncio.sleep(delays[request.raw_path])
         running.remove(request.raw_path)
         await request.respond(200, CIMultiDict(), request.raw_path.encode())
+        if request.raw_path == "/3":
+            last_answered.set()
 
     served = Served(answer)
     conn, transport = served.connect()
     conn.data_received(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HT")
     conn.data_received(b"TP/1.1\r\n\r\n")
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(last_answered.wait(), 5)
     assert [body for _, body in answers(bytes(transport.written))] == [b"/1", b"/2", b"/3"]
     assert not transport.closed
 
@@ -347,12 +350,12 @@ async def test_an_app_that_hangs_up_stops_its_request() -> None:
 
 
 async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
-    served = Served(idle_timeout=0.1)
+    served = Served(idle_timeout=0.2)
     conn, transport = served.connect()
     conn.data_received(b"GET / HTTP/1.1\r\n\r\n")
-    await asyncio.sleep(0.05)
+    await settle()
     assert transport.written and not transport.closed
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
     assert transport.closed
 
 
