@@ -6,58 +6,60 @@ read-only routes, which keeps the sidecar's memory down).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import __version__
-from sidecar.http1.server import AppRequest
-
-if TYPE_CHECKING:
-    from sidecar.app import Sidecar
-
-# An answer: status, content type, body.
-Answer = tuple[int, str, bytes]
-_JSON = "application/json"
+from sidecar.http1.answer import LocalAnswer, answer_headers, json_answer
+from sidecar.http1.request import ServerRequest
+from sidecar.metrics import Metrics
+from sidecar.proxy.upstream import UpstreamRuntime
 
 
-def _json(status: int, value: Any) -> Answer:
-    return status, _JSON, json.dumps(value).encode()
+class Observed(Protocol):
+    """What the admin routes read (the running sidecar), at call time: a reload may change
+    the upstreams."""
+
+    draining: bool
+    metrics: Metrics
+
+    @property
+    def upstreams(self) -> Mapping[str, UpstreamRuntime]: ...
+
 
 
 class AdminRoutes:
-    """GET (and HEAD) routes, read at call time: a config reload may change the upstreams."""
+    """GET (and HEAD) routes."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: Observed) -> None:
         self._sidecar = sidecar
-        self.routes: dict[str, Callable[[], Answer]] = {
+        self.routes: dict[str, Callable[[], LocalAnswer]] = {
             "/healthz": self.healthz,
             "/readyz": self.readyz,
             "/status": self.status,
             "/metrics": self.metrics,
         }
 
-    def healthz(self) -> Answer:
-        return _json(200, {"status": "ok"})
+    def healthz(self) -> LocalAnswer:
+        return json_answer(200, {"status": "ok"})
 
-    def readyz(self) -> Answer:
+    def readyz(self) -> LocalAnswer:
         sidecar = self._sidecar
         if sidecar.draining:
-            return _json(503, {"status": "shutting down"})
+            return json_answer(503, {"status": "shutting down"})
         missing = [
             {"upstream": name, "reason": u.tokens.status().get("last_error") or "no token yet"}
             for name, u in sidecar.upstreams.items()
             if u.config.eager and not u.tokens.ready
         ]
         if missing:
-            return _json(503, {"status": "not ready", "missing": missing})
-        return _json(200, {"status": "ready"})
+            return json_answer(503, {"status": "not ready", "missing": missing})
+        return json_answer(200, {"status": "ready"})
 
-    def status(self) -> Answer:
-        return _json(200, {
+    def status(self) -> LocalAnswer:
+        return json_answer(200, {
             "version": __version__,
             "upstreams": {
                 name: {
@@ -74,19 +76,18 @@ class AdminRoutes:
             },
         })
 
-    def metrics(self) -> Answer:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self._sidecar.metrics.registry)
+    def metrics(self) -> LocalAnswer:
+        body = generate_latest(self._sidecar.metrics.registry)
+        return LocalAnswer(200, answer_headers(CONTENT_TYPE_LATEST), body)
 
-    async def __call__(self, request: AppRequest) -> None:
+    async def __call__(self, request: ServerRequest) -> None:
         path = request.raw_path.split("?", 1)[0]
         route = self.routes.get(path)
         if route is None:
-            status, kind, body = _json(404, {"error": "not_found", "routes": sorted(self.routes)})
+            answer = json_answer(404, {"error": "not_found", "routes": sorted(self.routes)})
         elif request.method not in ("GET", "HEAD"):
-            status, kind, body = _json(405, {"error": "method_not_allowed", "allowed": "GET"})
+            answer = json_answer(405, {"error": "method_not_allowed", "allowed": "GET"})
+            answer.headers["Allow"] = "GET, HEAD"
         else:
-            status, kind, body = route()
-        headers = CIMultiDict({"Content-Type": kind, "Cache-Control": "no-store"})
-        if status == 405:
-            headers["Allow"] = "GET, HEAD"
-        await request.respond(status, headers, body)
+            answer = route()
+        await answer.send(request)

@@ -1,27 +1,26 @@
-"""Wiring: builds every upstream from the config and runs the proxy and admin listeners."""
+"""The running sidecar: builds every upstream from the config, runs the proxy and admin
+listeners, applies reloads (what changes is decided in :mod:`sidecar.reload`) and stops
+gracefully."""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
 from sidecar import logs
 from sidecar.admin import AdminRoutes
-from sidecar.auth import TokenSource, rejection_policy, token_source
-from sidecar.config import Config, Upstream, parse_host_port
-from sidecar.config.models import Tls
-from sidecar.http1.server import ProxyServer
+from sidecar.config import Config, parse_host_port
+from sidecar.http1.server import HttpServer
 from sidecar.metrics import Metrics
-from sidecar.proxy.forward import UpstreamClient
 from sidecar.proxy.listener import ProxyHandler, start_listener
-from sidecar.proxy.ratelimit import RateLimiter
-from sidecar.proxy.upstream import UpstreamRuntime
-from sidecar.tls import CERT_WARNING_DAYS, client_context, client_identity
+from sidecar.proxy.upstream import UpstreamRuntime, build_upstream
+from sidecar.reload import plan_reload
+from sidecar.tls import CERT_WARNING_DAYS, client_context
 
 log = structlog.get_logger("sidecar")
 
@@ -32,9 +31,9 @@ class Sidecar:
         self.upstreams: dict[str, UpstreamRuntime] = {}
         self.metrics = Metrics()
         self._listener: asyncio.Server | None = None
-        self._server: ProxyServer | None = None
+        self._server: HttpServer | None = None
         self._admin: asyncio.Server | None = None
-        self._admin_server: ProxyServer | None = None
+        self._admin_server: HttpServer | None = None
         self._handler: ProxyHandler | None = None
         self._cert_watch: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -47,7 +46,7 @@ class Sidecar:
     async def start(self) -> None:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
         for name, cfg in self.config.upstreams.items():
-            self.upstreams[name] = self._build(name, cfg)
+            self.upstreams[name] = build_upstream(name, cfg, self.metrics)
         for runtime in self.upstreams.values():
             if runtime.config.eager:
                 await runtime.tokens.start()
@@ -62,7 +61,7 @@ class Sidecar:
         self.proxy_port = self._listener.sockets[0].getsockname()[1]
 
         ahost, aport = parse_host_port(self.config.listen.admin)
-        self._admin_server = ProxyServer(AdminRoutes(self), 30.0, lambda _: None)
+        self._admin_server = HttpServer(AdminRoutes(self), 30.0, lambda _: None)
         self._admin = await asyncio.get_running_loop().create_server(
             self._admin_server, ahost, aport, reuse_address=True
         )
@@ -74,72 +73,35 @@ class Sidecar:
             upstreams=sorted(self.upstreams),
         )
 
-    def _build(
-        self,
-        name: str,
-        cfg: Upstream,
-        tokens: TokenSource | None = None,
-        limiter: RateLimiter | None = None,
-    ) -> UpstreamRuntime:
-        ctx = client_context(cfg.tls)
-        metrics = self.metrics.for_upstream(name)
-        runtime = UpstreamRuntime(
-            name=name,
-            config=cfg,
-            client=UpstreamClient(ctx, cfg.timeouts),
-            tokens=tokens or token_source(name, cfg, ctx, metrics),
-            rejection=rejection_policy(cfg),
-            metrics=metrics,
-            limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
-        )
-        runtime.set_client_cert(client_identity(cfg.tls))
-        return runtime
+    @property
+    def reload_counter(self) -> Counter:
+        return self.metrics.config_reloads
 
     async def apply(self, new: Config, changed_files: set[Path] | None = None) -> None:
         """Switch to a new config without dropping requests. Everything new is built first,
-        so a bad certificate rejects the whole reload and the old config stays.
-
-        Unchanged upstreams keep their token; when their TLS files changed (a rotated
-        certificate under the same path) new connections use the new material."""
+        so a bad certificate rejects the whole reload and the old config stays."""
+        plan = plan_reload(self.upstreams, new, changed_files)
         built: dict[str, UpstreamRuntime] = {}
-        renewals: list[tuple[UpstreamRuntime, ssl.SSLContext, ssl.SSLContext]] = []
+        renewals = []
         try:
-            for name, cfg in new.upstreams.items():
-                current = self.upstreams.get(name)
-                signer_rotated = _signer_touched(cfg, changed_files)
-                if current is None or current.config != cfg or signer_rotated:
-                    # Same credentials and TLS: hand the live token over, so one credential
-                    # never has two managers refreshing it (WSO2 refresh tokens are single-use);
-                    # the same for the rate limiter, so one target never gets two queues.
-                    old = current.config if current is not None else None
-                    keep_tokens = (
-                        old is not None
-                        and (old.auth, old.tls) == (cfg.auth, cfg.tls)
-                        and not signer_rotated
-                    )
-                    keep_limiter = old is not None and old.rate_limit == cfg.rate_limit
-                    built[name] = self._build(
-                        name,
-                        cfg,
-                        current.tokens if keep_tokens and current else None,
-                        current.limiter if keep_limiter and current else None,
-                    )
-                elif _tls_touched(cfg, changed_files):
-                    ctx = client_context(cfg.tls)
-                    auth_tls = getattr(cfg.auth, "tls", None)
-                    renewals.append((current, ctx, client_context(auth_tls) if auth_tls else ctx))
+            for name, rebuild in plan.rebuild.items():
+                built[name] = build_upstream(
+                    name, rebuild.config, self.metrics, rebuild.tokens, rebuild.limiter
+                )
+            for runtime in plan.renew_tls:
+                ctx = client_context(runtime.config.tls)
+                auth_tls = getattr(runtime.config.auth, "tls", None)
+                renewals.append((runtime, ctx, client_context(auth_tls) if auth_tls else ctx))
         except BaseException:
             for runtime in built.values():  # never the token source or limiter it took over
                 await self._close_parts(runtime)
             raise
 
         for runtime, ctx, auth_ctx in renewals:
-            runtime.client.renew_tls(ctx)
-            runtime.tokens.renew_tls(auth_ctx)
-            runtime.set_client_cert(client_identity(runtime.config.tls))
+            runtime.renew_tls(ctx, auth_ctx)
             log.info("tls_renewed", upstream=runtime.name)
-        retired = [rt for n, rt in self.upstreams.items() if n not in new.upstreams or n in built]
-        for name in [n for n in self.upstreams if n not in new.upstreams]:
+        retired = [rt for n, rt in self.upstreams.items() if n in plan.removed or n in built]
+        for name in plan.removed:
             del self.upstreams[name]
         self.upstreams.update(built)
         if self._handler is not None:
@@ -159,7 +121,7 @@ class Sidecar:
             "config_applied",
             rebuilt=sorted(built),
             renewed=sorted(r.name for r, _, _ in renewals),
-            removed=sorted(r.name for r in retired if r.name not in new.upstreams),
+            removed=sorted(plan.removed),
         )
 
     async def _retire(self, runtime: UpstreamRuntime) -> None:
@@ -218,8 +180,8 @@ class Sidecar:
             self._cert_watch.cancel()
         if self._listener is not None:
             self._listener.close()  # no new connections from here on
-        if self._server is not None and not await self._server.wait_idle(grace):
-            log.warning("shutdown_grace_expired", unfinished=self._server.inflight)
+        if self._server is not None and not await self._server.inflight.wait_idle(grace):
+            log.warning("shutdown_grace_expired", unfinished=self._server.inflight.count)
         if self._server is not None:
             # Closing connections cuts request bodies, so it comes only once the in-flight
             # requests are done (or the grace is over).
@@ -238,27 +200,3 @@ class Sidecar:
         logs.access_log.flush()
         log.info("stopped")
 
-
-def _tls_files(tls: Tls | None) -> set[Path]:
-    if tls is None:
-        return set()
-    return {p for p in (tls.ca_file, tls.cert_file, tls.key_file, tls.p12_file) if p is not None}
-
-
-def _tls_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
-    """Whether the upstream's TLS material may have changed (None: unknown, assume so)."""
-    if changed_files is None:
-        return True
-    files = _tls_files(cfg.tls) | _tls_files(getattr(cfg.auth, "tls", None))
-    return bool(files & changed_files)
-
-
-def _signer_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
-    """Whether a signing key or certificate file of the upstream's login changed on disk."""
-    signer = getattr(cfg.auth, "signer", None)
-    if signer is None or changed_files is None:
-        return False  # SIGHUP with no file news: a changed config is caught by comparison
-    files = {signer.cert_file, signer.key_file, signer.p12_file}
-    if signer.ncanode is not None:
-        files.add(signer.ncanode.p12_file)
-    return bool({f for f in files if f is not None} & changed_files)

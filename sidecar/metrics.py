@@ -7,6 +7,7 @@ codes and fixed reason words: nothing the app makes up (paths, hosts) becomes a 
 from __future__ import annotations
 
 import math
+import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
+from sidecar.inflight import InFlight
 
 NO_UPSTREAM = "none"  # label for refusals that happen before an upstream is known
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"})
@@ -97,15 +99,22 @@ class UpstreamMetrics:
         self.name = name
         self._m = metrics
         self._counts = metrics.request_stats.add(name)
-        # A plain counter on the hot path, read by the gauge at scrape time.
-        self.inflight_count = 0
-        metrics.inflight.labels(name).set_function(lambda: self.inflight_count)
+        # The runtimes' own in-flight counts (a reload's old one until it drains), summed
+        # by the gauge at scrape time: nothing extra is counted on the hot path.
+        self._inflight: weakref.WeakSet[InFlight] = weakref.WeakSet()
+        metrics.inflight.labels(name).set_function(
+            lambda: sum(i.count for i in self._inflight)
+        )
         self.replays = metrics.replays.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
         self.token_expiry = metrics.token_expiry.labels(name)
         self.refresh_failures = metrics.refresh_failures.labels(name)
         self.token_expiry.set(0)
         self.refresh_failures.set(0)
+
+    def track_inflight(self, inflight: InFlight) -> None:
+        """Count this upstream runtime's requests in progress in the gauge."""
+        self._inflight.add(inflight)
 
     def request_done(
         self, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import shutil
 import signal
@@ -180,3 +181,46 @@ async def test_a_reload_failing_halfway_leaves_the_running_upstreams_intact(
         async with session.get(f"{NTB}/still", proxy=f"http://127.0.0.1:{sidecar.proxy_port}"
                                ) as resp:
             assert resp.status == 200
+
+
+async def test_a_secret_updated_while_a_reload_reads_it_is_reloaded_again(
+    sidecar_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet can swap a Secret between the moment a reload reads the files and the
+    moment it records their state: that update must start another reload."""
+    import sidecar.reload as reload_module
+
+    secret = tmp_path / "password"
+    secret.write_text("first")
+    config = copy.deepcopy(sidecar_config)
+    auth = config["upstreams"]["moex-ntb"]["auth"]
+    auth.pop("password", None)
+    auth["password_file"] = str(secret)
+    config_file = tmp_path / "sidecar.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+
+    sidecar = Sidecar(load_config(config_file))
+    await sidecar.start()
+    reloader = Reloader(sidecar, config_file, interval=0.1)
+    reloader.start()
+    loaded: list[str] = []
+    real_load = reload_module.load_config
+
+    def load_then_update(path: Path, environ: Any) -> Any:
+        cfg = real_load(path, environ)
+        loaded.append(cfg.upstreams["moex-ntb"].auth.password.get_secret_value())
+        if len(loaded) == 1:  # the Secret changes right after the first reload read it
+            secret.write_text("second, longer")
+        return cfg
+
+    monkeypatch.setattr(reload_module, "load_config", load_then_update)
+    try:
+        secret.write_text("updated")
+        for _ in range(50):
+            if len(loaded) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert loaded[:2] == ["updated", "second, longer"]
+    finally:
+        await reloader.stop()
+        await sidecar.stop(grace=1.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 # The longest lifetime a token is taken to have, whatever the IdP says (expires_in, a JWT exp
@@ -45,20 +46,48 @@ class Token:
         return f"Token(expires_in={self.expires_at - time.monotonic():.1f}s)"
 
 
+class Failure(StrEnum):
+    """Why a login or refresh failed: what the token manager decides the next step by."""
+
+    REFUSED = "refused"  # the IdP answered no (a 4xx): credentials, client, signature
+    UNAVAILABLE = "unavailable"  # the IdP could not answer (5xx, 429, network, timeout)
+    BAD_ANSWER = "bad_answer"  # the IdP answered, but with nothing usable
+    LOCAL = "local"  # a step of the sidecar's own failed (signing, shutting down)
+
+
 class AuthError(Exception):
-    """The IdP refused or failed. ``reason`` is safe to log and to show the app."""
+    """The IdP refused or failed. ``reason`` is safe to log and to show the app; ``kind`` and
+    ``status`` (the IdP's HTTP status, when it answered) are what code decides by."""
 
     def __init__(
         self,
         reason: str,
         *,
+        kind: Failure = Failure.BAD_ANSWER,
+        status: int | None = None,
         retry_after: float | None = None,
         refresh_token: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
+        self.status = status
         self.retry_after = retry_after
         self.refresh_token = refresh_token  # a rotated one in an otherwise unusable answer
+
+    @classmethod
+    def answered(
+        cls, status: int, reason: str, retry_after: float | None = None
+    ) -> AuthError:
+        """The IdP answered ``status`` (not a success): refused on a 4xx but 429, else
+        unavailable."""
+        refused = 400 <= status < 500 and status != 429
+        return cls(
+            reason,
+            kind=Failure.REFUSED if refused else Failure.UNAVAILABLE,
+            status=status,
+            retry_after=retry_after,
+        )
 
 
 class InvalidGrant(AuthError):

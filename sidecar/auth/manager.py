@@ -23,17 +23,18 @@ from datetime import UTC, datetime
 import structlog
 
 from sidecar import logs
-from sidecar.auth import jwt
 from sidecar.auth.base import (
     MAX_LIFETIME,
     AuthError,
     AuthFlow,
+    Failure,
     Grant,
     InvalidGrant,
     NoToken,
     Token,
     TokenEvents,
 )
+from sidecar.auth.jwt import expiry as jwt_expiry
 
 log = structlog.get_logger("sidecar.auth")
 
@@ -134,7 +135,9 @@ class TokenManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._outcome is not None and not self._outcome.done():
-            self._outcome.set_exception(AuthError("sidecar is shutting down"))
+            self._outcome.set_exception(
+                AuthError("sidecar is shutting down", kind=Failure.LOCAL)
+            )
             self._outcome.exception()
         await self._flow.close()
 
@@ -203,7 +206,7 @@ class TokenManager:
             return
         except Exception as exc:  # a bug must not kill the loop: report it like an IdP error
             self._log.exception("token_attempt_crashed")
-            self._fail(AuthError(f"internal error: {type(exc).__name__}"))
+            self._fail(AuthError(f"internal error: {type(exc).__name__}", kind=Failure.LOCAL))
             return
         self._log.info(
             "token_obtained", grant=how, expires_in=round(token.expires_at - sent_at, 1)
@@ -242,7 +245,7 @@ class TokenManager:
             self._refresh_deadline = sent_at + expires if expires else None
         lifetime = grant.expires_in
         if lifetime is None:
-            exp = jwt.expiry(grant.access_token)
+            exp = jwt_expiry(grant.access_token)
             lifetime = exp - time.time() if exp is not None else DEFAULT_LIFETIME
             if lifetime <= 0:
                 raise AuthError("IdP issued a token that has already expired")

@@ -14,10 +14,12 @@ from __future__ import annotations
 import ssl
 
 from sidecar import logs
-from sidecar.auth.base import AuthError, Grant
-from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after
+from sidecar.auth.base import AuthError, Failure, Grant
+from sidecar.auth.http import idp_error, idp_retry_after
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
 from sidecar.config.models import MoexPassportAuth
+from sidecar.http1.errors import TransportError
+from sidecar.http1.fetch import Fetcher
 from sidecar.signing import Signer, SigningError, b64
 
 COOKIE = "MicexPassportCert"
@@ -30,7 +32,7 @@ class PassportClient:
                  timeout: float) -> None:
         self.url = url
         self._authorization = basic_authorization(username, password)
-        self._http = IdpSession(ssl_context, timeout)
+        self._http = Fetcher(ssl_context, timeout)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         self._http.renew_tls(ssl_context)
@@ -42,13 +44,15 @@ class PassportClient:
             )
             status, cookies = reply.status, reply.headers.getall("Set-Cookie", [])
             wait = idp_retry_after(reply.headers.get("Retry-After"))
-        except NETWORK_ERRORS as exc:
-            raise idp_error("MOEX Passport", exc, self._http.timeout) from None
+        except TransportError as exc:
+            raise idp_error("MOEX Passport", exc) from None
         if status in (401, 403):
-            raise AuthError(f"MOEX Passport answered {status}: login or password rejected")
+            raise AuthError.answered(
+                status, f"MOEX Passport answered {status}: login or password rejected"
+            )
         if status not in (200, 301, 302, 303, 307, 308):
             # A 429 or 503 may say when to come back; the next attempt waits at least that long.
-            raise AuthError(f"MOEX Passport answered {status}", retry_after=wait)
+            raise AuthError.answered(status, f"MOEX Passport answered {status}", wait)
         token = passport_cookie(cookies)
         if not token:
             raise AuthError(f"MOEX Passport answered {status} without a {COOKIE} cookie")
@@ -97,7 +101,9 @@ class MoexPassportFlow(OAuthFlow):
         except UnicodeEncodeError:
             raise AuthError("MOEX Passport token is not ASCII; cannot sign it") from None
         except SigningError as exc:
-            raise AuthError(f"signing the Passport token failed: {exc.reason}") from None
+            raise AuthError(
+                f"signing the Passport token failed: {exc.reason}", kind=Failure.LOCAL
+            ) from None
         logs.secrets.add(signature, dynamic=True)
         form = {
             "grant_type": "password",
@@ -111,10 +117,10 @@ class MoexPassportFlow(OAuthFlow):
         try:
             return await self._post(form)
         except AuthError as exc:
-            if exc.reason.startswith("IdP answered 403"):
-                raise AuthError(
-                    f"MOEX SSO: credentials or signature rejected ({exc.reason})",
-                    retry_after=exc.retry_after,
+            if exc.status == 403:  # MOEX's one answer for a bad client, secret or signature
+                raise AuthError.answered(
+                    403, f"MOEX SSO: credentials or signature rejected ({exc.reason})",
+                    exc.retry_after,
                 ) from None
             raise
 

@@ -15,10 +15,12 @@ import time
 from typing import Any
 
 from sidecar import logs
-from sidecar.auth import jwt
-from sidecar.auth.base import AuthError, Grant, InvalidGrant
-from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after
+from sidecar.auth.base import AuthError, Failure, Grant, InvalidGrant
+from sidecar.auth.http import idp_error, idp_retry_after
+from sidecar.auth.jwt import expiry as jwt_expiry
 from sidecar.config.models import MptSigninAuth
+from sidecar.http1.errors import TransportError
+from sidecar.http1.fetch import Fetcher
 from sidecar.signing import Signer, SigningError, b64
 
 
@@ -28,7 +30,7 @@ class MptSigninFlow:
     def __init__(self, cfg: MptSigninAuth, ssl_context: ssl.SSLContext, signer: Signer) -> None:
         self._cfg = cfg
         self._base = cfg.base_url.rstrip("/")
-        self._http = IdpSession(ssl_context, cfg.timeout)
+        self._http = Fetcher(ssl_context, cfg.timeout)
         self._signer = signer
 
     async def login(self) -> Grant:
@@ -39,7 +41,9 @@ class MptSigninFlow:
         try:
             signature = b64(await self._signer.sign(data.encode("utf-8")))
         except SigningError as exc:
-            raise AuthError(f"signing the MPT challenge failed: {exc.reason}") from None
+            raise AuthError(
+                f"signing the MPT challenge failed: {exc.reason}", kind=Failure.LOCAL
+            ) from None
         logs.secrets.add(signature, dynamic=True)
         body = {"uuid": uuid, "data": signature, **self._cfg.extra_fields}
         answer = await self._call("POST", "/auth/simpleSignIn", body)
@@ -49,7 +53,7 @@ class MptSigninFlow:
         return Grant(access_token=token, expires_in=self._lifetime(token))
 
     def _lifetime(self, token: str) -> float:
-        exp = jwt.expiry(token)
+        exp = jwt_expiry(token)
         if exp is None:
             return self._cfg.token_ttl
         left = exp - time.time()
@@ -70,14 +74,14 @@ class MptSigninFlow:
             )
             raw, status = reply.body, reply.status
             wait = idp_retry_after(reply.headers.get("Retry-After"))
-        except NETWORK_ERRORS as exc:
-            raise idp_error(where, exc, self._http.timeout) from None
+        except TransportError as exc:
+            raise idp_error(where, exc) from None
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
             data = None
         if status != 200:
-            raise AuthError(f"{where} answered {status}{_describe(data)}", retry_after=wait)
+            raise AuthError.answered(status, f"{where} answered {status}{_describe(data)}", wait)
         if not isinstance(data, dict):
             raise AuthError(f"{where} answered 200 without a JSON object")
         return data

@@ -14,17 +14,20 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from sidecar.auth.base import MAX_LIFETIME, AuthError, Grant, InvalidGrant
-from sidecar.auth.http import NETWORK_ERRORS, IdpSession, idp_error, idp_retry_after, short
+from sidecar.auth.base import MAX_LIFETIME, AuthError, Failure, Grant, InvalidGrant
+from sidecar.auth.http import idp_error, idp_retry_after, short
+from sidecar.http1.errors import TransportError
+from sidecar.http1.fetch import Fetcher
 
 
 class TokenEndpoint:
-    """Posts forms to one token URL over its own pooled TLS session."""
+    """Posts forms to one token URL; each call is one short TLS connection (calls are minutes
+    apart: a kept connection would only go stale)."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, timeout: float) -> None:
         self.url = url
         self.host = urlsplit(url).hostname or url
-        self._http = IdpSession(ssl_context, timeout)
+        self._http = Fetcher(ssl_context, timeout)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         self._http.renew_tls(ssl_context)
@@ -37,8 +40,8 @@ class TokenEndpoint:
             reply = await self._http.request("POST", self.url, form=form, headers=headers)
             body, status = reply.body, reply.status
             retry_after = reply.headers.get("Retry-After")
-        except NETWORK_ERRORS as exc:
-            raise idp_error(f"IdP {self.host}", exc, self._http.timeout) from None
+        except TransportError as exc:
+            raise idp_error(f"IdP {self.host}", exc) from None
         return parse_token_response(status, body, retry_after)
 
     async def close(self) -> None:
@@ -100,8 +103,8 @@ def _error(status: int, data: Any, retry_after: str | None) -> AuthError:
         reason += " with a non-JSON body"
     wait = idp_retry_after(retry_after)
     if code == "invalid_grant":
-        return InvalidGrant(reason)
-    return AuthError(reason, retry_after=wait)
+        return InvalidGrant(reason, kind=Failure.REFUSED, status=status)
+    return AuthError.answered(status, reason, wait)
 
 
 class OAuthFlow:

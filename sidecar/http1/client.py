@@ -17,6 +17,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
+from sidecar.http1.errors import Closed, TimedOut, connect_error
 from sidecar.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
 
 
@@ -24,14 +25,14 @@ class _Unsolicited(Exception):
     """Stops the parser at an answer to no request."""
 
 
-class UpstreamBroken(ConnectionError):
-    """The upstream closed or broke the connection before its answer was complete."""
-
-
 class UpstreamResponse:
-    """A response head as received (raw bytes, decoded only when asked) and its body queue."""
+    """A response head as received (raw bytes, decoded only when asked) and its body queue.
 
-    __slots__ = ("_conn", "_headers", "content", "raw_headers", "reason", "status")
+    :meth:`close` gives the connection back to its pool, which keeps it only when this answer
+    was read to its end and both sides allow keep-alive: whoever holds a response closes it,
+    and no other code hands connections back (as httpcore's response stream does)."""
+
+    __slots__ = ("_conn", "_headers", "closed", "content", "raw_headers", "reason", "status")
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class UpstreamResponse:
         self.raw_headers = raw_headers
         self._headers: CIMultiDict[str] | None = None
         self.content = BodyQueue(conn)
+        self.closed = False
 
     @property
     def headers(self) -> CIMultiDict[str]:
@@ -58,6 +60,12 @@ class UpstreamResponse:
     @property
     def connection(self) -> UpstreamConnection:
         return self._conn
+
+    def close(self) -> None:
+        """Done with this answer (read or not); safe to call more than once."""
+        if not self.closed:
+            self.closed = True
+            self._conn.pool.release(self._conn)
 
     async def readany(self) -> bytes:
         return await self.content.readany()
@@ -101,8 +109,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._fail(UpstreamBroken("the upstream closed the connection"), eof=exc is None)
-        self.flow.resume(UpstreamBroken("the upstream closed the connection"))
+        self._fail(Closed(self.pool.label, "closed"), eof=exc is None)
+        self.flow.resume(Closed(self.pool.label, "closed"))
         if self._pump is not None:
             self._pump.cancel()
         self.transport = None
@@ -136,7 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if not isinstance(exc.__context__, _Unsolicited):
-                self._fail(UpstreamBroken(f"malformed response from the upstream: {exc!r}"))
+                self._fail(Closed(self.pool.label, f"malformed response: {exc!r}"))
             self.close()
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -203,7 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a request and wait for the response head (the body streams on)."""
         transport = self.transport
         if transport is None or self.closed:
-            raise UpstreamBroken("the upstream closed the connection")
+            raise Closed(self.pool.label, "closed")
         self.complete = False
         self._method = method
         self._waiter = self._loop.create_future()
@@ -244,7 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
         except BaseException as exc:
             # The app's upload broke off: the upstream must not take a truncated body as
             # complete, so the connection goes.
-            self._fail(UpstreamBroken(f"request body broke off: {type(exc).__name__}"))
+            self._fail(Closed(self.pool.label, f"request body broke off: {type(exc).__name__}"))
             self.close()
         finally:
             self._pump = None
@@ -279,7 +287,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         waited = self._loop.time() - self._last_io
         if waited >= timeout:
-            self._fail(TimeoutError("the upstream sent nothing within the read timeout"))
+            self._fail(TimedOut(self.pool.label, timeout))
             self.close()
         else:
             self._timer = self._loop.call_later(timeout - waited, self._check_read)
@@ -306,6 +314,7 @@ class ConnectionPool:
         self.loop = asyncio.get_running_loop()
         self.host = host
         self.port = port
+        self.label = f"{host}:{port}"
         self.ssl = ssl_context
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -326,8 +335,12 @@ class ConnectionPool:
         return None
 
     async def connect(self) -> UpstreamConnection:
-        """A new connection, counted as in use."""
-        conn = await self._connect()
+        """A new connection, counted as in use; a failure comes as a typed
+        :class:`~sidecar.http1.errors.TransportError`."""
+        try:
+            conn = await self._connect()
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            raise connect_error(exc, self.label, self.connect_timeout) from None
         self.in_use += 1
         return conn
 
@@ -343,7 +356,8 @@ class ConnectionPool:
         _, protocol = await asyncio.wait_for(connecting, self.connect_timeout)
         return protocol
 
-    def release(self, conn: UpstreamConnection, reuse: bool) -> None:
+    def release(self, conn: UpstreamConnection, reuse: bool = True) -> None:
+        """Take back a lent connection: kept when ``reuse`` and it is clean, else closed."""
         self.in_use -= 1
         if not reuse or not conn.reusable or self.retired:
             conn.close()

@@ -1,6 +1,6 @@
 """One-shot HTTP/1.1 calls for the sidecar's own traffic (IdP logins, NCANode signing): one
 short (TLS) exchange per call, since such calls are minutes apart and a kept connection would
-only go stale, with bounded answers. Runs on the proxy's HTTP/1.1 client.
+only go stale, with bounded answers. Runs on the same HTTP/1.1 client as the proxy.
 """
 
 from __future__ import annotations
@@ -15,24 +15,15 @@ from multidict import CIMultiDict
 
 from sidecar import __version__
 from sidecar.http1.client import ConnectionPool, request_head
+from sidecar.http1.errors import TimedOut, TooLarge
+from sidecar.http1.wire import DEFAULT_PORTS
 
 MAX_ANSWER = 1024 * 1024  # an IdP answer is a few KiB; more is refused, not buffered
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class ConnectFailed(OSError):
-    """The connection (or its TLS handshake) to the IdP could not be made."""
+class Fetched:
+    """A whole answer, read into memory (it is small: see ``MAX_ANSWER``)."""
 
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class AnswerTooLarge(Exception):
-    """The peer's answer was over ``MAX_ANSWER`` bytes."""
-
-
-class Reply:
     __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
@@ -58,19 +49,20 @@ class Fetcher:
         form: dict[str, str] | None = None,
         json_body: Any = None,
         headers: dict[str, str] | None = None,
-    ) -> Reply:
+    ) -> Fetched:
         """One call, answer read whole (up to ``MAX_ANSWER``), within ``timeout`` seconds.
+        Failures come as :class:`~sidecar.http1.errors.TransportError` subclasses.
 
         Redirects are never followed: a 302 is an answer like any other."""
         parts = urlsplit(url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url}")
         tls = parts.scheme == "https"
         context = self._ssl if tls else None
         if tls and context is None:
             context = ssl.create_default_context()
         pool = ConnectionPool(
-            parts.hostname, parts.port or _DEFAULT_PORTS[parts.scheme], context,
+            parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme], context,
             connect_timeout=self.timeout, read_timeout=self.timeout,
         )
         out: CIMultiDict[str] = CIMultiDict(headers or {})
@@ -88,25 +80,25 @@ class Fetcher:
         out["Connection"] = "close"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         data = request_head(method, path, parts.netloc.rsplit("@", 1)[-1], out) + body
-        async with asyncio.timeout(self.timeout):
-            try:
+        try:
+            async with asyncio.timeout(self.timeout):
                 conn = await pool.connect()
-            except (OSError, ssl.SSLError) as exc:
-                raise ConnectFailed(exc) from None
-            try:
-                response = await conn.request(method, data, None, False)
-                chunks: list[bytes] = []
-                size = 0
-                while chunk := await response.readany():
-                    size += len(chunk)
-                    if size > MAX_ANSWER:
-                        raise AnswerTooLarge(
-                            f"{parts.hostname} answered with more than {MAX_ANSWER} bytes"
-                        )
-                    chunks.append(chunk)
-            finally:
-                pool.release(conn, reuse=False)
-        return Reply(response.status, response.headers, b"".join(chunks))
+                try:
+                    response = await conn.request(method, data, None, False)
+                    chunks: list[bytes] = []
+                    size = 0
+                    while chunk := await response.readany():
+                        size += len(chunk)
+                        if size > MAX_ANSWER:
+                            raise TooLarge(pool.label, f"more than {MAX_ANSWER} bytes")
+                        chunks.append(chunk)
+                finally:
+                    pool.release(conn, reuse=False)
+        except TimedOut:
+            raise
+        except TimeoutError:  # the whole call's deadline, whatever step it was at
+            raise TimedOut(pool.label, self.timeout) from None
+        return Fetched(response.status, response.headers, b"".join(chunks))
 
     async def close(self) -> None:
         """Nothing stays open between calls; kept so flows can close what they own."""

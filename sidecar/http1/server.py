@@ -3,7 +3,7 @@
 One connection object per app connection. It parses requests, runs one handler at a time
 (pipelined requests wait their turn), frames each answer (Content-Length, chunked or
 close-delimited), and cuts connections that stay idle or send their head too slowly. A
-handler gets an :class:`AppRequest`, streams its body, and writes the answer through it.
+handler gets an :class:`ServerRequest`, streams its body, and writes the answer through it.
 
 Why not aiohttp's server here: this is the hot path, and a request costs about a third of
 the CPU on this protocol (see the benchmark section of the README).
@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import socket
-import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import cast
 
 import httptools
 import structlog
 from multidict import CIMultiDict
 
-from sidecar.http1.wire import LAST_CHUNK, REASONS, BodyQueue, WriteFlow, chunk, head
+from sidecar.http1.answer import error_answer
+from sidecar.http1.request import ClientGone, Handler, ServerRequest, TunnelSink
+from sidecar.http1.wire import REASONS, WriteFlow, head
+from sidecar.inflight import InFlight
 
 log = structlog.get_logger("sidecar.proxy")
 
@@ -33,47 +33,6 @@ MAX_FIELD = 8190  # one header line
 MAX_HEAD = 32 * 1024  # all header lines of one request
 MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not read
 MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
-
-
-class _BodyPause:
-    """Lets one request's body queue stop reading the app's socket, under its own name: the
-    pause ends with that request's exchange even if its body was never read to the end."""
-
-    __slots__ = ("_conn", "_request")
-
-    def __init__(self, conn: AppConnection, request: AppRequest) -> None:
-        self._conn, self._request = conn, request
-
-    def pause_reading(self) -> None:
-        self._conn.pause_for(self._request, True)
-
-    def resume_reading(self) -> None:
-        self._conn.pause_for(self._request, False)
-
-
-class _NoBody(BodyQueue):
-    """The body of every request without one: always at its end, never fed."""
-
-    def __init__(self) -> None:
-        super().__init__(cast(Any, None))
-        self._eof = True
-
-    def feed(self, data: bytes) -> None:  # llhttp sends no body bytes for these
-        raise RuntimeError("a request without a body got body bytes")
-
-    def set_exception(self, exc: BaseException) -> None:
-        pass  # shared: one request's fate is not another's
-
-
-_NO_BODY = _NoBody()
-
-
-def _reason(status: int) -> bytes:
-    return REASONS.get(status, "Unknown").encode()
-
-
-class ClientGone(ConnectionError):
-    """The app closed its connection before its request was done."""
 
 
 class _TooManyAhead(Exception):
@@ -86,161 +45,8 @@ class _HeadRefused(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-class TunnelSink(Protocol):
-    """Where a CONNECT tunnel takes the app's bytes once the head is answered."""
-
-    def feed_data(self, data: bytes) -> None: ...
-    def feed_eof(self) -> None: ...
-
-
-Handler = Callable[["AppRequest"], Awaitable[None]]
-
-
-class AppRequest:
-    """One request from the app and the means to answer it."""
-
-    __slots__ = (
-        "_chunked_out", "_conn", "_head", "_no_body", "chunked", "complete", "content",
-        "content_length", "finished", "headers", "keep_alive", "method", "raw_path", "started",
-        "status", "upgrade", "version",
-    )
-
-    def __init__(
-        self,
-        conn: AppConnection,
-        method: str,
-        raw_path: str,
-        version: str,
-        headers: CIMultiDict[str],
-        keep_alive: bool,
-        upgrade: bool,
-    ) -> None:
-        self._conn = conn
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        length = headers.get("Content-Length")
-        self.content_length = int(length) if length is not None else None  # llhttp checked it
-        self.chunked = "Transfer-Encoding" in headers
-        # Most requests (GET) have no body: they share one queue that is already at its end.
-        self.content = (
-            BodyQueue(_BodyPause(conn, self)) if self.chunked or self.content_length else _NO_BODY
-        )
-        self.complete = False
-        self.started = False
-        self.finished = False
-        self.status: int | None = None
-        self._head: bytes | None = None
-        self._chunked_out = False
-        self._no_body = False
-
-    @property
-    def body_exists(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-    # -- answering -----------------------------------------------------------------------------
-
-    async def send_continue(self) -> None:
-        if not self.started and self._conn.transport is not None:
-            self._conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def start(self, status: int, headers: CIMultiDict[str]) -> None:
-        """Fix the status and headers; they leave with the first body bytes (or finish())."""
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        self.start_raw(status, b"", raw, sized="Content-Length" in headers)
-
-    def start_raw(
-        self, status: int, reason: bytes, raw: list[tuple[bytes, bytes]], sized: bool
-    ) -> None:
-        """Like :meth:`start` with headers as raw bytes; ``sized``: they hold a length."""
-        if self.started:
-            raise RuntimeError("response already started")
-        self.started = True
-        self.status = status
-        self._no_body = self.method == "HEAD" or status in (204, 304) or status < 200
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))]
-        for name, value in raw:
-            parts += (name, b": ", value, b"\r\n")
-        if not self._no_body and not sized:
-            if self.version == "1.1":
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-                self._chunked_out = True
-            else:
-                self.keep_alive = False  # HTTP/1.0: the end of the body is the close
-        conn = self._conn
-        if self.upgrade or not self.complete or (conn.closing and not conn.has_pending):
-            # An unread body (or a refused upgrade) leaves the stream at an unknown place; a
-            # closing connection ends with the last answer it owes.
-            self.keep_alive = False
-        if not self.keep_alive:
-            parts.append(b"Connection: close\r\n")
-        elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self._head = b"".join(parts)
-
-    async def write(self, data: bytes) -> None:
-        if self.write_nowait(data):
-            await self._conn.flow.drain()
-
-    def write_nowait(self, data: bytes) -> bool:
-        """Write without waiting; True when the app is slow and the writer should drain()."""
-        if not data or self._no_body:
-            return False
-        payload = chunk(data) if self._chunked_out else data
-        if self._head is not None:
-            payload, self._head = self._head + payload, None
-        conn = self._conn
-        transport = conn.transport
-        if transport is None or transport.is_closing():
-            raise ClientGone("the app closed its connection")
-        transport.write(payload)
-        return conn.flow.paused
-
-    def finish(self) -> None:
-        """The answer is complete."""
-        out = self._head or b""
-        self._head = None
-        if self._chunked_out:
-            out += LAST_CHUNK
-        transport = self._conn.transport
-        if out and transport is not None and not transport.is_closing():
-            transport.write(out)
-        self.finished = True
-
-    async def respond(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
-        """A whole answer made by the sidecar itself, in one write."""
-        headers["Content-Length"] = str(len(body))
-        self.start(status, headers)
-        await self.write(body)
-        self.finish()
-
-    def abort(self) -> None:
-        """Cut the app's connection with a reset: a broken upstream answer must not look
-        complete, not even to an HTTP/1.0 app whose answer ends at the close."""
-        self.keep_alive = False
-        transport = self._conn.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError, TypeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-
-    # -- CONNECT -------------------------------------------------------------------------------
-
-    def take_over(self, sink: TunnelSink) -> asyncio.Transport:
-        """From now on the app's bytes go to ``sink``; returns the app's transport."""
-        return self._conn.tunnel_to(sink)
-
-    async def drain(self) -> None:
-        await self._conn.flow.drain()
-
-
-class AppConnection(asyncio.Protocol):
-    def __init__(self, server: ProxyServer) -> None:
+class ServerConnection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -251,12 +57,12 @@ class AppConnection(asyncio.Protocol):
         self._fields: list[tuple[str, str]] = []
         self._head_size = 0
         self._in_head = True
-        self._receiving: AppRequest | None = None  # the request whose body is being parsed
-        self._current: AppRequest | None = None  # the request being answered
+        self._receiving: ServerRequest | None = None  # the request whose body is being parsed
+        self._current: ServerRequest | None = None  # the request being answered
         self._worker: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._fields_size = 0
-        self._pending: deque[AppRequest] = deque()
+        self._pending: deque[ServerRequest] = deque()
         self._reading_paused = False
         # Why the app's socket is not read: a request whose body queue is full (the request
         # itself is the key), "pipeline", "upgrade" or "refused".
@@ -298,7 +104,7 @@ class AppConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.flow.resume()
 
-    def pause_for(self, request: AppRequest, on: bool) -> None:
+    def pause_for(self, request: ServerRequest, on: bool) -> None:
         """A request's body queue is full (or has drained)."""
         self._pause(request, on)
 
@@ -397,7 +203,7 @@ class AppConnection(asyncio.Protocol):
             raise _TooManyAhead
         if self._fields_size > MAX_HEAD:
             raise _HeadRefused(431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes")
-        request = AppRequest(
+        request = ServerRequest(
             self,
             parser.get_method().decode("ascii"),
             b"".join(self._url).decode("utf-8", "surrogateescape"),
@@ -450,10 +256,10 @@ class AppConnection(asyncio.Protocol):
         finally:
             self._worker = None
 
-    async def _handle(self, request: AppRequest) -> bool:
+    async def _handle(self, request: ServerRequest) -> bool:
         """Run the handler; False when the connection cannot carry another request."""
         server = self._server
-        server.inflight += 1
+        server.inflight.enter()
         try:
             await server.handler(request)
         except ClientGone:
@@ -461,14 +267,13 @@ class AppConnection(asyncio.Protocol):
         except Exception:
             log.exception("proxy_handler_failed", method=request.method)
             if not request.started and not self._closed:
-                await request.respond(
-                    500, json_headers(),
-                    json_body("internal_error", "the sidecar failed on this request; see its log"),
-                )
+                await error_answer(
+                    500, "internal_error", "the sidecar failed on this request; see its log"
+                ).send(request)
             else:
                 request.abort()
         finally:
-            server.request_done()
+            server.inflight.leave()
         if self._closed:
             return False
         if not request.finished:
@@ -476,7 +281,7 @@ class AppConnection(asyncio.Protocol):
             return False
         return True
 
-    def _after(self, request: AppRequest) -> bool:
+    def _after(self, request: ServerRequest) -> bool:
         self._current = None
         # Its exchange is over: a body it left unread no longer holds the socket (when the
         # body was complete, the stream is at the next request; otherwise the close follows).
@@ -535,8 +340,8 @@ class AppConnection(asyncio.Protocol):
             return  # the answers owed go out first; the last one closes the connection
         if self._worker is not None:
             self._worker.cancel()
-        body = json_body(refused.error, refused.message)
-        headers = json_headers()
+        answer = error_answer(refused.status, refused.error, refused.message)
+        headers, body = answer.headers, answer.body
         headers["Content-Length"] = str(len(body))
         headers["Connection"] = "close"
         line = f"HTTP/1.1 {refused.status} {REASONS.get(refused.status, 'Bad Request')}"
@@ -566,7 +371,7 @@ class AppConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class ProxyServer:
+class HttpServer:
     """The listener's connections, handler and limits."""
 
     def __init__(
@@ -576,35 +381,17 @@ class ProxyServer:
         self.idle_timeout = idle_timeout
         self.on_malformed = on_malformed
         self.loop = asyncio.get_running_loop()
-        self.connections: set[AppConnection] = set()
+        self.connections: set[ServerConnection] = set()
         self._all_closed: asyncio.Event | None = None
-        self.inflight = 0  # requests whose handler is running
-        self._idle: asyncio.Future[None] | None = None
+        self.inflight = InFlight()  # requests whose handler is running
 
-    def request_done(self) -> None:
-        self.inflight -= 1
-        if not self.inflight and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
-
-    async def wait_idle(self, seconds: float) -> bool:
-        """Wait until no request is in progress; False if ``seconds`` passed first."""
-        if not self.inflight:
-            return True
-        if self._idle is None or self._idle.done():
-            self._idle = self.loop.create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._idle), seconds)
-        except TimeoutError:
-            return False
-        return True
-
-    def forget(self, conn: AppConnection) -> None:
+    def forget(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def __call__(self) -> AppConnection:
-        return AppConnection(self)
+    def __call__(self) -> ServerConnection:
+        return ServerConnection(self)
 
     async def shutdown(self, timeout: float) -> None:
         """Close every connection: idle ones at once, the rest once their answer is out."""
@@ -617,12 +404,3 @@ class ProxyServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-
-
-def json_headers() -> CIMultiDict[str]:
-    return CIMultiDict({"Content-Type": "application/json", "Cache-Control": "no-store"})
-
-
-def json_body(error: str, message: str, **extra: object) -> bytes:
-    body: dict[str, object] = {"error": error, "message": message, **extra}
-    return json.dumps(body, ensure_ascii=False).encode()

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 # A body queue pauses its producer's socket above this and resumes it below LOW_WATER, so a

@@ -12,10 +12,12 @@ from collections.abc import Awaitable
 import structlog
 
 from sidecar.config.models import parse_host_port
-from sidecar.http1.server import AppRequest, ProxyServer
+from sidecar.http1.answer import LocalAnswer
+from sidecar.http1.request import ServerRequest
+from sidecar.http1.server import HttpServer
 from sidecar.metrics import NO_UPSTREAM, Metrics
-from sidecar.proxy.errors import LocalAnswer, error_response
-from sidecar.proxy.pipeline import forward
+from sidecar.proxy.errors import error_response
+from sidecar.proxy.pipeline import proxy_request
 from sidecar.proxy.router import BadTarget, Router, request_target
 from sidecar.proxy.tunnel import tunnel
 from sidecar.proxy.upstream import UpstreamRuntime
@@ -36,12 +38,12 @@ class ProxyHandler:
         self._router = Router({name: u.config.match for name, u in upstreams.items()})
         self._passthrough = Router({"passthrough": passthrough}) if passthrough else None
 
-    def __call__(self, request: AppRequest) -> Awaitable[None]:
+    def __call__(self, request: ServerRequest) -> Awaitable[None]:
         """What answers this request, as an awaitable (no coroutine of its own: the server
         counts requests in progress)."""
         return self._route(request)
 
-    def _route(self, request: AppRequest) -> Awaitable[None]:
+    def _route(self, request: ServerRequest) -> Awaitable[None]:
         """What answers this request, as an awaitable (one coroutine less on the hot path)."""
         if request.method == "CONNECT":
             return self._connect(request)
@@ -60,7 +62,7 @@ class ProxyHandler:
                 f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
                 "forwards to hosts listed in upstreams.*.match",
             ).send(request)
-        return forward(request, self.upstreams[name], target.path_qs)
+        return proxy_request(request, self.upstreams[name], target.path_qs)
 
     def _refuse(self, status: int, error: str, message: str) -> LocalAnswer:
         # No upstream is known yet, so these are counted under a fixed label, never the host.
@@ -71,7 +73,7 @@ class ProxyHandler:
         """A request head refused by the HTTP parser (counted like the refusals above)."""
         self._metrics.local_rejections.labels(NO_UPSTREAM, error).inc()
 
-    async def _connect(self, request: AppRequest) -> None:
+    async def _connect(self, request: ServerRequest) -> None:
         try:
             host, port = parse_host_port(request.raw_path)
         except ValueError:
@@ -89,8 +91,8 @@ class ProxyHandler:
 
 async def start_listener(
     handler: ProxyHandler, host: str, port: int, idle_timeout: float = 75.0
-) -> tuple[asyncio.Server, ProxyServer]:
-    server = ProxyServer(handler, idle_timeout, handler.malformed)
+) -> tuple[asyncio.Server, HttpServer]:
+    server = HttpServer(handler, idle_timeout, handler.malformed)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
     return listener, server

@@ -7,7 +7,7 @@ import contextlib
 
 import structlog
 
-from sidecar.http1.server import AppRequest
+from sidecar.http1.request import ServerRequest
 from sidecar.proxy.errors import error_response
 
 log = structlog.get_logger("sidecar.proxy")
@@ -54,7 +54,7 @@ class _ToRemote:
                 self._writer.write_eof()
 
 
-async def tunnel(request: AppRequest, host: str, port: int, connect_timeout: float) -> None:
+async def tunnel(request: ServerRequest, host: str, port: int, connect_timeout: float) -> None:
     try:
         connecting = asyncio.open_connection(host, port)
         reader, writer = await asyncio.wait_for(connecting, connect_timeout)

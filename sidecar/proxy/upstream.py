@@ -1,16 +1,22 @@
-"""An upstream at run time: its config, its pooled client and its token source."""
+"""An upstream at run time: its config, its pooled client, its token source and rate limiter,
+built from its config (:func:`build_upstream`)."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 
+from sidecar.auth import rejection_policy, token_source
 from sidecar.auth.base import RejectionPolicy, TokenSource
 from sidecar.config.models import Upstream
-from sidecar.metrics import UpstreamMetrics
-from sidecar.proxy.forward import UpstreamClient
+from sidecar.inflight import InFlight
+from sidecar.metrics import Metrics, UpstreamMetrics
 from sidecar.proxy.ratelimit import RateLimiter
-from sidecar.tls import ClientIdentity
+from sidecar.proxy.upstream_client import UpstreamClient
+from sidecar.tls import ClientIdentity, client_context, client_identity
+
+# How long a replaced upstream may take to finish its requests before it is closed anyway.
+RETIRE_LIMIT = 600.0
 
 
 @dataclass(eq=False)
@@ -23,19 +29,26 @@ class UpstreamRuntime:
     metrics: UpstreamMetrics
     limiter: RateLimiter | None = None
     client_cert: ClientIdentity | None = None
-    inflight: int = 0  # requests in progress, so a replaced upstream closes only when idle
+    # Requests in progress, so a replaced upstream closes only when idle.
+    inflight: InFlight = field(default_factory=InFlight)
+
+    def __post_init__(self) -> None:
+        self.metrics.track_inflight(self.inflight)
 
     def set_client_cert(self, cert: ClientIdentity | None) -> None:
         self.client_cert = cert
         if cert is not None:
             self.metrics.client_cert_expiry(cert.not_after.timestamp())
 
-    async def wait_idle(self, limit: float = 600.0) -> None:
+    def renew_tls(self, ctx: ssl.SSLContext, auth_ctx: ssl.SSLContext) -> None:
+        """Rotated certificate files: new connections and IdP calls use them."""
+        self.client.renew_tls(ctx)
+        self.tokens.renew_tls(auth_ctx)
+        self.set_client_cert(client_identity(self.config.tls))
+
+    async def wait_idle(self, limit: float = RETIRE_LIMIT) -> None:
         """Until the requests still using this upstream are done (a reload replaced it)."""
-        waited = 0.0
-        while self.inflight > 0 and waited < limit:
-            await asyncio.sleep(0.1)
-            waited += 0.1
+        await self.inflight.wait_idle(limit)
 
     async def close(self, *, tokens: bool = True, limiter: bool = True) -> None:
         """Close this upstream; ``tokens``/``limiter`` False when a live one took them over."""
@@ -44,3 +57,27 @@ class UpstreamRuntime:
         if tokens:
             await self.tokens.close()
         await self.client.close()
+
+
+def build_upstream(
+    name: str,
+    cfg: Upstream,
+    metrics: Metrics,
+    tokens: TokenSource | None = None,
+    limiter: RateLimiter | None = None,
+) -> UpstreamRuntime:
+    """An upstream from its config (TLS files load here: errors surface as ``SetupError``).
+    ``tokens``/``limiter`` hand over live ones from the runtime this one replaces."""
+    ctx = client_context(cfg.tls)
+    upstream_metrics = metrics.for_upstream(name)
+    runtime = UpstreamRuntime(
+        name=name,
+        config=cfg,
+        client=UpstreamClient(ctx, cfg.timeouts),
+        tokens=tokens or token_source(name, cfg, ctx, upstream_metrics),
+        rejection=rejection_policy(cfg),
+        metrics=upstream_metrics,
+        limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
+    )
+    runtime.set_client_cert(client_identity(cfg.tls))
+    return runtime

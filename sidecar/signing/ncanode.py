@@ -12,7 +12,8 @@ import json
 from typing import Any
 
 from sidecar.config.models import NcaNodeSignerConfig
-from sidecar.http1.fetch import AnswerTooLarge, ConnectFailed, Fetcher
+from sidecar.http1.errors import TimedOut, TransportError
+from sidecar.http1.fetch import Fetcher
 from sidecar.signing.base import SigningError, b64
 
 
@@ -51,14 +52,12 @@ class NcaNodeSigner:
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             reply = await self._http.request("POST", url, json_body=body)
-        except AnswerTooLarge as exc:
-            raise SigningError(f"NCANode at {self._cfg.url}: {exc}") from None
-        except TimeoutError:
+        except TimedOut:
             raise SigningError(f"NCANode did not answer within {self._cfg.timeout:g} s") from None
-        except OSError as exc:
-            cause = exc.cause if isinstance(exc, ConnectFailed) else exc
-            reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-            raise SigningError(f"cannot reach NCANode at {self._cfg.url}: {reason}") from None
+        except TransportError as exc:
+            raise SigningError(
+                f"cannot reach NCANode at {self._cfg.url}: {exc.describe()}"
+            ) from None
         try:
             answer = json.loads(reply.body)
         except ValueError:

@@ -11,11 +11,11 @@ from multidict import CIMultiDict
 
 from sidecar.http1.client import (
     ConnectionPool,
-    UpstreamBroken,
     UpstreamConnection,
     UpstreamResponse,
     request_head,
 )
+from sidecar.http1.errors import Closed, TimedOut
 from sidecar.http1.wire import HIGH_WATER
 from tests.helpers.transport import MockTransport, settle
 
@@ -178,7 +178,7 @@ async def test_a_close_delimited_body_cut_by_an_error_is_an_error(pool: Connecti
     response = await asyncio.wait_for(pending, 1)
     conn.connection_lost(ConnectionResetError())
     assert await response.readany() == b"part"
-    with pytest.raises(UpstreamBroken):
+    with pytest.raises(Closed):
         await response.readany()
 
 
@@ -189,7 +189,7 @@ async def test_a_sized_body_cut_short_is_an_error(pool: ConnectionPool) -> None:
     response = await asyncio.wait_for(pending, 1)
     conn.connection_lost(None)
     assert await response.readany() == b"half"
-    with pytest.raises(UpstreamBroken):
+    with pytest.raises(Closed):
         await response.readany()
 
 
@@ -197,9 +197,9 @@ async def test_a_close_before_the_head_fails_the_request(pool: ConnectionPool) -
     conn, _ = connect(pool)
     pending = await send(conn)
     conn.connection_lost(None)
-    with pytest.raises(UpstreamBroken):
+    with pytest.raises(Closed):
         await asyncio.wait_for(pending, 1)
-    with pytest.raises(UpstreamBroken):  # and nothing more can be sent on it
+    with pytest.raises(Closed):  # and nothing more can be sent on it
         await conn.request("GET", HEAD_GET, None, False)
 
 
@@ -225,7 +225,7 @@ async def test_a_malformed_answer_fails_the_request_and_closes(pool: ConnectionP
     conn, transport = connect(pool)
     pending = await send(conn)
     conn.data_received(b"HTTP/1.1 2OO OK\r\n\r\n")
-    with pytest.raises(UpstreamBroken, match="malformed response"):
+    with pytest.raises(Closed, match="malformed response"):
         await asyncio.wait_for(pending, 1)
     assert transport.aborted
 
@@ -235,9 +235,11 @@ async def test_the_read_timeout_fails_a_silent_upstream(pool: ConnectionPool) ->
     pending = await send(conn)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimedOut) as caught:
         await asyncio.wait_for(pending, 2)
     assert 0.25 <= loop.time() - started < 1.5
+    assert (caught.value.peer, caught.value.seconds) == ("up:443", 0.3)
+    assert not caught.value.connecting
     assert transport.aborted
 
 
@@ -251,7 +253,7 @@ async def test_the_read_timeout_counts_from_the_last_bytes(pool: ConnectionPool)
         await asyncio.sleep(0.1)
         conn.data_received(b"x")
     assert await response.readany() == b"xxxxxx"
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimedOut):
         await asyncio.wait_for(response.readany(), 2)
     assert transport.aborted
 
@@ -338,7 +340,7 @@ async def test_an_upload_that_breaks_off_fails_the_request_and_the_connection(
         raise ConnectionResetError("the app went away")
 
     pending = asyncio.create_task(conn.request("POST", b"H", body(), True))
-    with pytest.raises(UpstreamBroken, match="request body broke off"):
+    with pytest.raises(Closed, match="request body broke off"):
         await asyncio.wait_for(pending, 1)
     assert transport.aborted and not conn.reusable
     assert transport.take() == b"H3\r\nabc\r\n"  # no last chunk: the upstream sees no end
@@ -364,6 +366,25 @@ async def test_an_answer_before_the_upload_ends_leaves_the_connection_unpooled(
     more.set()
     await settle()
     assert conn.reusable  # once the body is out, the stream is at a known place again
+
+
+async def test_closing_a_response_gives_its_connection_back_only_when_read_whole(
+    pool: ConnectionPool,
+) -> None:
+    conn, transport = connect(pool)
+    pending = await send(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    response = await pending
+    assert await read_all(response) == b"ok"
+    response.close()
+    response.close()  # a second close changes nothing
+    assert (pool.in_use, pool.idle) == (0, 1) and pool.pooled() is conn
+
+    pending = await send(conn)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    response = await pending
+    response.close()  # unread: the stream is mid-body, the connection cannot be reused
+    assert (pool.in_use, pool.idle) == (0, 0) and transport.aborted
 
 
 async def test_the_pool_hands_out_the_newest_fresh_connection_and_retires(

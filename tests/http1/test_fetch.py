@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.http1.fetch import MAX_ANSWER, AnswerTooLarge, ConnectFailed, Fetcher
+from sidecar.http1.errors import CertificateRejected, ConnectFailed, TimedOut, TooLarge
+from sidecar.http1.fetch import MAX_ANSWER, Fetcher
 from sidecar.sandbox.pki import Pki
 
 Answer = Callable[[bytes], bytes | None]
@@ -99,7 +100,7 @@ async def test_an_answer_over_the_cap_is_refused(servers: list[asyncio.Server]) 
     server, port = await serve(
         lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(big), big))
     servers.append(server)
-    with pytest.raises(AnswerTooLarge):
+    with pytest.raises(TooLarge):
         await Fetcher(None, 5).request("GET", f"http://127.0.0.1:{port}/")
 
 
@@ -108,12 +109,14 @@ async def test_failures_come_as_distinct_exceptions(
 ) -> None:
     silent, silent_port = await serve(lambda _: None)
     servers.append(silent)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimedOut) as silence:
         await Fetcher(None, 0.5).request("GET", f"http://127.0.0.1:{silent_port}/")
+    assert isinstance(silence.value, TimeoutError)  # still a TimeoutError for plain callers
+    assert silence.value.describe() == f"no answer within 0.5 s from 127.0.0.1:{silent_port}"
 
     with pytest.raises(ConnectFailed) as refused:
         await Fetcher(None, 5).request("GET", "http://127.0.0.1:9/")
-    assert isinstance(refused.value.cause, ConnectionRefusedError)
+    assert refused.value.describe() == "cannot connect to 127.0.0.1:9 (Connection refused)"
 
     other = Pki(pki.directory.parent / "other")  # a CA the client does not trust
     tls, tls_port = await serve(
@@ -121,6 +124,6 @@ async def test_failures_come_as_distinct_exceptions(
         other.server_ssl_context(other.issue_server("idp", ["127.0.0.1"])),
     )
     servers.append(tls)
-    with pytest.raises(ConnectFailed) as untrusted:
+    with pytest.raises(CertificateRejected) as untrusted:
         await Fetcher(pki.client_ssl_context(), 5).request("GET", f"https://127.0.0.1:{tls_port}/")
-    assert isinstance(untrusted.value.cause, ssl.SSLCertVerificationError)
+    assert "failed verification" in untrusted.value.describe()

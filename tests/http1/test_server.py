@@ -12,36 +12,36 @@ from collections.abc import Awaitable, Callable
 import pytest
 from multidict import CIMultiDict
 
+from sidecar.http1.request import ServerRequest
 from sidecar.http1.server import (
     MAX_FIELD,
     MAX_HEAD,
     MAX_PIPELINED,
     MAX_TARGET,
-    AppConnection,
-    AppRequest,
-    ProxyServer,
+    HttpServer,
+    ServerConnection,
 )
 from sidecar.http1.wire import HIGH_WATER
 from tests.helpers.transport import MockTransport, settle
 
-Handler = Callable[[AppRequest], Awaitable[None]]
+Handler = Callable[[ServerRequest], Awaitable[None]]
 
 
 class Served:
     """A server whose handler records each request and answers through ``answer``."""
 
     def __init__(self, answer: Handler | None = None, idle_timeout: float = 75.0) -> None:
-        self.requests: list[AppRequest] = []
+        self.requests: list[ServerRequest] = []
         self.bodies: list[bytes] = []
         self.malformed: list[str] = []
         self._answer = answer or self.echo
-        self.server = ProxyServer(self.handle, idle_timeout, self.malformed.append)
+        self.server = HttpServer(self.handle, idle_timeout, self.malformed.append)
 
-    async def handle(self, request: AppRequest) -> None:
+    async def handle(self, request: ServerRequest) -> None:
         self.requests.append(request)
         await self._answer(request)
 
-    async def echo(self, request: AppRequest) -> None:
+    async def echo(self, request: ServerRequest) -> None:
         """Reads the body, answers with the path and the body."""
         body = b""
         while data := await request.content.readany():
@@ -49,7 +49,7 @@ class Served:
         self.bodies.append(body)
         await request.respond(200, CIMultiDict(), request.raw_path.encode() + b":" + body)
 
-    def connect(self) -> tuple[AppConnection, MockTransport]:
+    def connect(self) -> tuple[ServerConnection, MockTransport]:
         conn = self.server()
         transport = MockTransport(conn)
         conn.connection_made(transport)
@@ -74,12 +74,12 @@ async def test_a_body_left_unread_does_not_keep_the_socket_paused() -> None:
     the idle timeout."""
     seen: list[str] = []
 
-    async def handler(request: AppRequest) -> None:
+    async def handler(request: ServerRequest) -> None:
         seen.append(request.raw_path)
         await request.respond(200, CIMultiDict(), b"ok")  # never reads request.content
 
-    server = ProxyServer(handler, 75.0, lambda _: None)
-    conn = AppConnection(server)
+    server = HttpServer(handler, 75.0, lambda _: None)
+    conn = ServerConnection(server)
     transport = MockTransport()
     conn.connection_made(transport)
     size = HIGH_WATER + 1000
@@ -135,7 +135,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
     running: list[str] = []
     last_answered = asyncio.Event()
 
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         running.append(request.raw_path)
         assert len(running) == 1, "one handler at a time per connection"
         await asyncio.sleep(delays[request.raw_path])
@@ -156,7 +156,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
 async def test_too_many_pipelined_requests_stop_the_reading_until_answered() -> None:
     gate = asyncio.Event()
 
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         await gate.wait()
         await request.respond(200, CIMultiDict(), b"")
 
@@ -185,7 +185,7 @@ async def test_too_many_pipelined_requests_stop_the_reading_until_answered() -> 
 async def test_an_answer_without_a_length_is_chunked_or_ends_at_the_close(
     version: str, request_headers: bytes, framing: bytes, closes: bool
 ) -> None:
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         request.start(200, CIMultiDict({"X-A": "1"}))
         await request.write(b"hello")
         await request.write(b" world")
@@ -212,7 +212,7 @@ async def test_an_http10_keep_alive_with_a_length_stays_open() -> None:
 
 
 async def test_a_head_or_304_answer_carries_no_body() -> None:
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         status = 304 if request.raw_path == "/n" else 200
         request.start(status, CIMultiDict({"Content-Length": "4"}))
         await request.write(b"body")
@@ -292,7 +292,7 @@ async def test_a_malformed_request_after_a_good_one_is_not_answered_as_if_it_wer
 
 
 async def test_a_handler_that_fails_before_answering_gives_a_500() -> None:
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         raise RuntimeError("boom")
 
     served = Served(answer)
@@ -306,7 +306,7 @@ async def test_a_handler_that_fails_before_answering_gives_a_500() -> None:
 
 
 async def test_a_handler_that_fails_mid_answer_resets_the_connection() -> None:
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         request.start(200, CIMultiDict({"Content-Length": "10"}))
         await request.write(b"half")
         raise RuntimeError("boom")
@@ -333,7 +333,7 @@ async def test_an_app_that_stops_sending_gets_its_complete_requests_answered() -
 async def test_an_app_that_hangs_up_stops_its_request() -> None:
     cancelled = asyncio.Event()
 
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
@@ -363,7 +363,7 @@ async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_thei
 ) -> None:
     gate = asyncio.Event()
 
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         await gate.wait()
         await request.respond(200, CIMultiDict(), b"done")
 
@@ -391,7 +391,7 @@ async def test_a_connect_head_hands_the_following_bytes_to_the_tunnel() -> None:
         def feed_eof(self) -> None:
             got.append(b"<eof>")
 
-    async def answer(request: AppRequest) -> None:
+    async def answer(request: ServerRequest) -> None:
         assert request.method == "CONNECT" and request.raw_path == "example.com:443"
         client = request.take_over(Sink())
         client.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")

@@ -199,10 +199,10 @@ async def test_app_hanging_up_mid_download_frees_everything(sidecar: Sidecar) ->
     writer.close()  # the app goes away with 49 MB still to come
     upstream = sidecar.upstreams["moex-ntb"]
     for _ in range(50):
-        if upstream.inflight == 0:
+        if upstream.inflight.count == 0:
             break
         await asyncio.sleep(0.1)
-    assert upstream.inflight == 0
+    assert upstream.inflight.count == 0
     assert upstream.client.in_use == 0  # the half-read answer's connection was let go
     # The pool is not poisoned: the next requests go through.
     async with aiohttp.ClientSession() as session:

@@ -11,7 +11,7 @@ import pytest
 from sidecar import logs
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
-from sidecar.proxy import forward as forward_module
+from sidecar.proxy import upstream_client as client_module
 
 SECRET_IN_URL = "access_token=app-s3cret-in-url"
 CASES = {
@@ -46,13 +46,13 @@ async def test_hostile_requests_get_4xx_and_reach_nothing(
     case: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     sent: list[str] = []
-    original = forward_module.UpstreamClient.send
+    original = client_module.UpstreamClient.send
 
     async def record(self: object, method: str, url: object, *a: object, **kw: object) -> object:
         sent.append(str(url))
         return await original(self, method, url, *a, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(forward_module.UpstreamClient, "send", record)
+    monkeypatch.setattr(client_module.UpstreamClient, "send", record)
     sidecar = Sidecar(validate_config({
         "listen": {"proxy": "127.0.0.1:0", "admin": "127.0.0.1:0"},
         "upstreams": {"m": {"match": ["api.moex.com"], "target": "https://127.0.0.1:9",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
-from sidecar.proxy import forward as forward_module
+from sidecar.proxy import upstream_client as client_module
 
 CONFIGURED = ["api.moex.com", "ax.kisc.kz:8243"]
 TARGETS = {"https://127.0.0.1:9/", "https://127.0.0.1:10/"}  # nothing listens: refused fast
@@ -67,13 +67,13 @@ class Recorder:
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     seen = Recorder()
-    original = forward_module.UpstreamClient.send
+    original = client_module.UpstreamClient.send
 
     async def record(self: Any, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
         seen.urls.append(str(url))
         return await original(self, method, url, *args, **kwargs)
 
-    monkeypatch.setattr(forward_module.UpstreamClient, "send", record)
+    monkeypatch.setattr(client_module.UpstreamClient, "send", record)
     return seen
 
 

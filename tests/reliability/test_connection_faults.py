@@ -70,10 +70,10 @@ async def test_app_hanging_up_mid_upload_aborts_the_upstream_request(
     writer.transport.abort()  # 48 MB never come
     upstream = sidecar.upstreams["moex-ntb"]
     for _ in range(50):
-        if upstream.inflight == 0 and upstream.client.in_use == 0:
+        if upstream.inflight.count == 0 and upstream.client.in_use == 0:
             break
         await asyncio.sleep(0.1)
-    assert upstream.inflight == 0 and upstream.client.in_use == 0
+    assert upstream.inflight.count == 0 and upstream.client.in_use == 0
     # The API started reading, and its request was cut: it never got a body it took for whole.
     assert sandbox.ntb.stats()["last_request"] is None
     async with aiohttp.ClientSession() as session:

@@ -1,7 +1,8 @@
 """The upstream client: pooled keep-alive HTTP/1.1 connections to one target, over TLS.
 
-A small interface (``send`` → response with a streaming body, then ``release``) over the
-connection pool in :mod:`sidecar.http1.client`.
+A small interface (``send`` → a response with a streaming body, which gives its connection
+back when closed) over the connection pool in :mod:`sidecar.http1.client`, with transport
+failures turned into the status and error code the app should see.
 
 New TLS material (a rotated client certificate) starts a new pool: new requests open new
 connections with it, while requests in flight finish on the old pool, which closes after them.
@@ -17,15 +18,17 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from sidecar.config.models import Timeouts
-from sidecar.http1.client import (
-    ConnectionPool,
-    UpstreamBroken,
-    UpstreamResponse,
-    request_head,
+from sidecar.http1.client import ConnectionPool, UpstreamResponse, request_head
+from sidecar.http1.errors import (
+    Closed,
+    ConnectFailed,
+    TimedOut,
+    TlsFailed,
+    TransportError,
 )
+from sidecar.http1.wire import DEFAULT_PORTS
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class UpstreamFailure(Exception):
@@ -49,9 +52,9 @@ class _Origin:
             raise ValueError(f"no host in {url!r}")
         self.tls = parts.scheme == "https"
         self.host = parts.hostname
-        self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self.port = parts.port or DEFAULT_PORTS[parts.scheme]
         self.host_header = parts.netloc.rsplit("@", 1)[-1]
-        if parts.port == _DEFAULT_PORTS[parts.scheme]:
+        if parts.port == DEFAULT_PORTS[parts.scheme]:
             self.host_header = self.host_header.rsplit(":", 1)[0]
         self.label = f"{self.host}:{self.port}"
         self.prefix_len = len(parts.scheme) + 3 + len(parts.netloc)
@@ -93,7 +96,7 @@ class UpstreamClient:
         body: AsyncIterable[bytes] | None,
         chunked: bool = False,
     ) -> UpstreamResponse:
-        """Send a request; the response's body is read from it, then :meth:`release` it."""
+        """Send a request; read the response's body from it, then ``close()`` it."""
         origin = self._origin(url)
         path = url[origin.prefix_len:] or "/"
         pool = self._pool(origin)
@@ -105,37 +108,22 @@ class UpstreamClient:
         # A bodiless idempotent request is then sent again once, on a new connection.
         attempts = 2 if body is None and method in IDEMPOTENT else 1
         for attempt in range(attempts):
-            conn = pool.pooled() if attempt == 0 else None  # a retry takes a new connection
-            if conn is None:
-                try:
+            try:
+                conn = pool.pooled() if attempt == 0 else None  # a retry takes a new one
+                if conn is None:
                     conn = await pool.connect()
-                except Exception as exc:
-                    raise _connect_failure(exc, origin.label) from None
+            except TransportError as exc:
+                raise _failure(exc) from None
             try:
                 return await conn.request(method, data, body, chunked)
             except BaseException as exc:
                 pool.release(conn, reuse=False)
-                if isinstance(exc, UpstreamBroken) and attempt + 1 < attempts:
+                if isinstance(exc, Closed) and attempt + 1 < attempts:
                     continue
-                if isinstance(exc, TimeoutError):
-                    raise UpstreamFailure(
-                        504, "upstream_timeout",
-                        f"{origin.label} sent no response within the read timeout",
-                    ) from None
-                if isinstance(exc, ConnectionError | OSError):
-                    raise UpstreamFailure(
-                        502, "upstream_error",
-                        f"connection to {origin.label} failed: {exc}",
-                    ) from None
+                if isinstance(exc, TransportError):
+                    raise _failure(exc) from None
                 raise
         raise AssertionError("unreachable")
-
-    def release(self, resp: UpstreamResponse, *, discard: bool = False) -> None:
-        """The response is finished with; ``discard`` closes its connection instead of reuse."""
-        conn = resp.connection
-        conn.pool.release(conn, reuse=not discard)
-        if conn.pool.retired and conn.pool.in_use <= 0 and conn.pool in self._retired:
-            self._retired.remove(conn.pool)
 
     @property
     def in_use(self) -> int:
@@ -149,6 +137,7 @@ class UpstreamClient:
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         """Use new TLS material for new connections; the old pools close once unused."""
         self._ssl = ssl_context
+        self._retired = [p for p in self._retired if p.in_use > 0]  # drained ones: forgotten
         for pool in self._pools.values():
             pool.retire()
             if pool.in_use > 0:
@@ -162,22 +151,12 @@ class UpstreamClient:
         await asyncio.sleep(0)  # let aborted transports report connection_lost
 
 
-def _connect_failure(exc: Exception, host: str) -> UpstreamFailure:
-    """A failed connect or TLS handshake as the status and reason the app should see."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return UpstreamFailure(
-            502, "upstream_tls",
-            f"TLS certificate of {host} failed verification: {exc.verify_message}",
-        )
-    if isinstance(exc, ssl.SSLError):
-        return UpstreamFailure(
-            502, "upstream_tls", f"TLS handshake with {host} failed: {exc.reason or exc}"
-        )
-    if isinstance(exc, TimeoutError):
-        return UpstreamFailure(504, "upstream_timeout", f"connecting to {host} timed out")
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        return UpstreamFailure(502, "upstream_unreachable", f"cannot connect to {host}: {reason}")
-    return UpstreamFailure(
-        502, "upstream_error", f"connection to {host} failed: {type(exc).__name__}"
-    )
+def _failure(exc: TransportError) -> UpstreamFailure:
+    """A transport failure as the status and error code the app should see."""
+    if isinstance(exc, TlsFailed):
+        return UpstreamFailure(502, "upstream_tls", exc.describe())
+    if isinstance(exc, TimedOut):
+        return UpstreamFailure(504, "upstream_timeout", exc.describe())
+    if isinstance(exc, ConnectFailed):
+        return UpstreamFailure(502, "upstream_unreachable", exc.describe())
+    return UpstreamFailure(502, "upstream_error", exc.describe())
