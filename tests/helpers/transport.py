@@ -1,10 +1,16 @@
 """A transport that records what a protocol does to it, for driving ``asyncio.Protocol``
-classes byte by byte without sockets (as uvicorn's tests drive its HTTP protocols)."""
+classes byte by byte without sockets (as uvicorn's tests drive its HTTP protocols), and a
+stand-in for the server connection a request answers through."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sidecar.http1.wire import WriteFlow
+
+if TYPE_CHECKING:
+    from sidecar.http1.request import ServerRequest, TunnelSink
 
 
 class MockTransport(asyncio.Transport):
@@ -70,3 +76,29 @@ async def settle(rounds: int = 20) -> None:
     """Let tasks the protocol started run until they wait on something outside."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+class StubConnection:
+    """What a ``ServerRequest`` uses of the connection it came on, with a recording
+    transport: answers can be checked without a parser in front."""
+
+    def __init__(self, transport: MockTransport | None = None) -> None:
+        self.transport: asyncio.Transport | None = transport or MockTransport()
+        self.flow = WriteFlow()
+        self.closing = False
+        self.has_pending = False
+        self.pauses: list[bool] = []
+        self.sinks: list[TunnelSink] = []
+
+    def pause_for(self, request: ServerRequest, on: bool) -> None:
+        self.pauses.append(on)
+
+    def tunnel_to(self, sink: TunnelSink) -> asyncio.Transport:
+        self.sinks.append(sink)
+        assert self.transport is not None
+        return self.transport
+
+    @property
+    def written(self) -> bytes:
+        assert isinstance(self.transport, MockTransport)
+        return self.transport.take()
