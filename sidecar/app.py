@@ -167,6 +167,8 @@ class Sidecar:
         delay = self.config.shutdown.delay if delay is None else delay
         grace = self.config.shutdown.grace if grace is None else grace
         self.draining = True
+        if self._server is not None:
+            self._server.draining = True
         log.info("draining", delay=delay, grace=grace)
         await asyncio.sleep(delay)
         await self.stop(grace)
@@ -176,6 +178,8 @@ class Sidecar:
             return
         self._stopped = True
         self.draining = True
+        if self._server is not None:
+            self._server.draining = True
         if self._cert_watch is not None:
             self._cert_watch.cancel()
         if self._listener is not None:

@@ -7,6 +7,7 @@ PEM files or a PKCS#12 bundle.
 from __future__ import annotations
 
 import os
+import secrets
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -46,13 +47,18 @@ class ClientIdentity:
 
 
 def client_context(tls: Tls) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.ca_file is not None:
+    if tls.ca_file is None:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    else:
+        # ca_file replaces the system store (as curl's --cacert): otherwise any public CA
+        # could vouch for a private API's host name. system_ca adds the store back.
         try:
-            ctx.load_verify_locations(cafile=str(tls.ca_file))
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
         except (ssl.SSLError, OSError) as exc:
             raise TlsSetupError(f"ca_file {tls.ca_file}: not a usable CA bundle ({exc})") from None
+        if tls.system_ca:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not tls.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -71,17 +77,20 @@ def client_context(tls: Tls) -> ssl.SSLContext:
 def _load_p12(ctx: ssl.SSLContext, tls: Tls) -> None:
     assert tls.p12_file is not None
     key, cert, chain = open_bundle(tls.p12_file, tls.p12_password, "p12_file")
+    # ssl can only load a chain from a file. The key goes there encrypted with a passphrase
+    # that lives in memory for this call only: a clear key never touches the disk, even
+    # for a moment (a crash, a snapshot of /tmp, another process of the same user).
+    passphrase = secrets.token_urlsafe(32).encode("ascii")
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.BestAvailableEncryption(passphrase),
     ) + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
-    # ssl can only load a chain from a file: write it to a private file and remove it at once.
-    fd, name = tempfile.mkstemp(prefix="sidecar-", suffix=".pem")
+    fd, name = tempfile.mkstemp(prefix="sidecar-", suffix=".pem")  # 0600
     try:
         os.write(fd, pem)
         os.close(fd)
-        ctx.load_cert_chain(name)
+        ctx.load_cert_chain(name, password=passphrase)
     finally:
         Path(name).unlink(missing_ok=True)
 

@@ -6,6 +6,7 @@ token manager (``auth/manager.py``); the request path only asks a :class:`TokenS
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,23 @@ from typing import Protocol
 # far off, or a configured TTL): trust, but renew at least daily.
 MAX_LIFETIME = 24 * 3600.0
 
+# A token goes verbatim into the upstream's ``Authorization: Bearer`` header. RFC 6750's
+# b64token (JWTs fit it) keeps CR/LF (header and request injection on the upstream
+# connection) and non-latin-1 text (unencodable: every request would fail) out of it.
+MAX_TOKEN_LENGTH = 16 * 1024
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def token_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as a bearer token, or None. Never quotes the value."""
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_TOKEN_LENGTH:
+        return f"it is longer than {MAX_TOKEN_LENGTH} characters ({len(value)})"
+    if _B64TOKEN.fullmatch(value) is None:
+        return "it has characters outside RFC 6750 b64token (A-Z a-z 0-9 - . _ ~ + / =)"
+    return None
+
 
 @dataclass(frozen=True, repr=False)
 class Grant:
@@ -25,6 +43,12 @@ class Grant:
     expires_in: float | None  # seconds; None: the IdP did not say
     refresh_token: str | None = None
     refresh_expires_in: float | None = None  # None or 0: valid until the IdP rejects it
+
+    def __post_init__(self) -> None:
+        # Every flow builds a Grant: checking here covers them all, before anything is sent.
+        problem = token_problem(self.access_token)
+        if problem is not None:
+            raise AuthError(f"the issued access token cannot be used: {problem}")
 
     def __repr__(self) -> str:
         return f"Grant(expires_in={self.expires_in}, refresh={self.refresh_token is not None})"

@@ -11,6 +11,7 @@ the refresh token lives. MOEX answers 403 for a bad client, secret or signature.
 
 from __future__ import annotations
 
+import re
 import ssl
 
 from sidecar import logs
@@ -23,6 +24,11 @@ from sidecar.http1.fetch import Fetcher
 from sidecar.signing import Signer, SigningError, b64
 
 COOKIE = "MicexPassportCert"
+# The Passport token is base64; RFC 6265 cookie-octets (printable ASCII but space, DQUOTE,
+# comma, semicolon and backslash) is what a cookie may carry at all. It is signed byte for
+# byte, so nothing outside that, and nothing huge, is handed to the signer.
+MAX_PASSPORT_TOKEN = 16 * 1024
+_COOKIE_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 
 
 class PassportClient:
@@ -56,6 +62,13 @@ class PassportClient:
         token = passport_cookie(cookies)
         if not token:
             raise AuthError(f"MOEX Passport answered {status} without a {COOKIE} cookie")
+        if len(token) > MAX_PASSPORT_TOKEN:
+            raise AuthError(
+                f"MOEX Passport {COOKIE} is longer than {MAX_PASSPORT_TOKEN} characters"
+                f" ({len(token)})"
+            )
+        if _COOKIE_OCTETS.fullmatch(token) is None:
+            raise AuthError(f"MOEX Passport {COOKIE} has characters a cookie cannot carry")
         logs.secrets.add(token, dynamic=True)
         return token
 

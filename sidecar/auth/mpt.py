@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 from typing import Any
@@ -22,6 +23,11 @@ from sidecar.config.models import MptSigninAuth
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.signing import Signer, SigningError, b64
+
+# The challenge is a short random string of printable ASCII; whatever else comes back is not
+# handed to the signer (a token device or an external program) to sign.
+MAX_CHALLENGE = 16 * 1024
+_CHALLENGE = re.compile(r"[\x20-\x7e]+")
 
 
 class MptSigninFlow:
@@ -38,6 +44,12 @@ class MptSigninFlow:
         uuid, data = challenge.get("uuid"), challenge.get("data")
         if not isinstance(uuid, str) or not isinstance(data, str) or not uuid or not data:
             raise AuthError("MPT auth/key answer lacks uuid or data")
+        if len(data) > MAX_CHALLENGE:
+            raise AuthError(
+                f"MPT auth/key challenge is longer than {MAX_CHALLENGE} characters ({len(data)})"
+            )
+        if _CHALLENGE.fullmatch(data) is None:
+            raise AuthError("MPT auth/key challenge has characters other than printable ASCII")
         try:
             signature = b64(await self._signer.sign(data.encode("utf-8")))
         except SigningError as exc:

@@ -14,8 +14,9 @@ from pathlib import Path
 import structlog
 
 from sidecar import logs
-from sidecar.auth.base import NoToken, Token, TokenEvents
+from sidecar.auth.base import NoToken, Token, TokenEvents, token_problem
 from sidecar.config.models import StaticAuth
+from sidecar.errors import SetupError
 
 log = structlog.get_logger("sidecar.auth")
 
@@ -29,9 +30,13 @@ class StaticToken:
         self.upstream = upstream
         self._events = events
         self._path: Path | None = cfg.token_file
-        self._token: Token | None = (
-            Token(cfg.token.get_secret_value(), math.inf, margin=0.0) if cfg.token else None
-        )
+        self._token: Token | None = None
+        if cfg.token is not None:
+            value = cfg.token.get_secret_value()
+            problem = token_problem(value)
+            if problem is not None:
+                raise SetupError(f"upstream {upstream}: auth.token cannot be sent: {problem}")
+            self._token = Token(value, math.inf, margin=0.0)
         self._identity: tuple[int, int, int] | None = None
         self._checked_at = -math.inf
         self._error: str | None = None
@@ -68,13 +73,23 @@ class StaticToken:
             identity = (st.st_ino, st.st_size, st.st_mtime_ns)
             if identity == self._identity:
                 return
-            value = self._path.read_text(encoding="utf-8").strip()
+            raw = self._path.read_bytes()
         except OSError as exc:
             self._error = f"token_file {self._path}: {exc.strerror}"
             log.warning("static_token_unreadable", upstream=self.upstream, reason=self._error)
             return
-        if not value:
-            self._error = f"token_file {self._path} is empty"
+        try:
+            value = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            problem: str | None = "is not UTF-8"
+        else:
+            problem = "is empty" if not value else None
+            if value and (why := token_problem(value)) is not None:
+                problem = f"holds no usable access token: {why}"
+        if problem is not None:
+            # What the file says now is not a token: stop sending the old one, as for an
+            # empty file (a rotated Secret may have revoked it), and say why on each request.
+            self._error = f"token_file {self._path} {problem}"
             self._token = None
             self._report()
             log.warning("static_token_unreadable", upstream=self.upstream, reason=self._error)

@@ -160,6 +160,7 @@ class Tls(SecretFiles):
     p12_file: ExistingFile | None = None
     p12_password: SecretStr | None = None
     verify: bool = True
+    system_ca: bool = False  # with ca_file: trust the system store too (else ca_file alone)
 
     @model_validator(mode="after")
     def _one_identity(self) -> Tls:
@@ -247,7 +248,9 @@ class CommandSignerConfig(SecretFiles):
     """An external signer (OpenSSL with the GOST engine, CryptoPro cryptcp/csptest).
 
     ``{in}``/``{out}`` in argv stand for temporary files; without them the data goes to stdin
-    and the signature comes from stdout. ``{pin}`` is replaced by the ``pin`` secret."""
+    and the signature comes from stdout. ``{pin_file}`` stands for a private temporary file
+    holding the ``pin`` secret; ``{pin}`` for the secret itself (visible in the process list).
+    The program's environment is PATH, HOME and LANG plus ``env``."""
 
     secret_fields = ("pin",)
 
@@ -259,8 +262,8 @@ class CommandSignerConfig(SecretFiles):
 
     @model_validator(mode="after")
     def _pin_given(self) -> CommandSignerConfig:
-        if any("{pin}" in a for a in self.argv) and self.pin is None:
-            raise ValueError("argv uses {pin}: give pin or pin_file")
+        if any("{pin}" in a or "{pin_file}" in a for a in self.argv) and self.pin is None:
+            raise ValueError("argv uses {pin} or {pin_file}: give pin or pin_file")
         return self
 
 

@@ -71,6 +71,7 @@ class ServerConnection(asyncio.Protocol):
         self._tunnel: TunnelSink | None = None
         self._closed = False
         self.closing = False  # the server is shutting down: answer, then close
+        self._fresh = True  # no request has begun here yet
         self._idle_since = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -177,6 +178,7 @@ class ServerConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._fresh = False
         self._url.clear()
         self._url_size = 0
         self._fields = []
@@ -259,6 +261,8 @@ class ServerConnection(asyncio.Protocol):
     async def _handle(self, request: ServerRequest) -> bool:
         """Run the handler; False when the connection cannot carry another request."""
         server = self._server
+        if server.draining:
+            request.keep_alive = False  # the app learns from this answer to reconnect
         server.inflight.enter()
         try:
             await server.handler(request)
@@ -289,6 +293,8 @@ class ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
+        # During a drain the answer said "close" (see _handle); one begun before it said
+        # keep-alive, and the connection keeps that promise for one more request.
         if not request.keep_alive or (self.closing and not self._pending):
             transport.close()
             return False
@@ -362,11 +368,13 @@ class ServerConnection(asyncio.Protocol):
         return self.transport
 
     def shutdown(self) -> None:
-        """The server is stopping: idle connections close now, busy ones after their answer."""
+        """The server is stopping: idle connections close now, busy ones after their answer.
+        A connection that has not begun a request yet is left its moment: its request may
+        already be on the way (it is answered, then the connection closes)."""
         self.closing = True
         if (
             self._current is None and not self._pending and self._tunnel is None
-            and self.transport is not None
+            and self.transport is not None and not self._fresh
         ):
             self.transport.close()
 
@@ -384,6 +392,9 @@ class HttpServer:
         self.connections: set[ServerConnection] = set()
         self._all_closed: asyncio.Event | None = None
         self.inflight = InFlight()  # requests whose handler is running
+        # Set when a graceful stop begins: every answer from then on closes its connection,
+        # so no app keeps an idle keep-alive connection that the stop would cut.
+        self.draining = False
 
     def forget(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)

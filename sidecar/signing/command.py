@@ -1,8 +1,10 @@
 """An external signer program: OpenSSL with the GOST engine, CryptoPro ``cryptcp``/``csptest``.
 
 The data goes to stdin (or to a temporary ``{in}`` file), the signature comes from stdout (or
-a ``{out}`` file). A failure reports the exit code and the end of stderr; the data, the PIN
-and the keys never reach a log or an error.
+a ``{out}`` file). ``{pin_file}`` is a file holding the PIN; ``{pin}`` puts the PIN itself in
+argv, where any local user can read it (``/proc/<pid>/cmdline``, ``ps``). A failure reports
+the exit code and the end of stderr; the data, the PIN and the keys never reach a log or an
+error. The program gets a minimal environment, not the sidecar's (which holds secrets).
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import re
 import tempfile
 from pathlib import Path
 
+import structlog
+
 from sidecar import logs
 from sidecar.config.models import CommandSignerConfig
 from sidecar.signing.base import SigningError
 
+log = structlog.get_logger("sidecar.signing")
+
 _STDERR_TAIL = 400
+_INHERITED_ENV = ("PATH", "HOME", "LANG")  # what a signer needs to run; the rest is config
 
 
 class CommandSigner:
@@ -31,12 +38,23 @@ class CommandSigner:
         if self._pin:
             logs.secrets.add(self._pin)
         self._program = Path(cfg.argv[0]).name
+        self._uses_pin_file = any("{pin_file}" in a for a in cfg.argv)
+        if any("{pin}" in a for a in cfg.argv):
+            log.warning(
+                "signer_pin_in_argv",
+                program=self._program,
+                hint="use {pin_file}: a PIN in argv is visible in /proc/<pid>/cmdline",
+            )
 
     async def sign(self, data: bytes) -> bytes:
         with tempfile.TemporaryDirectory(prefix="sidecar-sign-") as tmp:
             work = Path(tmp)
             in_path, out_path = work / "data", work / "signature"
-            argv = [self._fill(a, in_path, out_path) for a in self._cfg.argv]
+            pin_path = work / "pin"
+            argv = [self._fill(a, in_path, out_path, pin_path) for a in self._cfg.argv]
+            if self._uses_pin_file:
+                # The directory is 0700 (mkdtemp) and removed with the file after the call.
+                await asyncio.to_thread(_write_private, pin_path, self._pin or "")
             uses_in = any("{in}" in a for a in self._cfg.argv)
             uses_out = any("{out}" in a for a in self._cfg.argv)
             if uses_in:
@@ -52,7 +70,9 @@ class CommandSigner:
         return self._decode(raw)
 
     async def _run(self, argv: list[str], stdin: bytes | None) -> tuple[bytes, bytes, int]:
-        env = {**os.environ, **self._cfg.env} if self._cfg.env else None
+        env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(self._cfg.env)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -77,8 +97,12 @@ class CommandSigner:
             raise
         return out, err, proc.returncode or 0
 
-    def _fill(self, arg: str, in_path: Path, out_path: Path) -> str:
+    def _fill(self, arg: str, in_path: Path, out_path: Path, pin_path: Path) -> str:
         arg = arg.replace("{in}", str(in_path)).replace("{out}", str(out_path))
+        if "{pin_file}" in arg:
+            if self._pin is None:
+                raise SigningError("signer argv uses {pin_file} but no pin is configured")
+            arg = arg.replace("{pin_file}", str(pin_path))
         if "{pin}" in arg:
             if self._pin is None:
                 raise SigningError("signer argv uses {pin} but no pin is configured")
@@ -111,6 +135,13 @@ class CommandSigner:
 
     async def close(self) -> None:
         return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Created 0600 from the start: never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

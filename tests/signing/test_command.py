@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -172,3 +174,74 @@ def test_pin_placeholder_needs_a_pin() -> None:
 
     with pytest.raises(ValidationError, match="give pin or pin_file"):
         CommandSignerConfig(argv=["cryptcp", "-pin", "{pin}"])
+
+
+# A signer that reports what it was given: its argv, its environment, and the PIN file's mode
+# and content as it saw them during the call.
+REPORTING_SIGNER = """
+import json, os, stat, sys
+report = {"argv": sys.argv, "env": dict(os.environ), "pin_files": {}}
+for arg in sys.argv[2:]:
+    if os.path.isfile(arg):
+        st = os.stat(arg)
+        report["pin_files"][arg] = {
+            "mode": stat.S_IMODE(st.st_mode),
+            "dir_mode": stat.S_IMODE(os.stat(os.path.dirname(arg)).st_mode),
+            "content": open(arg).read(),
+        }
+open(sys.argv[1], "w").write(json.dumps(report))
+sys.stdout.write("AA==")
+"""
+
+
+def _gone(path: str) -> bool:
+    return not os.path.exists(path)
+
+
+async def test_pin_file_keeps_the_pin_out_of_argv_and_is_removed_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_MARKER_SECRET", "must-not-leak")
+    script, report_file = tmp_path / "signer.py", tmp_path / "report.json"
+    script.write_text(REPORTING_SIGNER)
+    signer = make_signer(
+        _command(
+            argv=[sys.executable, str(script), str(report_file), "{pin_file}"],
+            pin="s3cret-pin",
+            output="base64",
+            env={"OPENSSL_CONF": "/etc/ssl/gost.cnf"},
+        ),
+        detached_default=True,
+    )
+    assert await signer.sign(b"x") == b"\x00"
+    report = json.loads(report_file.read_text())
+    assert not any("s3cret-pin" in arg for arg in report["argv"])
+    (pin_path, seen), = report["pin_files"].items()
+    assert seen == {"mode": 0o600, "dir_mode": 0o700, "content": "s3cret-pin"}
+    assert _gone(pin_path) and _gone(os.path.dirname(pin_path))
+    # A minimal environment: the sidecar's own variables stay with the sidecar.
+    env = report["env"]
+    assert "SIDECAR_MARKER_SECRET" not in env
+    assert env["OPENSSL_CONF"] == "/etc/ssl/gost.cnf"
+    assert env.get("PATH") == os.environ.get("PATH", os.defpath)
+    # LC_CTYPE: a Python child may set it itself (PEP 538 locale coercion).
+    assert set(env) <= {"PATH", "HOME", "LANG", "OPENSSL_CONF", "LC_CTYPE"}
+
+
+async def test_pin_file_is_removed_when_the_signer_fails(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    code = f"import sys; open({str(seen)!r}, 'w').write(sys.argv[1]); sys.exit(4)"
+    signer = make_signer(
+        _command(argv=[sys.executable, "-c", code, "{pin_file}"], pin="s3cret-pin"),
+        detached_default=True,
+    )
+    with pytest.raises(SigningError, match="exited 4"):
+        await signer.sign(b"x")
+    assert _gone(seen.read_text())
+
+
+def test_pin_file_placeholder_needs_a_pin() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="give pin or pin_file"):
+        CommandSignerConfig(argv=["openssl", "-passin", "file:{pin_file}"])
