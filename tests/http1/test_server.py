@@ -364,21 +364,41 @@ async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_thei
     gate = asyncio.Event()
 
     async def answer(request: ServerRequest) -> None:
-        await gate.wait()
+        if request.raw_path == "/slow":
+            await gate.wait()
         await request.respond(200, CIMultiDict(), b"done")
 
     served = Served(answer)
-    _, idle = served.connect()
+    idle_conn, idle = served.connect()
+    idle_conn.data_received(b"GET /quick HTTP/1.1\r\n\r\n")
     busy_conn, busy = served.connect()
-    busy_conn.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    busy_conn.data_received(b"GET /slow HTTP/1.1\r\n\r\n")
+    fresh_conn, fresh = served.connect()
     await settle()
     stopping = asyncio.create_task(served.server.shutdown(2.0))
     await settle()
     assert idle.closed and not busy.closed
+    assert not fresh.closed  # no request begun yet: its first one may be on the way
+    fresh_conn.data_received(b"GET /quick HTTP/1.1\r\n\r\n")
+    await settle()
+    assert fresh.take().endswith(b"Connection: close\r\n\r\ndone") and fresh.closed
     gate.set()
     await asyncio.wait_for(stopping, 1)
     assert busy.take().endswith(b"Connection: close\r\n\r\ndone")
     assert busy.closed and not busy.aborted
+
+
+async def test_while_draining_every_answer_closes_its_connection() -> None:
+    served = Served()
+    conn, transport = served.connect()
+    conn.data_received(b"GET /a HTTP/1.1\r\n\r\n")
+    await settle()
+    assert b"Connection: close" not in transport.take()
+    served.server.draining = True
+    conn.data_received(b"GET /b HTTP/1.1\r\n\r\n")
+    await settle()
+    assert transport.take().endswith(b"Connection: close\r\n\r\n/b:")
+    assert transport.closed
 
 
 async def test_a_connect_head_hands_the_following_bytes_to_the_tunnel() -> None:
