@@ -51,12 +51,31 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m tests.bench.run --smoke
 
+# User-space instructions per proxied GET, counted with valgrind's callgrind (installed from
+# Debian's valgrind package): the access line on (log level info), then off (warning).
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	$(BIN)/python -m tests.bench.instructions --log-level info
+	$(BIN)/python -m tests.bench.instructions --log-level warning
+
 # The soak at full length: 10 minutes of mixed traffic through every upstream family with 3 s
 # tokens and IdPs failing 20 % of their calls (make test runs it for 20 s). The one-line
 # summary is printed; the figures go to .soak/last.json.
 .PHONY: soak
 soak: $(STAMP)
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/pytest -q tests/reliability/test_soak.py
+
+# Hypothesis with random seeds (make test runs the derandomized "ci" profile): every
+# property test with FUZZ_EXAMPLES examples (default 5000), run again and again until
+# FUZZ_SECONDS (default 300) have passed. A failure stops it and prints the input: add it
+# to its test as an @example, then fix the code.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	@end=$$(( $$(date +%s) + $${FUZZ_SECONDS:-300} )); \
+	while :; do \
+		HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -m hypothesis -p no:cacheprovider || exit 1; \
+		[ $$(date +%s) -lt $$end ] || break; \
+	done
 
 .PHONY: image-check deploy-check
 

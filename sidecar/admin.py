@@ -6,12 +6,14 @@ read-only routes, which keeps the sidecar's memory down).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import __version__
+from sidecar.config import Config
 from sidecar.http1.answer import LocalAnswer, answer_headers, json_answer
 from sidecar.http1.request import ServerRequest
 from sidecar.metrics import Metrics
@@ -24,6 +26,7 @@ class Observed(Protocol):
 
     draining: bool
     metrics: Metrics
+    config: Config
 
     @property
     def upstreams(self) -> Mapping[str, UpstreamRuntime]: ...
@@ -80,11 +83,29 @@ class AdminRoutes:
         body = generate_latest(self._sidecar.metrics.registry)
         return LocalAnswer(200, answer_headers(CONTENT_TYPE_LATEST), body)
 
+    def _may_see_status(self, request: ServerRequest) -> bool:
+        if self._sidecar.config.listen.expose_status:
+            return True
+        host = request.peer_host
+        try:
+            address = ipaddress.ip_address((host or "").split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener sees ::ffff:127.0.0.1
+        return address.is_loopback
+
     async def __call__(self, request: ServerRequest) -> None:
         path = request.raw_path.split("?", 1)[0]
         route = self.routes.get(path)
         if route is None:
             answer = json_answer(404, {"error": "not_found", "routes": sorted(self.routes)})
+        elif path == "/status" and not self._may_see_status(request):
+            answer = json_answer(403, {
+                "error": "status_loopback_only",
+                "message": "/status is served to loopback clients only (kubectl exec or "
+                           "port-forward); set listen.expose_status: true to serve it to all",
+            })
         elif request.method not in ("GET", "HEAD"):
             answer = json_answer(405, {"error": "method_not_allowed", "allowed": "GET"})
             answer.headers["Allow"] = "GET, HEAD"

@@ -17,6 +17,7 @@ from sidecar.admin import AdminRoutes
 from sidecar.config import Config, parse_host_port
 from sidecar.http1.server import HttpServer
 from sidecar.metrics import Metrics
+from sidecar.proxy.body import ReplayBudget
 from sidecar.proxy.listener import ProxyHandler, start_listener
 from sidecar.proxy.upstream import UpstreamRuntime, build_upstream
 from sidecar.reload import plan_reload
@@ -30,6 +31,8 @@ class Sidecar:
         self.config = config
         self.upstreams: dict[str, UpstreamRuntime] = {}
         self.metrics = Metrics()
+        self.replay_budget = ReplayBudget(config.replay_budget)  # one for the whole process
+        self.metrics.replay_kept_bytes.set_function(lambda: self.replay_budget.used)
         self._listener: asyncio.Server | None = None
         self._server: HttpServer | None = None
         self._admin: asyncio.Server | None = None
@@ -46,7 +49,7 @@ class Sidecar:
     async def start(self) -> None:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
         for name, cfg in self.config.upstreams.items():
-            self.upstreams[name] = build_upstream(name, cfg, self.metrics)
+            self.upstreams[name] = build_upstream(name, cfg, self.metrics, self.replay_budget)
         for runtime in self.upstreams.values():
             if runtime.config.eager:
                 await runtime.tokens.start()
@@ -54,14 +57,20 @@ class Sidecar:
         self._cert_watch = asyncio.get_running_loop().create_task(self._watch_certificates())
 
         self._handler = ProxyHandler(self.upstreams, list(self.config.passthrough), self.metrics)
-        host, port = parse_host_port(self.config.listen.proxy)
+        listen = self.config.listen
+        host, port = parse_host_port(listen.proxy)
+        shed = self.metrics.connections_shed
         self._listener, self._server = await start_listener(
-            self._handler, host, port, self.config.listen.idle_timeout
+            self._handler, host, port, listen.idle_timeout, listen.max_connections,
+            shed.labels("proxy").inc,
         )
         self.proxy_port = self._listener.sockets[0].getsockname()[1]
 
-        ahost, aport = parse_host_port(self.config.listen.admin)
-        self._admin_server = HttpServer(AdminRoutes(self), 30.0, lambda _: None)
+        ahost, aport = parse_host_port(listen.admin)
+        self._admin_server = HttpServer(
+            AdminRoutes(self), 30.0, lambda _: None, listen.admin_max_connections,
+            shed.labels("admin").inc,
+        )
         self._admin = await asyncio.get_running_loop().create_server(
             self._admin_server, ahost, aport, reuse_address=True
         )
@@ -86,7 +95,8 @@ class Sidecar:
         try:
             for name, rebuild in plan.rebuild.items():
                 built[name] = build_upstream(
-                    name, rebuild.config, self.metrics, rebuild.tokens, rebuild.limiter
+                    name, rebuild.config, self.metrics, self.replay_budget, rebuild.tokens,
+                    rebuild.limiter,
                 )
             for runtime in plan.renew_tls:
                 ctx = client_context(runtime.config.tls)
@@ -115,6 +125,7 @@ class Sidecar:
         if new.listen != self.config.listen:
             log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
         self.config = new
+        self.replay_budget.limit = new.replay_budget
         logs.configure_for(new)  # a new log level, and new secrets to keep out of logs
         self.check_certificates()
         log.info(

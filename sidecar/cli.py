@@ -13,11 +13,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import structlog
 import yaml
 
 from sidecar import __version__, logs
-from sidecar.config import Config, ConfigError, load_config, redacted
-from sidecar.errors import SetupError
+from sidecar.config import Config, ConfigError, config_warnings, load_config, redacted
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.ports import Ports
 
 EXIT_USAGE = 2
@@ -46,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             config = load_config(args.config)
             print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
+            for line in config_warnings(config):
+                print(f"warning: {line}", file=sys.stderr)
             return 0
         if args.command == "run":
             path = args.config or os.environ.get("SIDECAR_CONFIG", "")
             config = load_config(path)
             logs.configure_for(config)
+            for line in config_warnings(config):
+                structlog.get_logger("sidecar").warning("config_warning", problem=line)
             return _run_until_signalled(lambda signals: _serve(config, path, signals))
 
         logs.configure("info", "console")

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic import BaseModel
+
+from sidecar.config.secrets import secret_values
 
 MASK = "***"
 # A key names a secret when it is one of these words or ends with one ("refresh_token"),
@@ -93,30 +94,6 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-def _is_http_processing_error(exc: BaseException | None) -> bool:
-    return exc is not None and any(
-        k.__name__ == "HttpProcessingError" and k.__module__.startswith("aiohttp")
-        for k in type(exc).__mro__
-    )
-
-
-class MalformedRequests(logging.Filter):
-    """aiohttp logs every malformed request at ERROR with a traceback and the offending bytes
-    (which may carry an app's credentials). The client already got its 400: keep one short
-    warning naming the kind of error, without the bytes, so bad input cannot flood the logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        # By name: the sidecar itself does not load aiohttp (only the sandbox servers do).
-        if record.name == "aiohttp.server" and _is_http_processing_error(exc):
-            record.msg, record.args = "malformed_request_refused", ()
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
-            record.__dict__["error"] = type(exc).__name__
-            record.__dict__["status"] = getattr(exc, "code", None)
-        return True
-
-
 class AccessLog:
     """The one line per request. In JSON format it skips structlog's processor chain (about
     a sixth of a proxied request's CPU) but writes the same keys, redacted the same way, and
@@ -152,6 +129,7 @@ class AccessLog:
         queued: float,
         refused: str | None,
         broken: bool,
+        over_budget: bool = False,
     ) -> None:
         if not self.enabled:
             return
@@ -161,7 +139,7 @@ class AccessLog:
                 "request", request_id=request_id, upstream=upstream, method=method, path=path,
                 status=status, duration_ms=duration_ms, bytes_in=bytes_in, bytes_out=bytes_out,
                 replayed=replayed, retried_429=retried_429, queued_s=queued_s, refused=refused,
-                broken=broken,
+                broken=broken, replay_budget_exceeded=over_budget,
             )
             return
         # What redact() would do, for the only values an app controls: the id and the path
@@ -174,7 +152,9 @@ class AccessLog:
             f'"bytes_out": {bytes_out}, "replayed": {_JSON_BOOL[replayed]}, '
             f'"retried_429": {_JSON_BOOL[retried_429]}, "queued_s": {queued_s!r}, '
             f'"refused": {"null" if refused is None else text(refused)}, '
-            f'"broken": {_JSON_BOOL[broken]}, "event": "request", "level": "info", '
+            f'"broken": {_JSON_BOOL[broken]}, '
+            f'"replay_budget_exceeded": {_JSON_BOOL[over_budget]}, '
+            f'"event": "request", "level": "info", '
             f'"ts": "{_timestamp()}"}}'
         )
         if len(self._pending) >= self.MAX_PENDING:
@@ -259,9 +239,6 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
             ],
         )
     )
-    server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
-        server_log.addFilter(MalformedRequests())  # on the logger: every handler sees it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.getLevelName(level.upper()))
@@ -269,17 +246,4 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
 
 def configure_for(config: Any) -> None:
     """Configure from a sidecar Config, registering every secret in it for redaction."""
-    found: list[str] = []
-
-    def collect(value: object) -> None:
-        if hasattr(value, "get_secret_value"):
-            found.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                collect(getattr(value, name))
-        elif isinstance(value, dict):
-            for v in value.values():
-                collect(v)
-
-    collect(config)
-    configure(config.log.level, config.log.format, found)
+    configure(config.log.level, config.log.format, secret_values(config))

@@ -63,6 +63,20 @@ class Metrics:
             "sidecar_auth_replays", "Requests replayed with a new token after a rejection.",
             ["upstream"], registry=r,
         )
+        self.replay_budget_exceeded = Counter(
+            "sidecar_replay_budget_exceeded",
+            "Requests forwarded without a replay copy because the replay budget was spent.",
+            ["upstream"], registry=r,
+        )
+        self.replay_kept_bytes = Gauge(
+            "sidecar_replay_kept_bytes", "Request body bytes kept for replays, all requests.",
+            registry=r,
+        )
+        self.connections_shed = Counter(
+            "sidecar_connections_shed",
+            "Connections closed because a listener was at max_connections, by listener.",
+            ["listener"], registry=r,
+        )
         self.rate_limit_wait = Histogram(
             "sidecar_rate_limit_wait_seconds", "Time requests waited in the rate limiter.",
             ["upstream"], buckets=_LATENCY_BUCKETS, registry=r,
@@ -106,6 +120,7 @@ class UpstreamMetrics:
             lambda: sum(i.count for i in self._inflight)
         )
         self.replays = metrics.replays.labels(name)
+        self.replay_budget_exceeded = metrics.replay_budget_exceeded.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
         self.token_expiry = metrics.token_expiry.labels(name)
         self.refresh_failures = metrics.refresh_failures.labels(name)

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from pydantic import SecretStr
 
-from sidecar.errors import SetupError
+from sidecar.config.errors import SetupError
 
 
 def open_bundle(

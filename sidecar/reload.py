@@ -21,9 +21,16 @@ import structlog
 from prometheus_client import Counter
 
 from sidecar.auth.base import TokenSource
-from sidecar.config import Config, ConfigError, Upstream, load_config, referenced_files
-from sidecar.config.models import Tls
-from sidecar.errors import SetupError
+from sidecar.config import (
+    Config,
+    ConfigError,
+    Upstream,
+    load_config,
+    referenced_files,
+    signer_files,
+    tls_files,
+)
+from sidecar.config.errors import SetupError
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream import UpstreamRuntime
 
@@ -172,26 +179,12 @@ class Reloader:
                 await self.reload(f"files changed: {', '.join(names)}", changed)
 
 
-def _tls_files(tls: Tls | None) -> set[Path]:
-    if tls is None:
-        return set()
-    return {p for p in (tls.ca_file, tls.cert_file, tls.key_file, tls.p12_file) if p is not None}
-
-
 def _tls_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
     """Whether the upstream's TLS material may have changed (None: unknown, assume so)."""
-    if changed_files is None:
-        return True
-    files = _tls_files(cfg.tls) | _tls_files(getattr(cfg.auth, "tls", None))
-    return bool(files & changed_files)
+    return changed_files is None or bool(tls_files(cfg) & changed_files)
 
 
 def _signer_touched(cfg: Upstream, changed_files: set[Path] | None) -> bool:
     """Whether a signing key or certificate file of the upstream's login changed on disk."""
-    signer = getattr(cfg.auth, "signer", None)
-    if signer is None or changed_files is None:
-        return False  # SIGHUP with no file news: a changed config is caught by comparison
-    files = {signer.cert_file, signer.key_file, signer.p12_file}
-    if signer.ncanode is not None:
-        files.add(signer.ncanode.p12_file)
-    return bool({f for f in files if f is not None} & changed_files)
+    # SIGHUP with no file news (None): a changed config is caught by comparison.
+    return changed_files is not None and bool(signer_files(cfg) & changed_files)

@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sidecar.config.models import Tls
-from sidecar.errors import SetupError
+from sidecar.config.errors import SetupError
+from sidecar.config.sections import Tls
 from sidecar.pkcs12 import open_bundle
 
 

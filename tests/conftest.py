@@ -4,11 +4,13 @@ The plain helpers the fixtures use (and tests import) live in :mod:`tests.helper
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sidecar import logs
 from sidecar.app import Sidecar
@@ -18,6 +20,22 @@ from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
 from sidecar.sandbox.wso2 import issue_kisc_client, start_wso2
 from tests.helpers.sidecars import Kisc, SidecarFactory, deep_merge
 from tests.helpers.sidecars import proxy_url as proxy_url  # kept for older imports
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (or --hypothesis-profile).
+# "ci", the default (make test): derandomized and with no example database, so every run
+# tries the same inputs and CI never turns red by luck; each test keeps its example count.
+# "fuzz" (make fuzz): random seeds and FUZZ_EXAMPLES per test, to find new failures; each
+# one found becomes an @example on its test, so that ci runs it from then on.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    deadline=None,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "5000")),
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")

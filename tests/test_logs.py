@@ -59,7 +59,8 @@ async def test_fast_access_line_is_the_json_structlog_would_write(
     line = json.loads(capsys.readouterr().out)
     assert list(line) == [
         "request_id", "upstream", "method", "path", "status", "duration_ms", "bytes_in",
-        "bytes_out", "replayed", "retried_429", "queued_s", "refused", "broken", "event",
+        "bytes_out", "replayed", "retried_429", "queued_s", "refused", "broken",
+        "replay_budget_exceeded", "event",
         "level", "ts",
     ]
     assert line["request_id"] == "rid-***" and line["path"] == "/x/***/\u00e9\"q"

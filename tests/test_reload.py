@@ -169,7 +169,7 @@ async def test_a_reload_failing_halfway_leaves_the_running_upstreams_intact(
                    "tls": {**ntb["tls"], "ca_file": str(broken_ca)}},
     }})
     from sidecar.config import validate_config
-    from sidecar.errors import SetupError
+    from sidecar.config.errors import SetupError
 
     with pytest.raises(SetupError):
         await sidecar.apply(validate_config(data))

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from sidecar.sandbox.demo import moex_registration_upstream, mpt_upstream
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.mpt import MptApi, start_mpt
-from sidecar.sandbox.registration import MSK, MoexStack, start_moex_registration
+from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
 from tests.helpers.process import SidecarProcess
 from tests.helpers.sidecars import Kisc

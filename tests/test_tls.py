@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from sidecar.config.errors import SetupError
 from sidecar.config.models import Tls
-from sidecar.errors import SetupError
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.tls import ClientIdentity, TlsSetupError, client_context, client_identity
 

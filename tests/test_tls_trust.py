@@ -13,7 +13,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from sidecar.config.models import Tls
+from sidecar.config.sections import Tls
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack, TlsServer
 from sidecar.tls import client_context

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.auth.base import Grant
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint
-from sidecar.config.models import ClientCredentialsAuth
+from sidecar.config.auth import ClientCredentialsAuth
 
 
 class ClientCredentialsFlow(OAuthFlow):

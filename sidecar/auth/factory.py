@@ -19,17 +19,17 @@ from sidecar.auth.mpt import MptSigninFlow
 from sidecar.auth.oauth import TokenEndpoint
 from sidecar.auth.static import StaticToken
 from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
-from sidecar.config.models import (
+from sidecar.config.auth import (
     AuthBase,
-    AuthCommon,
     ClientCredentialsAuth,
     MoexPassportAuth,
     MptSigninAuth,
     OidcPasswordAuth,
     StaticAuth,
-    Upstream,
+    TokenEndpointAuth,
     Wso2PasswordAuth,
 )
+from sidecar.config.models import Upstream
 from sidecar.signing import make_signer
 from sidecar.tls import client_context
 
@@ -59,7 +59,7 @@ def _flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
     ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl
     if isinstance(auth, MptSigninAuth):
         return MptSigninFlow(auth, ctx, make_signer(auth.signer, detached_default=False))
-    assert isinstance(auth, AuthCommon)
+    assert isinstance(auth, TokenEndpointAuth)
     endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout)
     if isinstance(auth, OidcPasswordAuth):
         return PasswordFlow(auth, endpoint)

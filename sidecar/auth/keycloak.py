@@ -5,7 +5,7 @@ Client credentials go in the form (Keycloak's public clients have no secret)."""
 from __future__ import annotations
 
 from sidecar.auth.oauth import PasswordGrant, TokenEndpoint
-from sidecar.config.models import OidcPasswordAuth
+from sidecar.config.auth import OidcPasswordAuth
 
 
 class PasswordFlow(PasswordGrant):

@@ -16,11 +16,12 @@ import ssl
 
 from sidecar import logs
 from sidecar.auth.base import AuthError, Failure, Grant
-from sidecar.auth.http import idp_error, idp_retry_after
+from sidecar.auth.http import idp_error
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
-from sidecar.config.models import MoexPassportAuth
+from sidecar.config.auth import MoexPassportAuth
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
+from sidecar.http1.retry_after import parse_retry_after
 from sidecar.signing import Signer, SigningError, b64
 
 COOKIE = "MicexPassportCert"
@@ -49,7 +50,7 @@ class PassportClient:
                 "GET", self.url, headers={"Authorization": self._authorization}
             )
             status, cookies = reply.status, reply.headers.getall("Set-Cookie", [])
-            wait = idp_retry_after(reply.headers.get("Retry-After"))
+            wait = parse_retry_after(reply.headers.get("Retry-After"))
         except TransportError as exc:
             raise idp_error("MOEX Passport", exc) from None
         if status in (401, 403):

@@ -17,11 +17,12 @@ from typing import Any
 
 from sidecar import logs
 from sidecar.auth.base import AuthError, Failure, Grant, InvalidGrant
-from sidecar.auth.http import idp_error, idp_retry_after
+from sidecar.auth.http import idp_error
 from sidecar.auth.jwt import expiry as jwt_expiry
-from sidecar.config.models import MptSigninAuth
+from sidecar.config.auth import MptSigninAuth
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
+from sidecar.http1.retry_after import parse_retry_after
 from sidecar.signing import Signer, SigningError, b64
 
 # The challenge is a short random string of printable ASCII; whatever else comes back is not
@@ -85,7 +86,7 @@ class MptSigninFlow:
                 method, self._base + path, json_body=body, headers={"Accept": "application/json"}
             )
             raw, status = reply.body, reply.status
-            wait = idp_retry_after(reply.headers.get("Retry-After"))
+            wait = parse_retry_after(reply.headers.get("Retry-After"))
         except TransportError as exc:
             raise idp_error(where, exc) from None
         try:

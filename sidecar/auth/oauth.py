@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from sidecar.auth.base import MAX_LIFETIME, AuthError, Failure, Grant, InvalidGrant
-from sidecar.auth.http import idp_error, idp_retry_after, short
+from sidecar.auth.http import idp_error, short
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
+from sidecar.http1.retry_after import parse_retry_after
 
 
 class TokenEndpoint:
@@ -101,7 +102,7 @@ def _error(status: int, data: Any, retry_after: str | None) -> AuthError:
         reason += f": {description}"
     elif data is None:
         reason += " with a non-JSON body"
-    wait = idp_retry_after(retry_after)
+    wait = parse_retry_after(retry_after)
     if code == "invalid_grant":
         return InvalidGrant(reason, kind=Failure.REFUSED, status=status)
     return AuthError.answered(status, reason, wait)

@@ -15,8 +15,8 @@ import structlog
 
 from sidecar import logs
 from sidecar.auth.base import NoToken, Token, TokenEvents, token_problem
-from sidecar.config.models import StaticAuth
-from sidecar.errors import SetupError
+from sidecar.config.auth import StaticAuth
+from sidecar.config.errors import SetupError
 
 log = structlog.get_logger("sidecar.auth")
 

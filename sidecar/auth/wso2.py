@@ -12,7 +12,7 @@ import json
 import re
 
 from sidecar.auth.oauth import PasswordGrant, TokenEndpoint
-from sidecar.config.models import Wso2PasswordAuth
+from sidecar.config.auth import Wso2PasswordAuth
 
 TOKEN_INVALID_CODES = frozenset({900901, 900902, 900903})
 _XML_CODE = re.compile(rb"<(?:\w+:)?code>\s*(\d{6})\s*</(?:\w+:)?code>")

@@ -11,14 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import AsyncIterable
 from typing import cast
 
 import httptools
 from multidict import CIMultiDict
 
-from sidecar.http1.errors import Closed, TimedOut, connect_error
-from sidecar.http1.wire import LAST_CHUNK, BodyQueue, WriteFlow, chunk, head
+from sidecar.http1.errors import (
+    Closed,
+    PoolFull,
+    TimedOut,
+    TooLarge,
+    TransportError,
+    connect_error,
+)
+from sidecar.http1.wire import (
+    LAST_CHUNK,
+    MAX_FIELD,
+    MAX_FIELDS,
+    MAX_HEAD,
+    MAX_TARGET,
+    BodyQueue,
+    WriteFlow,
+    chunk,
+    head,
+)
 
 
 class _Unsolicited(Exception):
@@ -85,6 +103,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._reason = b""
+        self._in_head = True  # else header callbacks are the trailers of a chunked body
+        self._head_bytes = 0  # raw bytes fed while in a head (llhttp buffers partial lines)
+        self._fields_size = 0  # name + value bytes of this message's fields and trailers
+        self._field_count = 0
+        self._quiet = 0  # bytes fed since the parser last called back (a partial trailer)
+        self._called = False
         self._method = ""
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
@@ -140,22 +164,70 @@ class UpstreamConnection(asyncio.Protocol):
         if self._waiter is None and self._response is None:
             self.close()  # bytes while no request is out: nothing may be read from here
             return
+        if self._in_head:
+            self._head_bytes += len(data)
+        self._called = False
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if not isinstance(exc.__context__, _Unsolicited):
+            refused = exc.__context__
+            if isinstance(refused, TransportError):
+                self._fail(refused)
+            elif not isinstance(refused, _Unsolicited):
                 self._fail(Closed(self.pool.label, f"malformed response: {exc!r}"))
+            self.close()
+            return
+        # httptools keeps a header line until it ends, so the parser's own calls alone do not
+        # bound what it holds: count the raw bytes of a head, and of reads with no call back
+        # (a trailer line, a chunk extension) in a body.
+        self._quiet = 0 if self._called else self._quiet + len(data)
+        if (self._in_head and self._head_bytes > MAX_HEAD + MAX_TARGET) or self._quiet > MAX_HEAD:
+            self._fail(self._too_large(f"response headers over {MAX_HEAD} bytes"))
             self.close()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # Every message (a 1xx, the answer, the next answer) starts with its own fields.
+        self._fields = []
+        self._reason = b""
+        self._in_head = True
+        self._fields_size = self._field_count = 0
+        self._called = True
+
     def on_status(self, reason: bytes) -> None:
+        self._called = True
+        reason = self._reason + reason  # llhttp hands it over in pieces across reads
+        if len(reason) > MAX_TARGET:
+            raise self._too_large(f"a response status line over {MAX_TARGET} bytes")
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
+        self._called = True
+        size = len(name) + len(value)
+        self._fields_size += size
+        self._field_count += 1
+        if size > MAX_FIELD:
+            raise self._too_large(f"a response header line over {MAX_FIELD} bytes")
+        if self._fields_size > MAX_HEAD:
+            raise self._too_large(f"response headers over {MAX_HEAD} bytes")
+        if self._field_count > MAX_FIELDS:
+            raise self._too_large(f"more than {MAX_FIELDS} response header lines")
+        if self._in_head:
+            self._fields.append((name, value))
+        # Trailers (after the head) are counted, then dropped: the answer's head is already
+        # on its way to the app, and they must never be read as the next answer's headers.
+
+    def _too_large(self, what: str) -> TransportError:
+        if self._in_head:
+            return TooLarge(self.pool.label, what)
+        # Trailers: the head went out already, so for its reader the body broke off.
+        return Closed(self.pool.label, what.replace("header", "trailer"))
 
     def on_headers_complete(self) -> None:
+        self._called = True
+        self._in_head = False
+        self._head_bytes = 0
         status = self._parser.get_status_code()
         fields, self._fields = self._fields, []
         if status < 200:
@@ -180,6 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
             # the next one on a fresh parser.
             keep_alive = self._parser.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
+            self._in_head = True  # the fresh parser's first bytes are a head
             response.content.feed_eof()
             self._message_done(keep_alive)
         else:
@@ -189,10 +262,19 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(response)
 
     def on_body(self, data: bytes) -> None:
+        self._called = True
         if self._response is not None:
             self._response.content.feed(data)
 
+    def on_chunk_header(self) -> None:
+        self._called = True
+
+    def on_chunk_complete(self) -> None:
+        self._called = True
+
     def on_message_complete(self) -> None:
+        self._called = True
+        self._in_head = True  # what follows is the next answer's head
         response, self._response = self._response, None
         if response is None:
             return  # the end of a 1xx, or of a HEAD answer already closed above
@@ -299,7 +381,9 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle keep-alive connections to one origin, made with one TLS context."""
+    """Idle keep-alive connections to one origin, made with one TLS context; at most
+    ``max_connections`` open at once (requests beyond wait for room, up to the connect
+    timeout)."""
 
     def __init__(
         self,
@@ -310,8 +394,12 @@ class ConnectionPool:
         connect_timeout: float,
         read_timeout: float,
         keepalive: float = 30.0,
+        max_connections: int | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.max_connections = max_connections
+        self._connecting = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
@@ -335,14 +423,53 @@ class ConnectionPool:
         return None
 
     async def connect(self) -> UpstreamConnection:
-        """A new connection, counted as in use; a failure comes as a typed
-        :class:`~sidecar.http1.errors.TransportError`."""
+        """A new connection (or, after waiting for room, one that came free), counted as in
+        use; a failure comes as a typed :class:`~sidecar.http1.errors.TransportError`."""
+        if self._full():
+            await self._wait_for_room()
+            conn = self.pooled()
+            if conn is not None:
+                return conn
+        self._connecting += 1
         try:
             conn = await self._connect()
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            raise connect_error(exc, self.label, self.connect_timeout) from None
+        except BaseException as exc:
+            self._connecting -= 1
+            self._wake()  # the room it held is free again
+            if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
+                raise connect_error(exc, self.label, self.connect_timeout) from None
+            raise
+        self._connecting -= 1
         self.in_use += 1
         return conn
+
+    def _full(self) -> bool:
+        limit = self.max_connections
+        return limit is not None and self.in_use + self._connecting >= limit
+
+    async def _wait_for_room(self) -> None:
+        deadline = self.loop.time() + self.connect_timeout
+        while self._full():
+            waiter = self.loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - self.loop.time()))
+            except TimeoutError:
+                raise PoolFull(
+                    self.label,
+                    f"all {self.max_connections} connections busy for {self.connect_timeout:g} s",
+                ) from None
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _wake(self) -> None:
+        """Room for one more: the longest waiter goes next."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def _connect(self) -> UpstreamConnection:
         connecting = self.loop.create_connection(
@@ -359,6 +486,8 @@ class ConnectionPool:
     def release(self, conn: UpstreamConnection, reuse: bool = True) -> None:
         """Take back a lent connection: kept when ``reuse`` and it is clean, else closed."""
         self.in_use -= 1
+        if self._waiting:
+            self.loop.call_soon(self._wake)  # after this connection is parked or closed
         if not reuse or not conn.reusable or self.retired:
             conn.close()
             return

@@ -80,6 +80,15 @@ class Closed(TransportError, ConnectionError):
         return f"{self.peer} broke off the connection ({self.detail or 'closed'})"
 
 
+class PoolFull(TransportError):
+    """Every connection the sidecar allows itself to this peer stayed busy too long."""
+
+    kind = "busy"
+
+    def describe(self) -> str:
+        return f"{self.peer}: {self.detail}"
+
+
 class TooLarge(TransportError):
     """The peer's answer was over a limit the sidecar keeps (a head, a buffered body)."""
 

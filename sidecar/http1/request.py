@@ -120,6 +120,13 @@ class ServerRequest:
         self._no_body = False
 
     @property
+    def peer_host(self) -> str | None:
+        """The app's address (for access decisions off the hot path)."""
+        transport = self._conn.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+    @property
     def body_exists(self) -> bool:
         return self.chunked or bool(self.content_length)
 

@@ -23,14 +23,11 @@ from multidict import CIMultiDict
 
 from sidecar.http1.answer import error_answer
 from sidecar.http1.request import ClientGone, Handler, ServerRequest, TunnelSink
-from sidecar.http1.wire import REASONS, WriteFlow, head
+from sidecar.http1.wire import MAX_FIELD, MAX_HEAD, MAX_TARGET, REASONS, WriteFlow, head
 from sidecar.inflight import InFlight
 
 log = structlog.get_logger("sidecar.proxy")
 
-MAX_TARGET = 8190  # request line: nginx's and aiohttp's default buffer size
-MAX_FIELD = 8190  # one header line
-MAX_HEAD = 32 * 1024  # all header lines of one request
 MAX_PIPELINED = 16  # requests waiting their turn before the app's socket is not read
 MAX_PARSED_AHEAD = 64  # more in one read: the rest is not parsed; the app resends after close
 
@@ -57,6 +54,7 @@ class ServerConnection(asyncio.Protocol):
         self._fields: list[tuple[str, str]] = []
         self._head_size = 0
         self._in_head = True
+        self._quiet = 0  # body bytes fed with no parser call back: a trailer being buffered
         self._receiving: ServerRequest | None = None  # the request whose body is being parsed
         self._current: ServerRequest | None = None  # the request being answered
         self._worker: asyncio.Task[None] | None = None
@@ -72,7 +70,7 @@ class ServerConnection(asyncio.Protocol):
         self._closed = False
         self.closing = False  # the server is shutting down: answer, then close
         self._fresh = True  # no request has begun here yet
-        self._idle_since = self._loop.time()
+        self.idle_since = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -80,6 +78,8 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._server.connections.add(self)
+        if len(self._server.connections) > self._server.max_connections:
+            self._server.shed(self)
         self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -151,6 +151,8 @@ class ServerConnection(asyncio.Protocol):
             return
         if self._in_head:
             self._head_size += len(data)
+        else:
+            self._quiet += len(data)  # any call back during the feed resets it
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -174,6 +176,10 @@ class ServerConnection(asyncio.Protocol):
         if self._in_head and self._head_size > MAX_HEAD + MAX_TARGET:
             self._refuse_head(_HeadRefused(
                 431, "headers_too_large", f"request headers exceed {MAX_HEAD} bytes"))
+        elif self._quiet > MAX_HEAD + MAX_TARGET:
+            # httptools holds a trailer line until it ends: one without end is refused here.
+            self._refuse_head(_HeadRefused(
+                431, "headers_too_large", f"request trailers exceed {MAX_HEAD} bytes"))
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -197,6 +203,14 @@ class ServerConnection(asyncio.Protocol):
         if size > MAX_FIELD:
             raise _HeadRefused(431, "headers_too_large",
                                f"a request header line exceeds {MAX_FIELD} bytes")
+        if not self._in_head:
+            # A chunked body's trailer: it counts against the head's limit and is dropped
+            # (nothing forwards trailers), so an app cannot stream them without end.
+            self._quiet = 0
+            if self._fields_size > MAX_HEAD:
+                raise _HeadRefused(431, "headers_too_large",
+                                   f"request headers and trailers exceed {MAX_HEAD} bytes")
+            return
         self._fields.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -226,6 +240,7 @@ class ServerConnection(asyncio.Protocol):
             self._pause("pipeline", True)
 
     def on_body(self, data: bytes) -> None:
+        self._quiet = 0
         if self._receiving is not None:
             self._receiving.content.feed(data)
 
@@ -236,6 +251,7 @@ class ServerConnection(asyncio.Protocol):
             request.content.feed_eof()
             self._receiving = None
         self._in_head = True
+        self._quiet = 0
 
     # -- running handlers ----------------------------------------------------------------------
 
@@ -300,7 +316,7 @@ class ServerConnection(asyncio.Protocol):
             return False
         if self._pending:
             return True
-        self._idle_since = self._loop.time()
+        self.idle_since = self._loop.time()
         if self._idle_timer is None:
             self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
         return True
@@ -316,7 +332,7 @@ class ServerConnection(asyncio.Protocol):
         if self._current is not None or self._pending or self._tunnel is not None:
             self._idle_timer = self._loop.call_later(timeout, self._check_idle)
             return
-        waited = self._loop.time() - self._idle_since
+        waited = self._loop.time() - self.idle_since
         if waited >= timeout:
             self.transport.close()
         else:
@@ -367,6 +383,11 @@ class ServerConnection(asyncio.Protocol):
         self._pause("upgrade", False)
         return self.transport
 
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing being answered, nothing waiting, no tunnel."""
+        return self._current is None and not self._pending and self._tunnel is None
+
     def shutdown(self) -> None:
         """The server is stopping: idle connections close now, busy ones after their answer.
         A connection that has not begun a request yet is left its moment: its request may
@@ -383,11 +404,18 @@ class HttpServer:
     """The listener's connections, handler and limits."""
 
     def __init__(
-        self, handler: Handler, idle_timeout: float, on_malformed: Callable[[str], None]
+        self,
+        handler: Handler,
+        idle_timeout: float,
+        on_malformed: Callable[[str], None],
+        max_connections: int = 1024,
+        on_shed: Callable[[], None] = lambda: None,
     ) -> None:
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.on_malformed = on_malformed
+        self.max_connections = max_connections
+        self.on_shed = on_shed
         self.loop = asyncio.get_running_loop()
         self.connections: set[ServerConnection] = set()
         self._all_closed: asyncio.Event | None = None
@@ -395,6 +423,15 @@ class HttpServer:
         # Set when a graceful stop begins: every answer from then on closes its connection,
         # so no app keeps an idle keep-alive connection that the stop would cut.
         self.draining = False
+
+    def shed(self, newcomer: ServerConnection) -> None:
+        """Over ``max_connections``: the longest-idle connection makes room, else the new one
+        goes. So idle connections cannot starve a health probe or a real request."""
+        idle = [c for c in self.connections if c is not newcomer and c.idle and c.transport]
+        victim = min(idle, key=lambda c: c.idle_since) if idle else newcomer
+        self.on_shed()
+        if victim.transport is not None:
+            victim.transport.close()
 
     def forget(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)

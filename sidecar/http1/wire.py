@@ -15,6 +15,14 @@ LAST_CHUNK = b"0\r\n\r\n"
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
+# Limits on every head the sidecar parses: app requests (server.py) and the answers of
+# upstreams, IdPs and signers (client.py). Without them a peer that never ends its head (or
+# its chunked trailers) grows the sidecar's memory without bound.
+MAX_TARGET = 8190  # request or status line: nginx's and aiohttp's default buffer size
+MAX_FIELD = 8190  # one header line
+MAX_HEAD = 32 * 1024  # all header lines of one message; trailers count against it too
+MAX_FIELDS = 200  # header lines of one response (tiny fields would otherwise be cheap)
+
 REASONS = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
     413: "Content Too Large", 414: "URI Too Long", 429: "Too Many Requests",

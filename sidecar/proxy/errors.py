@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from sidecar.http1.answer import LocalAnswer, error_answer
+from sidecar.http1.retry_after import retry_after_header
 
 
 def error_response(
@@ -18,5 +17,5 @@ def error_response(
     extra: dict[str, object] = {} if upstream is None else {"upstream": upstream}
     answer = error_answer(status, error, message, **extra)
     if retry_after is not None:
-        answer.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        answer.headers["Retry-After"] = retry_after_header(retry_after)  # huge or NaN: safe
     return answer

@@ -78,6 +78,8 @@ class Exchange:
     def close(self) -> None:
         if self.response is not None:
             self.response.close()
+        if self.body is not None:
+            self.body.release()
 
     # -- the sidecar's own answers -------------------------------------------------------------
 
@@ -116,8 +118,11 @@ class Exchange:
         metrics.request_done(request.method, status, seconds, bytes_in, self.bytes_out)
         if self.refused in _LOCAL_REJECTIONS:
             metrics.rejected(self.refused)
+        over_budget = self.body is not None and self.body.over_budget
+        if over_budget:
+            metrics.replay_budget_exceeded.inc()
         access_log.request(
             self.request_id, self.upstream.name, request.method, self.path_qs.split("?", 1)[0],
             status, seconds, bytes_in, self.bytes_out, self.replayed, self.retried_429,
-            self.queued, self.refused, self.broken,
+            self.queued, self.refused, self.broken, over_budget,
         )

@@ -7,11 +7,11 @@ module only decides where a request goes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
-from sidecar.config.models import parse_host_port
+from sidecar.config.fields import parse_host_port
 from sidecar.http1.answer import LocalAnswer
 from sidecar.http1.request import ServerRequest
 from sidecar.http1.server import HttpServer
@@ -45,6 +45,13 @@ class ProxyHandler:
 
     def _route(self, request: ServerRequest) -> Awaitable[None]:
         """What answers this request, as an awaitable (one coroutine less on the hot path)."""
+        if request.method == "TRACE":
+            # An upstream answering TRACE echoes the request, with the Authorization the
+            # sidecar adds: a token in a response body. Refused before anything is routed.
+            return self._refuse(
+                405, "method_not_allowed",
+                "TRACE is not forwarded: the upstream would echo the sidecar's credentials",
+            ).send(request)
         if request.method == "CONNECT":
             return self._connect(request)
         if "Upgrade" in request.headers:
@@ -90,9 +97,14 @@ class ProxyHandler:
 
 
 async def start_listener(
-    handler: ProxyHandler, host: str, port: int, idle_timeout: float = 75.0
+    handler: ProxyHandler,
+    host: str,
+    port: int,
+    idle_timeout: float = 75.0,
+    max_connections: int = 1024,
+    on_shed: Callable[[], None] = lambda: None,
 ) -> tuple[asyncio.Server, HttpServer]:
-    server = HttpServer(handler, idle_timeout, handler.malformed)
+    server = HttpServer(handler, idle_timeout, handler.malformed, max_connections, on_shed)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(server, host, port, reuse_address=True, backlog=1024)
     return listener, server

@@ -12,6 +12,7 @@ import structlog
 
 from sidecar.auth.base import NoToken, Token
 from sidecar.http1.answer import LocalAnswer
+from sidecar.http1.errors import TransportError
 from sidecar.http1.request import ClientGone, ServerRequest
 from sidecar.proxy.body import BodyTooLarge, RequestBody
 from sidecar.proxy.exchange import Exchange
@@ -136,7 +137,8 @@ async def _take_body(ex: Exchange, token: Token) -> Token:
     """Stream the body up; a chunked one under ``max_body`` is buffered first to enforce it
     (then the token is checked again: a slow upload may have outlived it)."""
     request, cfg = ex.request, ex.upstream.config
-    ex.body = RequestBody(request.content, request.content_length, cfg.replay_limit)
+    ex.body = RequestBody(request.content, request.content_length, cfg.replay_limit,
+                          ex.upstream.replay_budget)
     if cfg.max_body is None or request.content_length is not None:
         return token
     await ex.body.buffer_up_to(cfg.max_body)
@@ -167,7 +169,7 @@ async def _stream_back(ex: Exchange, already_read: bytes) -> None:
             ex.bytes_out += len(chunk)
     except ClientGone:
         raise
-    except (ConnectionError, TimeoutError) as exc:
+    except (ConnectionError, TimeoutError, TransportError) as exc:
         # The upstream broke off mid-body. Close the app's connection too, so it sees a broken
         # response rather than a short one that looks complete.
         log.warning("upstream_body_broken", upstream=ex.upstream.name,

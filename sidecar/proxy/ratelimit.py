@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 
 from sidecar.config.models import RateLimit
+from sidecar.http1.retry_after import clamp_retry_after
 
 
 class RateLimited(Exception):
@@ -81,7 +81,9 @@ class RateLimiter:
         return self._clock() - now
 
     def pause(self, seconds: float) -> None:
-        """The upstream said 429: nothing leaves before ``seconds`` from now."""
+        """The upstream said 429: nothing leaves before ``seconds`` from now (at most
+        ``MAX_RETRY_AFTER``: no one answer stops an upstream for good)."""
+        seconds = clamp_retry_after(seconds)
         now = self._clock()
         self._refill(now)
         self._paused_until = max(self._paused_until, now + seconds)
@@ -137,16 +139,3 @@ class RateLimiter:
                 await self._task
         for turn, _ in self._queue:
             turn.cancel()
-
-
-def retry_after_seconds(value: str | None, default: float) -> float:
-    """A 429's ``Retry-After`` in seconds (delta form; an HTTP-date or nothing: ``default``)."""
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    if value:
-        from email.utils import parsedate_to_datetime
-
-        with contextlib.suppress(TypeError, ValueError, IndexError):
-            when = parsedate_to_datetime(value)
-            return max(0.0, math.ceil(when.timestamp() - time.time()))
-    return default

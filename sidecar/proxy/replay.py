@@ -7,6 +7,7 @@ from __future__ import annotations
 import structlog
 
 from sidecar.auth.base import Token
+from sidecar.http1.errors import TransportError
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.upstream_client import UpstreamFailure
 
@@ -35,7 +36,7 @@ async def inspect(ex: Exchange) -> bytes:
                 break
             chunks.append(chunk)
             size += len(chunk)
-    except (ConnectionError, TimeoutError) as exc:
+    except (ConnectionError, TimeoutError, TransportError) as exc:
         raise UpstreamFailure(
             502, "upstream_error", f"{upstream.name} broke off its {resp.status} answer"
         ) from exc

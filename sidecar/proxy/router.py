@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sidecar.config.models import parse_host_port
+from sidecar.config.fields import parse_host_port
 
 # Apps call a handful of hosts: their parsed authorities are kept (bounded, cleared when full).
 _AUTHORITIES: dict[tuple[str, int], tuple[str, int]] = {}

@@ -8,8 +8,9 @@ import asyncio
 
 import structlog
 
+from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER, retry_after_or_default
 from sidecar.proxy.exchange import Exchange
-from sidecar.proxy.ratelimit import RateLimited, retry_after_seconds
+from sidecar.proxy.ratelimit import RateLimited
 from sidecar.proxy.upstream_client import IDEMPOTENT, UpstreamFailure
 
 log = structlog.get_logger("sidecar.proxy")
@@ -22,8 +23,8 @@ async def after_429(ex: Exchange, inspected: bytes) -> bool:
     assert resp is not None
     upstream, cfg = ex.upstream, ex.upstream.config
     limiter = upstream.limiter
-    default = cfg.rate_limit.default_retry_after if cfg.rate_limit else 30.0
-    delay = retry_after_seconds(resp.headers.get("Retry-After"), default)
+    default = cfg.rate_limit.default_retry_after if cfg.rate_limit else DEFAULT_RETRY_AFTER
+    delay = retry_after_or_default(resp.headers.get("Retry-After"), default)
     if limiter is not None:
         limiter.pause(delay)
     log.info("upstream_429", upstream=upstream.name, retry_after=delay, request_id=ex.request_id)
@@ -49,5 +50,5 @@ async def after_429(ex: Exchange, inspected: bytes) -> bool:
     ex.retried_429 = True
     retried = await ex.send(await upstream.tokens.get(), first=False)
     if retried.status == 429 and limiter is not None:
-        limiter.pause(retry_after_seconds(retried.headers.get("Retry-After"), default))
+        limiter.pause(retry_after_or_default(retried.headers.get("Retry-After"), default))
     return True

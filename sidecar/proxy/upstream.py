@@ -11,6 +11,7 @@ from sidecar.auth.base import RejectionPolicy, TokenSource
 from sidecar.config.models import Upstream
 from sidecar.inflight import InFlight
 from sidecar.metrics import Metrics, UpstreamMetrics
+from sidecar.proxy.body import ReplayBudget
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream_client import UpstreamClient
 from sidecar.tls import ClientIdentity, client_context, client_identity
@@ -27,6 +28,7 @@ class UpstreamRuntime:
     tokens: TokenSource
     rejection: RejectionPolicy
     metrics: UpstreamMetrics
+    replay_budget: ReplayBudget
     limiter: RateLimiter | None = None
     client_cert: ClientIdentity | None = None
     # Requests in progress, so a replaced upstream closes only when idle.
@@ -63,6 +65,7 @@ def build_upstream(
     name: str,
     cfg: Upstream,
     metrics: Metrics,
+    replay_budget: ReplayBudget,
     tokens: TokenSource | None = None,
     limiter: RateLimiter | None = None,
 ) -> UpstreamRuntime:
@@ -73,10 +76,11 @@ def build_upstream(
     runtime = UpstreamRuntime(
         name=name,
         config=cfg,
-        client=UpstreamClient(ctx, cfg.timeouts),
+        client=UpstreamClient(ctx, cfg.timeouts, cfg.max_connections),
         tokens=tokens or token_source(name, cfg, ctx, upstream_metrics),
         rejection=rejection_policy(cfg),
         metrics=upstream_metrics,
+        replay_budget=replay_budget,
         limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
     )
     runtime.set_client_cert(client_identity(cfg.tls))

@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from sidecar.config.models import Timeouts
+from sidecar.config.sections import Timeouts
 from sidecar.http1.client import ConnectionPool, UpstreamResponse, request_head
 from sidecar.http1.errors import (
     Closed,
     ConnectFailed,
+    PoolFull,
     TimedOut,
     TlsFailed,
     TransportError,
@@ -61,9 +62,12 @@ class _Origin:
 
 
 class UpstreamClient:
-    def __init__(self, ssl_context: ssl.SSLContext, timeouts: Timeouts) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext, timeouts: Timeouts, max_connections: int | None = None
+    ) -> None:
         self._ssl = ssl_context
         self._timeouts = timeouts
+        self._max_connections = max_connections
         self._origins: dict[str, _Origin] = {}
         self._pools: dict[str, ConnectionPool] = {}  # by origin label, current TLS material
         self._retired: list[ConnectionPool] = []
@@ -85,6 +89,7 @@ class UpstreamClient:
                 self._ssl if origin.tls else None,
                 connect_timeout=self._timeouts.connect,
                 read_timeout=self._timeouts.read,
+                max_connections=self._max_connections,
             )
         return pool
 
@@ -159,4 +164,6 @@ def _failure(exc: TransportError) -> UpstreamFailure:
         return UpstreamFailure(504, "upstream_timeout", exc.describe())
     if isinstance(exc, ConnectFailed):
         return UpstreamFailure(502, "upstream_unreachable", exc.describe())
+    if isinstance(exc, PoolFull):
+        return UpstreamFailure(503, "upstream_busy", exc.describe())
     return UpstreamFailure(502, "upstream_error", exc.describe())

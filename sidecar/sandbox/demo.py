@@ -15,10 +15,10 @@ import structlog
 import yaml
 
 from sidecar.config import validate_config
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.mpt import start_mpt
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.ports import Ports
-from sidecar.sandbox.registration import MoexStack, start_moex_registration
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
 from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
 

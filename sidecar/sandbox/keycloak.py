@@ -11,8 +11,9 @@ with ``grant_type_moex=passport`` logs a MOEX Passport user in by a detached CMS
 over their Passport token, checked by the real ``openssl cms`` against ``ca_file`` and the
 signing certificate registered for that user in ``passport``.
 
-Fault injection (failures, hangs, latency) and statistics are available both as Python
-methods and over HTTP under ``/_sandbox/`` so a user can drive them with curl.
+Fault injection (failures, hangs, latency) applies to the token calls; it and statistics
+are available both as Python methods and over HTTP under ``/_sandbox/`` so a user can drive
+them with curl.
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ import math
 import secrets
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote_plus
 
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.sandbox import controls, jwts
-from sidecar.sandbox.cms import CmsInvalid, verify_cms
+from sidecar.sandbox.emulator import MAX_EVENTS
+from sidecar.sandbox.oauth import NO_STORE, OAuthError, TokenEndpoint
+from sidecar.sandbox.passport import PassportDenied, check_passport_login
 
 if TYPE_CHECKING:
     from sidecar.sandbox.passport import MoexPassport
@@ -50,43 +51,8 @@ _DEFAULT_CLIENTS: dict[str, str | None] = {
     "moex_registration": "registration-secret",
 }
 _DEFAULT_USERS: dict[str, str] = {"trader": "trader-password"}
-_MAX_EVENTS = 10_000  # keep the issued-token log bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of expired tokens and sessions
 _SUPPORTED_GRANTS = ("password", "refresh_token", "client_credentials")
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# Error codes used when a 4xx failure is injected, so the body still looks like OAuth.
-_INJECTED_4XX_ERRORS = {
-    400: "invalid_request",
-    401: "invalid_client",
-    403: "access_denied",
-    429: "temporarily_unavailable",
-}
-_SETTINGS: dict[str, controls.Validator] = {
-    "access_ttl": controls.number,
-    "refresh_ttl": controls.number,
-    "session_max": controls.number,
-    "revoke_refresh_token": controls.boolean,
-    "latency": controls.number,
-}
-_PASSPORT_FIELDS = ("certificate", "algorithm", "signature", "scope")
-_GOST_UNSUPPORTED = "GOST signatures are not supported by the sandbox; use RSA"
-
-
-class OAuthError(Exception):
-    """An error answered as Keycloak does: ``{"error", "error_description"}``."""
-
-    def __init__(self, status: int, error: str, description: str) -> None:
-        super().__init__(f"{status} {error}: {description}")
-        self.status = status
-        self.error = error
-        self.description = description
-
-    def response(self) -> web.Response:
-        return web.json_response(
-            {"error": self.error, "error_description": self.description},
-            status=self.status,
-            headers=_NO_STORE,
-        )
 
 
 @dataclass
@@ -115,25 +81,10 @@ class _RefreshRecord:
     used: bool = False
 
 
-def _injected_failure(status: int) -> web.Response:
-    """An injected failure worded as an OAuth error, so clients parse it like a real one."""
-    error = "server_error" if status >= 500 else _INJECTED_4XX_ERRORS.get(status, "invalid_request")
-    return OAuthError(status, error, controls.failure_text(status)).response()
-
-
-def _shutting_down() -> web.Response:
-    return OAuthError(503, "server_error", "Server is shutting down").response()
-
-
 def _passport_denied(description: str) -> OAuthError:
     # MOEX documents only "HTTP 403" for a bad token or signature, with no body; the
     # sandbox adds a Keycloak-style body saying which check failed.
     return OAuthError(403, "access_denied", description)
-
-
-def _plus_hint(value: str) -> str:
-    """A hint when a form value has spaces: a "+" sent without URL-encoding."""
-    return " (it has spaces: was a '+' sent without URL-encoding?)" if " " in value else ""
 
 
 def _merge_scope(requested: str | None) -> str:
@@ -145,12 +96,20 @@ def _merge_scope(requested: str | None) -> str:
     return " ".join(scopes)
 
 
-class KeycloakEmulator:
+class KeycloakEmulator(TokenEndpoint):
     """An in-memory Keycloak realm with one token endpoint and sandbox controls.
 
     Settings are plain attributes and are read on every call, so tests and users can
     change them at runtime (``kc.access_ttl = 2``).
     """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "access_ttl": controls.number,
+        "refresh_ttl": controls.number,
+        "session_max": controls.number,
+        "revoke_refresh_token": controls.boolean,
+        "latency": controls.number,
+    }
 
     def __init__(
         self,
@@ -166,6 +125,7 @@ class KeycloakEmulator:
         passport: MoexPassport | None = None,
         ca_file: Path | None = None,
     ) -> None:
+        super().__init__()
         self.realm = realm
         self.clients: dict[str, str | None] = dict(_DEFAULT_CLIENTS if clients is None else clients)
         self.users: dict[str, str] = dict(_DEFAULT_USERS if users is None else users)
@@ -182,35 +142,20 @@ class KeycloakEmulator:
         self._key = secrets.token_bytes(32)
         self._kid = secrets.token_hex(8)
         # Every token handed out (bounded), so a test can check none of them leaked anywhere.
-        self.issued: deque[str] = deque(maxlen=_MAX_EVENTS)
+        self.issued: deque[str] = deque(maxlen=MAX_EVENTS)
         self._sessions: dict[str, _Session] = {}
         self._access: dict[str, _AccessRecord] = {}
         self._refresh: dict[str, _RefreshRecord] = {}
         self._next_prune = 0.0
 
-        self._controls = controls.FaultControls()
-        self._calls = 0
-        self._by_grant: Counter[str] = Counter()
-
-        self._app = web.Application()
         self._app.router.add_post(
-            "/auth/realms/{realm}/protocol/openid-connect/token", self._token_handler
+            "/auth/realms/{realm}/protocol/openid-connect/token", self.token_handler
         )
         self._app.router.add_get(
             "/auth/realms/{realm}/.well-known/openid-configuration", self._discovery_handler
         )
-        self._app.router.add_post("/_sandbox/revoke", self._revoke_handler)
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the token calls from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
+        self.add_action_route("/_sandbox/revoke", "revoked_sessions", self.revoke_sessions)
+        self.add_sandbox_routes()
 
     @property
     def token_path(self) -> str:
@@ -224,34 +169,8 @@ class KeycloakEmulator:
         self._sessions.clear()
         return count
 
-    def fail_with(self, status: int | None, *, count: int | None = None) -> None:
-        """Answer the next ``count`` token calls (all if None) with ``status``.
-
-        ``status=None`` (or ``count=0``) clears the failure.
-        """
-        self._controls.fail_with(status, count)
-
-    def hang(self, enabled: bool) -> None:
-        """While enabled, token calls wait and never answer (until disabled or shutdown)."""
-        self._controls.hang(enabled)
-
     def stats(self) -> dict[str, Any]:
-        return {
-            "calls": self._calls,
-            "by_grant": dict(self._by_grant),
-            "max_concurrent": self._controls.max_concurrent,
-            "in_flight": self._controls.in_flight,
-            "sessions": len(self._sessions),
-            "events": [dict(e) for e in self._controls.events],
-        }
-
-    def reset_stats(self) -> None:
-        self._calls = 0
-        self._by_grant.clear()
-        self._controls.reset_stats()
-
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SETTINGS}
+        return {**self.token_stats(), "sessions": len(self._sessions)}
 
     # -- token inspection ------------------------------------------------------------------
 
@@ -477,55 +396,10 @@ class KeycloakEmulator:
         failure is a 403, the only answer MOEX documents."""
         if self.clients.get(client_id) is None:
             raise _passport_denied("Passport login requires a confidential client")
-        for name in _PASSPORT_FIELDS:
-            if not form.get(name):
-                raise _passport_denied(f"Missing parameter: {name}")
-        algorithm = form["algorithm"]
-        # Checked first: openssl here has no GOST support, so a GOST signature would only
-        # fail later with a less helpful reason.
-        if algorithm == "GOST":
-            raise _passport_denied(_GOST_UNSUPPORTED)
-        if algorithm != "RSA":
-            raise _passport_denied("algorithm must be GOST or RSA")
-        if self.passport is None or self.ca_file is None:
-            raise _passport_denied("MOEX Passport login is not configured in this sandbox")
-
-        token = form["certificate"]
-        user = self.passport.token_valid(token)
-        if user is None:
-            raise _passport_denied("Unknown or expired MOEX Passport token" + _plus_hint(token))
-        signature = form["signature"]
-        if "\n" in signature or "\r" in signature:
-            raise _passport_denied("signature must be base64 without line breaks")
         try:
-            der = base64.b64decode(signature, validate=True)
-        except ValueError:
-            raise _passport_denied(
-                "signature is not valid base64" + _plus_hint(signature)
-            ) from None
-        try:
-            # Detached: the signature covers exactly the token's bytes, nothing added.
-            verified = await verify_cms(
-                der, ca_file=self.ca_file, detached_content=token.encode("ascii")
-            )
-        except CmsInvalid as exc:
-            raise _passport_denied(f"signature does not verify: {exc.reason}") from None
-        try:
-            # openssl also accepts an attached signature when given the content; MOEX asks
-            # for a detached one, so one that verifies on its own is refused.
-            await verify_cms(der, ca_file=self.ca_file)
-        except CmsInvalid:
-            pass
-        else:
-            raise _passport_denied("signature must be detached (it carries the token inside)")
-        registered = self.passport.signers.get(user)
-        if registered is None:
-            raise _passport_denied(f"no signing certificate is registered for {user}")
-        der_cert = serialization.Encoding.DER
-        if verified.signer.public_bytes(der_cert) != registered.public_bytes(der_cert):
-            raise _passport_denied(f"the signer is not the certificate registered for {user}")
-        if not isinstance(verified.signer.public_key(), rsa.RSAPublicKey):
-            raise _passport_denied("algorithm RSA does not match the signer's key")
+            user = await check_passport_login(self.passport, self.ca_file, form)
+        except PassportDenied as exc:
+            raise _passport_denied(exc.reason) from None
         now = time.monotonic()
         session = self._new_session(client_id, user, _merge_scope(form["scope"]), now)
         return self._issue(request, session, with_refresh=True)
@@ -543,7 +417,13 @@ class KeycloakEmulator:
         # Keycloak issues no refresh token for client_credentials by default.
         return self._issue(request, session, with_refresh=False)
 
-    async def _grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
+    def grant_name(self, form: Mapping[str, Any]) -> str | None:
+        grant = super().grant_name(form)
+        if grant == "password" and form.get("grant_type_moex") == "passport":
+            return "passport"  # counted apart from plain password logins
+        return grant
+
+    async def grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
         try:
             if request.match_info["realm"] != self.realm:
                 return web.json_response({"error": "Realm does not exist"}, status=404)
@@ -563,29 +443,9 @@ class KeycloakEmulator:
                 body = self._client_credentials_grant(request, form, client_id)
         except OAuthError as exc:
             return exc.response()
-        return web.json_response(body, headers=_NO_STORE)
+        return web.json_response(body, headers=NO_STORE)
 
     # -- HTTP handlers ---------------------------------------------------------------------
-
-    async def _token_handler(self, request: web.Request) -> web.Response:
-        event: dict[str, Any] = {"grant": None, "start": time.monotonic()}
-        try:
-            with self._controls.track(event) as call:
-                form = await request.post()
-                raw_grant = form.get("grant_type")
-                grant = raw_grant if isinstance(raw_grant, str) else None
-                if grant == "password" and form.get("grant_type_moex") == "passport":
-                    grant = "passport"  # counted apart from plain password logins
-                event["grant"] = grant
-                response = await self._controls.intercept(
-                    self.latency, closed=_shutting_down, failure=_injected_failure
-                ) or await self._grant(
-                    request, {k: v for k, v in form.items() if isinstance(v, str)}
-                )
-                return call.done(response)
-        finally:
-            self._calls += 1
-            self._by_grant[event["grant"] or "(missing)"] += 1
 
     async def _discovery_handler(self, request: web.Request) -> web.Response:
         if request.match_info["realm"] != self.realm:
@@ -603,5 +463,3 @@ class KeycloakEmulator:
             }
         )
 
-    async def _revoke_handler(self, request: web.Request) -> web.Response:
-        return web.json_response({"revoked_sessions": self.revoke_sessions()})

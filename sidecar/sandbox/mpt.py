@@ -41,7 +41,6 @@ are available as Python methods and over HTTP under ``/_sandbox/``.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import ssl
 import string
@@ -51,7 +50,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 from cryptography import x509
@@ -59,20 +58,19 @@ from cryptography.x509.oid import NameOID
 
 from sidecar.sandbox import controls, jwts
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
-from sidecar.sandbox.ncanode import java_b64decode
-from sidecar.sandbox.ntb import _bearer_token, _client_cert, _headers
+from sidecar.sandbox.emulator import LOOPBACK_HOSTS, MAX_EVENTS, Emulator
+from sidecar.sandbox.inbound import bearer_token, hash_body, request_summary
+from sidecar.sandbox.ncanode_signing import java_b64decode
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import TlsServer
 
 __all__ = ["DEFAULT_BASE_PATH", "REJECTIONS", "MptApi", "Rejection", "start_mpt"]
 
 DEFAULT_BASE_PATH = "/api/v3/true-api"
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _CHALLENGE_ALPHABET = string.ascii_uppercase + string.digits
 _CHALLENGE_LENGTH = 30
 _FORGET_AFTER = 600.0  # seconds a spent or expired challenge is remembered, to name the reason
 _MAX_CHALLENGES = 100_000  # bound memory if a client fetches keys and never signs in
-_MAX_EVENTS = 10_000  # keep the issued-token log bounded during long load runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of dead challenges and tokens
 _AUTH_FAILED = "Ошибка авторизации. Код ошибки: {code}"
 _UNAUTHORIZED = "Токен авторизации отсутствует или недействителен"
@@ -132,26 +130,10 @@ def _error(status: int, message: str, description: str | None = None) -> web.Res
     return web.json_response(body, status=status)
 
 
-def _injected_failure(status: int) -> web.Response:
-    return _error(status, controls.failure_text(status), "sandbox fault")
-
-
-def _shutting_down() -> web.Response:
-    return _error(503, "Service Unavailable", "Server is shutting down")
-
-
 def _token_field(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
     return value
-
-
-_SETTINGS: dict[str, controls.Validator] = {
-    "challenge_ttl": controls.finite_number,
-    "token_ttl": controls.finite_number,
-    "token_field": _token_field,
-    "latency": controls.finite_number,
-}
 
 
 def _common_name(cert: x509.Certificate) -> str:
@@ -160,22 +142,20 @@ def _common_name(cert: x509.Certificate) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
-async def _drain(request: web.Request) -> tuple[str, int]:
-    """Read the whole body in chunks: its SHA-256 and length, never holding it in memory."""
-    digest = hashlib.sha256()
-    length = 0
-    while chunk := await request.content.readany():
-        digest.update(chunk)
-        length += len(chunk)
-    return digest.hexdigest(), length
-
-
-class MptApi:
+class MptApi(Emulator):
     """The ИС МПТ auth endpoints and API under ``base_path``, with sandbox controls.
 
     ``ca_file`` is the CA that signer certificates must chain to. Settings are plain
-    attributes, read on every call (``api.token_ttl = 3``).
+    attributes, read on every call (``api.token_ttl = 3``). The controlled calls are the
+    two auth calls, ``/auth/key`` and ``/auth/simpleSignIn``.
     """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "challenge_ttl": controls.finite_number,
+        "token_ttl": controls.finite_number,
+        "token_field": _token_field,
+        "latency": controls.finite_number,
+    }
 
     def __init__(
         self,
@@ -189,6 +169,7 @@ class MptApi:
     ) -> None:
         if not token_field:
             raise ValueError("token_field must not be empty")
+        super().__init__()
         self.ca_file = Path(ca_file)
         self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
         self.challenge_ttl = challenge_ttl
@@ -198,12 +179,11 @@ class MptApi:
 
         self._key = secrets.token_bytes(32)
         # Every token handed out (bounded), so a test can check none of them leaked anywhere.
-        self.issued: deque[str] = deque(maxlen=_MAX_EVENTS)
+        self.issued: deque[str] = deque(maxlen=MAX_EVENTS)
         self._challenges: OrderedDict[str, _Challenge] = OrderedDict()
         self._tokens: dict[str, float] = {}  # jti -> expiry, time.monotonic()
         self._next_prune = 0.0
 
-        self._controls = controls.FaultControls()
         self._keys_issued = 0
         self._signins = 0
         self._rejected: Counter[str] = Counter()
@@ -213,23 +193,12 @@ class MptApi:
         self.last_signin: dict[str, Any] | None = None
         self.last_request: dict[str, Any] | None = None
 
-        self._app = web.Application()
         router = self._app.router
         router.add_route("*", self.key_path, self._key_handler)
         router.add_route("*", self.signin_path, self._signin_handler)
-        router.add_post("/_sandbox/expire", self._expire_handler)
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, none_status=True)
+        self.add_action_route("/_sandbox/expire", "expired", self.expire_tokens)
+        self.add_sandbox_routes(none_status=True)
         router.add_route("*", "/{tail:.*}", self._api_handler)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the two auth calls from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
 
     @property
     def key_path(self) -> str:
@@ -249,18 +218,6 @@ class MptApi:
             self._tokens[jti] = min(self._tokens[jti], now)
         return live
 
-    def fail_with(self, status: int | None, count: int | None = None) -> None:
-        """Answer the next ``count`` auth calls (all if None) with HTTP ``status``.
-
-        Both ``/auth/key`` and ``/auth/simpleSignIn`` count. ``status=None`` (or
-        ``count=0``) clears the failure.
-        """
-        self._controls.fail_with(status, count)
-
-    def hang(self, enabled: bool) -> None:
-        """While enabled, auth calls wait and never answer (until disabled or shutdown)."""
-        self._controls.hang(enabled)
-
     def stats(self) -> dict[str, Any]:
         """``signins`` counts tokens issued, ``rejected`` refusals by reason (see REJECTIONS),
         ``reused`` attempts with a spent uuid, ``requests``/``unauthorized`` API calls."""
@@ -271,26 +228,27 @@ class MptApi:
             "reused": self._reused,
             "requests": self._requests,
             "unauthorized": self._unauthorized,
-            "max_concurrent": self._controls.max_concurrent,
-            "in_flight": self._controls.in_flight,
-            "events": [dict(e) for e in self._controls.events],
+            **self.call_stats(),
             "last_signin": self.last_signin,
             "last_request": self.last_request,
         }
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self._keys_issued = 0
         self._signins = 0
         self._rejected.clear()
         self._reused = 0
         self._requests = 0
         self._unauthorized = 0
-        self._controls.reset_stats()
         self.last_signin = None
         self.last_request = None
 
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SETTINGS}
+    def answer_failure(self, status: int) -> web.Response:
+        return _error(status, controls.failure_text(status), "sandbox fault")
+
+    def answer_closed(self) -> web.Response:
+        return _error(503, "Service Unavailable", "Server is shutting down")
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -427,9 +385,7 @@ class MptApi:
             if request.method != method:
                 await request.read()
                 return call.done(_error(405, "Method Not Allowed", f"Use {method} {request.path}"))
-            response = await self._controls.intercept(
-                self.latency, closed=_shutting_down, failure=_injected_failure
-            )
+            response = await self.intercept()
             if response is not None:
                 await request.read()
             else:
@@ -458,32 +414,21 @@ class MptApi:
     async def _api_handler(self, request: web.Request) -> web.Response:
         path = request.path
         if not (self.base_path == "" or path.startswith(self.base_path + "/")):
-            await _drain(request)
+            await hash_body(request)
             return _error(404, "Not Found", f"No API at {path}")
-        token = _bearer_token(request.headers.get("Authorization"))
+        token = bearer_token(request.headers.get("Authorization"))
         claims = self.introspect(token) if token is not None else None
         if claims is None:
             self._unauthorized += 1
             # Read the body first: answering early and closing would make the client see a
             # reset instead of the 401.
-            await _drain(request)
+            await hash_body(request)
             return _error(401, _UNAUTHORIZED)
         self._requests += 1
-        summary: dict[str, Any] = {
-            "method": request.method,
-            "path": path,
-            "query": request.rel_url.raw_query_string,
-            "headers": _headers(request),
-            "client_cert": _client_cert(request),
-            "token_sub": claims.get("sub"),
-            "request_no": self._requests,
-        }
-        summary["body_sha256"], summary["body_length"] = await _drain(request)
+        summary = request_summary(request, token_sub=claims.get("sub"), request_no=self._requests)
+        summary["body_sha256"], summary["body_length"] = await hash_body(request)
         self.last_request = summary
         return web.json_response(summary)
-
-    async def _expire_handler(self, request: web.Request) -> web.Response:
-        return web.json_response({"expired": self.expire_tokens()})
 
 
 async def start_mpt(pki: Pki, *, port: int = 0, **settings: Any) -> tuple[MptApi, TlsServer]:
@@ -494,7 +439,7 @@ async def start_mpt(pki: Pki, *, port: int = 0, **settings: Any) -> tuple[MptApi
     arguments. Stop it with ``server.stop()``.
     """
     api = MptApi(pki.ca_file, **settings)
-    context = pki.server_ssl_context(pki.issue_server("mpt", _LOOPBACK_HOSTS))
+    context = pki.server_ssl_context(pki.issue_server("mpt", LOOPBACK_HOSTS))
     # CERT_OPTIONAL asks for a client certificate without demanding one.
     context.verify_mode = ssl.CERT_OPTIONAL
     context.load_verify_locations(cafile=pki.ca_file)

@@ -35,8 +35,8 @@ Assumptions [A]: v2 errors keep HTTP 200 (the ``httpCode`` field is in the body)
 ``raw`` in v1 and unparsable JSON-RPC bodies answer status 3. ``withTsp``/``createTsp``
 fail, because there is no TSA offline (a real NCANode without network fails too).
 
-Fault injection (failures, hangs, latency) and statistics are available as Python methods
-and over HTTP under ``/_sandbox/``, like the other emulators'.
+Fault injection (failures, hangs, latency) of the signing calls and statistics are
+available as Python methods and over HTTP under ``/_sandbox/``, like the other emulators'.
 """
 
 from __future__ import annotations
@@ -47,30 +47,21 @@ import datetime as dt
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7, pkcs12
 
 from sidecar.sandbox import controls
+from sidecar.sandbox.emulator import Emulator
+from sidecar.sandbox.ncanode_signing import KeyProblem, KeySpec, java_b64decode
+from sidecar.sandbox.ncanode_signing import sign_cms as _sign  # a module global: tests patch it
 from sidecar.sandbox.servers import TlsServer
 
 __all__ = ["DEFAULT_PORT", "NcaNode", "java_b64decode", "start_ncanode"]
 
 DEFAULT_PORT = 14579  # NCANode's own default (NCANODE_PORT)
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024**2  # Spring has no JSON body limit; keep big batches working
-_SETTINGS: dict[str, controls.Validator] = {
-    "latency": controls.number,
-    "detailed_errors": controls.boolean,
-}
-_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-_SHA2 = (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _REASONS = {
     400: "Bad Request",
     404: "Not Found",
@@ -79,17 +70,6 @@ _REASONS = {
 }
 _BANNER = "NCANode sandbox emulator. Use POST /cms/sign (API v3) or POST / (API v1/v2).\n"
 
-# NCANode v3 key messages (kz.ncanode.constants.MessageConstants).
-_V3_KEY_MESSAGES = {
-    "base64": "Key reading error: Invalid Base64 format. Key must be in valid Base64 format.",
-    "format": "Key reading error: Invalid format.",
-    "password": "Key reading error: Password incorrect.",
-}
-# What Kalkan itself says, which v1 and v2 pass through unchanged.
-_KALKAN_MESSAGES = {
-    "format": "stream does not represent a PKCS12 key store",
-    "password": "PKCS12 key store mac invalid - wrong password or corrupted file.",
-}
 _NO_TSP = "TSP is unavailable: the sandbox has no TSA to timestamp with"
 # JSON-RPC statuses (kz.ncanode.api.core.ApiStatus).
 _OK = 0
@@ -102,60 +82,6 @@ _PARAMS_NOT_FOUND = 6
 _METHOD_NOT_SPECIFIED = 7
 
 
-def java_b64decode(text: str) -> bytes:
-    """Decode like Java's ``Base64.getDecoder()``: strict alphabet, no whitespace, optional
-    padding; errors carry Java's messages, which NCANode passes on to clients."""
-    stripped = text.rstrip("=")
-    padding = len(text) - len(stripped)
-    for char in stripped:
-        if char not in _B64_ALPHABET:
-            raise ValueError(f"Illegal base64 character {ord(char):x}")
-    if padding > 2 or (padding and len(text) % 4):
-        raise ValueError("Input byte array has wrong 4-byte ending unit")
-    if len(stripped) % 4 == 1:
-        raise ValueError("Last unit does not have enough valid bits")
-    return base64.b64decode(stripped + "=" * (-len(stripped) % 4))
-
-
-class _KeyProblem(Exception):
-    """A signer's PKCS#12 could not be used; ``kind`` picks each API's wording."""
-
-    def __init__(self, index: int, kind: str, detail: str = "") -> None:
-        super().__init__(f"signers[{index}]: {kind} {detail}".strip())
-        self.index = index
-        self.kind = kind  # base64 | format | password | alias | unsupported
-        self.detail = detail
-
-    def kalkan_message(self) -> str:
-        if self.kind in _KALKAN_MESSAGES:
-            return _KALKAN_MESSAGES[self.kind]
-        return self.detail
-
-    def v3_message(self) -> str:
-        if self.kind in _V3_KEY_MESSAGES:
-            text = _V3_KEY_MESSAGES[self.kind]
-        elif self.kind == "alias":
-            text = f"Key reading error: Key does not have '{self.detail}' alias"
-        else:
-            text = self.detail
-        return f"signers[{self.index}]: {text}"
-
-
-@dataclass(frozen=True)
-class _KeySpec:
-    """One signer as the request gave it: the base64 PKCS#12, its password and an alias."""
-
-    p12: str
-    password: str
-    alias: str | None
-
-
-@dataclass(frozen=True)
-class _Signer:
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-
 class _RpcError(Exception):
     """A JSON-RPC (v1/v2) failure, answered with HTTP 200 and a non-zero status."""
 
@@ -166,67 +92,12 @@ class _RpcError(Exception):
         self.http_code = http_code  # v2 bodies carry it; v1 bodies do not
 
 
-def _load_signer(index: int, spec: _KeySpec) -> _Signer:
-    try:
-        raw = java_b64decode(spec.p12)
-    except ValueError as exc:
-        raise _KeyProblem(index, "base64", str(exc)) from None
-    try:
-        loaded = pkcs12.load_pkcs12(raw, spec.password.encode())
-    except ValueError as exc:
-        # cryptography says "Could not deserialize" for non-PKCS#12 bytes and "Invalid
-        # password" when the MAC does not verify: the two cases Kalkan tells apart.
-        kind = "format" if "deserialize" in str(exc) else "password"
-        raise _KeyProblem(index, kind) from None
-    if loaded.key is None or loaded.cert is None:
-        raise _KeyProblem(index, "format")
-    if spec.alias:
-        name = (loaded.cert.friendly_name or b"").decode("utf-8", "replace")
-        # Java's PKCS12 key store lower-cases aliases, so compare without case.
-        if name.lower() != spec.alias.lower():
-            raise _KeyProblem(index, "alias", spec.alias)
-    if not isinstance(loaded.key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        kind_name = type(loaded.key).__name__
-        raise _KeyProblem(
-            index, "unsupported", f"the sandbox signs RSA and EC keys, not {kind_name}"
-        )
-    return _Signer(key=loaded.key, cert=loaded.cert.certificate)
-
-
-def _digest_for(cert: x509.Certificate) -> hashes.HashAlgorithm:
-    # NCANode picks the digest from the certificate's signature algorithm
-    # (Helper.getDigestAlgorithmOidBYSignAlgorithmOid); SHA-256 when that is not SHA-2.
-    algorithm = cert.signature_hash_algorithm
-    if isinstance(algorithm, _SHA2):
-        return type(algorithm)()
-    return hashes.SHA256()
-
-
-def _sign(data: bytes, specs: Sequence[_KeySpec], *, detached: bool) -> bytes:
-    """Load every key and make the CMS; CPU-bound, so callers run it in a thread."""
-    signers = [_load_signer(i, spec) for i, spec in enumerate(specs)]
-    builder = pkcs7.PKCS7SignatureBuilder().set_data(data)
-    for signer in signers:
-        builder = builder.add_signer(signer.cert, signer.key, _digest_for(signer.cert))
-    # Binary keeps the bytes exact (no LF→CRLF); NoCapabilities leaves only the attributes
-    # Kalkan adds (contentType, signingTime, messageDigest).
-    options = [pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoCapabilities]
-    if detached:
-        options.append(pkcs7.PKCS7Options.DetachedSignature)
-    return builder.sign(Encoding.DER, options)
-
-
 def _spring_error(status: int, path: str) -> web.Response:
     """Spring Boot's default error body, used where NCANode's own handler is not reached."""
     now = dt.datetime.now(dt.UTC)
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}+00:00"
     body = {"timestamp": stamp, "status": status, "error": _REASONS[status], "path": path}
     return web.json_response(body, status=status)
-
-
-def _shutting_down() -> web.Response:
-    body = {"status": 503, "message": "Server is shutting down", "details": None}
-    return web.json_response(body, status=503)
 
 
 def _as_bool(value: Any) -> bool:
@@ -252,11 +123,18 @@ def _as_rpc_bool(value: Any) -> bool:
     return value is True
 
 
-class NcaNode:
+class NcaNode(Emulator):
     """NCANode's v3 REST and v1/v2 JSON-RPC signing APIs, with sandbox controls.
 
-    Settings are plain attributes, read on every call (``node.latency = 0.5``).
+    Settings are plain attributes, read on every call (``node.latency = 0.5``). The
+    controlled calls are the signing calls; an injected failure has the called API's
+    error shape.
     """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "latency": controls.number,
+        "detailed_errors": controls.boolean,
+    }
 
     def __init__(
         self,
@@ -265,45 +143,21 @@ class NcaNode:
         detailed_errors: bool = False,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
+        super().__init__(client_max_size=max_request_bytes)
         self.latency = latency
         self.detailed_errors = detailed_errors  # NCANODE_DEBUG: fill "details" with the cause
 
-        self._controls = controls.FaultControls()
         self._calls = 0
         self._by_version: Counter[str] = Counter()
         self._errors = 0
         self._signatures = 0
 
-        self._app = web.Application(client_max_size=max_request_bytes)
         router = self._app.router
         router.add_post("/cms/sign", self._v3_handler)
         router.add_post("/", self._rpc_handler)
         router.add_get("/", self._banner_handler)
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, none_status=True)
+        self.add_sandbox_routes(none_status=True)
         router.add_route("*", "/{tail:.*}", self._not_found_handler)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the signing calls from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
-
-    # -- controls --------------------------------------------------------------------------
-
-    def fail_with(self, status: int | None, count: int | None = None) -> None:
-        """Answer the next ``count`` signing calls (all if None) with HTTP ``status``.
-
-        The body has the called API's error shape. ``status=None`` (or ``count=0``) clears it.
-        """
-        self._controls.fail_with(status, count)
-
-    def hang(self, enabled: bool) -> None:
-        """While enabled, signing calls wait and never answer (until disabled or shutdown)."""
-        self._controls.hang(enabled)
 
     def stats(self) -> dict[str, Any]:
         """Signing calls: ``by_version`` counts "v3", "v2", "v1" and "rpc" (a JSON-RPC call
@@ -313,20 +167,19 @@ class NcaNode:
             "by_version": dict(self._by_version),
             "errors": self._errors,
             "signatures": self._signatures,
-            "max_concurrent": self._controls.max_concurrent,
-            "in_flight": self._controls.in_flight,
-            "events": [dict(e) for e in self._controls.events],
+            **self.call_stats(),
         }
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self._calls = 0
         self._by_version.clear()
         self._errors = 0
         self._signatures = 0
-        self._controls.reset_stats()
 
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SETTINGS}
+    def answer_closed(self) -> web.Response:
+        body = {"status": 503, "message": "Server is shutting down", "details": None}
+        return web.json_response(body, status=503)
 
     # -- v3 --------------------------------------------------------------------------------
 
@@ -360,7 +213,7 @@ class NcaNode:
             data = payload.get("data")
             if data is not None and not isinstance(data, str):
                 raise ValueError("Cannot deserialize `data` from a non-string value")
-            specs: list[_KeySpec | None] = []
+            specs: list[KeySpec | None] = []
             for item in signers or []:
                 if not isinstance(item, dict):
                     raise ValueError("Cannot deserialize SignerRequest from a non-object")
@@ -369,7 +222,7 @@ class NcaNode:
                     raise ValueError("Cannot deserialize a SignerRequest field from a non-string")
                 # Kalkan is never reached without a key and a password (a NullPointerException).
                 specs.append(
-                    None if key is None or password is None else _KeySpec(key, password, alias)
+                    None if key is None or password is None else KeySpec(key, password, alias)
                 )
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             return self._v3_error(500, f"JSON parse error: {exc}", None), False
@@ -392,7 +245,7 @@ class NcaNode:
         ready = [spec for spec in specs if spec is not None]
         try:
             cms = await asyncio.to_thread(_sign, content, ready, detached=detached)
-        except _KeyProblem as exc:
+        except KeyProblem as exc:
             return self._v3_error(500, exc.v3_message(), exc.kalkan_message()), False
         if with_tsp:
             return self._v3_error(500, _NO_TSP, None), False
@@ -444,12 +297,12 @@ class NcaNode:
         items = params["p12array"]
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise api_error("p12array must be an array of objects")
-        specs: list[_KeySpec] = []
+        specs: list[KeySpec] = []
         for item in items:
             p12, password, alias = item.get("p12"), item.get("password"), item.get("alias")
             if not isinstance(p12, str) or not isinstance(password, str):
                 raise invalid("p12 and password must be strings")
-            specs.append(_KeySpec(p12, password, alias if isinstance(alias, str) else None))
+            specs.append(KeySpec(p12, password, alias if isinstance(alias, str) else None))
         if "data" not in params:
             raise invalid("Field 'data' is required")
         if not isinstance(params["data"], str):
@@ -462,7 +315,7 @@ class NcaNode:
             raise api_error("no keys in p12array")
         try:
             cms = await asyncio.to_thread(_sign, content, specs, detached=False)
-        except _KeyProblem as exc:
+        except KeyProblem as exc:
             if exc.kind == "alias":  # thrown by the method, not by argument validation
                 raise api_error("Certificate with specified alias not found") from None
             raise invalid(exc.kalkan_message()) from None
@@ -499,9 +352,9 @@ class NcaNode:
         try:
             # RAW.sign uses the last alias of the key store, so no alias is checked.
             cms = await asyncio.to_thread(
-                _sign, content, [_KeySpec(p12, password, None)], detached=False
+                _sign, content, [KeySpec(p12, password, None)], detached=False
             )
-        except _KeyProblem as exc:
+        except KeyProblem as exc:
             raise invalid("p12", exc.kalkan_message()) from None
         if _as_rpc_bool(params.get("createTsp")):
             raise _RpcError(_API_ERROR, f"Api error: {_NO_TSP}")
@@ -538,11 +391,7 @@ class NcaNode:
                         payload = None
                     if isinstance(payload, dict) and payload.get("version") in ("1.0", "2.0"):
                         event["version"] = "v1" if payload["version"] == "1.0" else "v2"
-                response = await self._controls.intercept(
-                    self.latency,
-                    closed=_shutting_down,
-                    failure=partial(self._injected_failure, api),
-                )
+                response = await self.intercept(partial(self._injected_failure, api))
                 if response is None and api == "v3":
                     response, ok = await self._v3(request, raw)
                 elif response is None:

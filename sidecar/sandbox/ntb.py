@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+
+from sidecar.sandbox.inbound import bearer_token, drain, hash_body, request_summary
 
 __all__ = ["DOWNLOAD_BLOCK", "MAX_DOWNLOAD", "NtbApi", "download_bytes", "download_sha256"]
 
@@ -56,16 +56,6 @@ def download_sha256(size: int, seed: str = "0") -> str:
     return digest.hexdigest()
 
 
-def _bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
-
-
 def _token_subject(token: str) -> str | None:
     """The JWT ``sub`` claim, read without verification (validation is done elsewhere)."""
     parts = token.split(".")
@@ -77,47 +67,6 @@ def _token_subject(token: str) -> str | None:
         return None
     sub = payload.get("sub") if isinstance(payload, dict) else None
     return sub if isinstance(sub, str) else None
-
-
-def peer_certificate(request: web.Request) -> x509.Certificate | None:
-    """The client certificate presented on this request's TLS connection, if any."""
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    return x509.load_der_x509_certificate(der) if der else None
-
-
-def _client_cert(request: web.Request) -> dict[str, Any] | None:
-    cert = peer_certificate(request)
-    if cert is None:
-        return None
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": cert.serial_number,
-        "sha256": cert.fingerprint(hashes.SHA256()).hex(),
-    }
-
-
-def _headers(request: web.Request) -> dict[str, str | list[str]]:
-    out: dict[str, str | list[str]] = {}
-    for name, value in request.headers.items():
-        key = name.lower()
-        previous = out.get(key)
-        if previous is None:
-            out[key] = value
-        elif isinstance(previous, list):
-            previous.append(value)
-        else:
-            out[key] = [previous, value]
-    return out
-
-
-async def _drain(request: web.Request) -> None:
-    # Reading the body before answering keeps the connection clean: answering early and
-    # closing would make the client see a reset instead of our 401.
-    while await request.content.readany():
-        pass
 
 
 class NtbApi:
@@ -160,26 +109,20 @@ class NtbApi:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        token = _bearer_token(request.headers.get("Authorization"))
+        token = bearer_token(request.headers.get("Authorization"))
         if token is None or not self._validate(token):
             self.rejected += 1
-            await _drain(request)
+            await drain(request)
             return web.json_response(
                 {"error": "invalid_token"}, status=401, headers=_INVALID_TOKEN_HEADERS
             )
         self.requests += 1
         self.seen_tokens.add(token)
-        summary: dict[str, Any] = {
-            "method": request.method,
-            "path": request.path,
-            "query": request.rel_url.raw_query_string,
-            "headers": _headers(request),
-            "client_cert": _client_cert(request),
-            "token_sub": _token_subject(token),
-            "request_no": self.requests,
-        }
+        summary = request_summary(
+            request, token_sub=_token_subject(token), request_no=self.requests
+        )
         if not self._under_prefix(request.path):
-            await _drain(request)
+            await drain(request)
             self.last_request = summary
             return web.json_response({"error": "not_found", "path": request.path}, status=404)
         if request.query.get("echo", "").lower() in _TRUE:
@@ -187,13 +130,7 @@ class NtbApi:
         if request.method == "GET" and request.path == f"{self.prefix}/download":
             return await self._download(request, summary)
 
-        digest = hashlib.sha256()
-        length = 0
-        while chunk := await request.content.readany():
-            digest.update(chunk)
-            length += len(chunk)
-        summary["body_sha256"] = digest.hexdigest()
-        summary["body_length"] = length
+        summary["body_sha256"], summary["body_length"] = await hash_body(request)
         self.last_request = summary
         return web.json_response(summary)
 
@@ -218,7 +155,7 @@ class NtbApi:
         return response
 
     async def _download(self, request: web.Request, summary: dict[str, Any]) -> web.StreamResponse:
-        await _drain(request)
+        await drain(request)
         try:
             size = int(request.query.get("size", "0"))
         except ValueError:

@@ -8,8 +8,9 @@ with the cookie, as MOEX sometimes answers; clients must read the cookie, not fo
 
 The emulator also keeps what the Keycloak ``grant_type_moex=passport`` branch needs: the
 live tokens (``token_valid``) and the signing certificate MOEX's CA issued each user
-(``signers``). Fault injection and statistics work as in the Keycloak emulator, as Python
-methods and under ``/_sandbox/``.
+(``signers``); ``check_passport_login`` is that branch's check of the token and its
+signature. Fault injection (of the ``/authenticate`` calls) and statistics work as in the
+Keycloak emulator, as Python methods and under ``/_sandbox/``.
 """
 
 from __future__ import annotations
@@ -24,26 +25,28 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.sandbox import controls
+from sidecar.sandbox.cms import CmsInvalid, verify_cms
+from sidecar.sandbox.emulator import MAX_EVENTS, Emulator
 
-__all__ = ["COOKIE_NAME", "MoexPassport"]
+__all__ = ["COOKIE_NAME", "MoexPassport", "PassportDenied", "check_passport_login"]
 
 COOKIE_NAME = "MicexPassportCert"
 _DEFAULT_USERS: dict[str, str] = {"trader@example.com": "passport-password"}
-_MAX_EVENTS = 10_000  # keep the issued-token log bounded during long runs
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of expired tokens
 _TOKEN_BYTES = 95  # 95 % 3 == 2: the base64 text always ends with one "="
 _REALM_HEADER = {"WWW-Authenticate": 'Basic realm="MOEX Passport"'}
 _MARKER = "X-MicexPassport-Marker"
-_SETTINGS: dict[str, controls.Validator] = {
-    "token_ttl": controls.number,
-    "redirect": controls.boolean,
-}
+_LOGIN_FIELDS = ("certificate", "algorithm", "signature", "scope")
+_GOST_UNSUPPORTED = "GOST signatures are not supported by the sandbox; use RSA"
 
 
 @dataclass
@@ -60,15 +63,6 @@ def _awkward_token() -> str:
             return token
 
 
-def _injected_failure(status: int) -> web.Response:
-    # Plain text, like the rest of Passport's answers.
-    return web.Response(status=status, text=controls.failure_text(status) + "\n")
-
-
-def _shutting_down() -> web.Response:
-    return web.Response(status=503, text="Server is shutting down\n")
-
-
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     if not header or header[:6].lower() != "basic ":
         return None
@@ -80,8 +74,16 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-class MoexPassport:
-    """The Passport application; settings are attributes read on every call."""
+class MoexPassport(Emulator):
+    """The Passport application; settings are attributes read on every call.
+
+    The controlled calls are ``/authenticate``.
+    """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "token_ttl": controls.number,
+        "redirect": controls.boolean,
+    }
 
     def __init__(
         self,
@@ -90,35 +92,24 @@ class MoexPassport:
         token_ttl: float = 3600,
         redirect: bool = False,
     ) -> None:
+        super().__init__()
         self.users: dict[str, str] = dict(_DEFAULT_USERS if users is None else users)
         self.token_ttl = token_ttl
         self.redirect = redirect
         # The signing certificate MOEX's CA issued each Passport user (by user name).
         self.signers: dict[str, x509.Certificate] = {}
         # Every Passport token handed out (bounded), so tests can look for leaks.
-        self.issued: deque[str] = deque(maxlen=_MAX_EVENTS)
+        self.issued: deque[str] = deque(maxlen=MAX_EVENTS)
         self._tokens: dict[str, _Token] = {}
         self._next_prune = 0.0
 
-        self._controls = controls.FaultControls()
         self._calls = 0
         self._granted = 0
         self._denied = 0
 
-        self._app = web.Application()
         self._app.router.add_get("/authenticate", self._authenticate_handler)
-        self._app.router.add_post("/_sandbox/expire", self._expire_handler)
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the ``/authenticate`` calls from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
+        self.add_action_route("/_sandbox/expire", "expired", self.expire_tokens)
+        self.add_sandbox_routes()
 
     # -- registry --------------------------------------------------------------------------
 
@@ -159,17 +150,6 @@ class MoexPassport:
 
     # -- controls --------------------------------------------------------------------------
 
-    def fail_with(self, status: int | None, count: int | None = None) -> None:
-        """Answer the next ``count`` /authenticate calls (all if None) with ``status``.
-
-        ``status=None`` (or ``count=0``) clears the failure.
-        """
-        self._controls.fail_with(status, count)
-
-    def hang(self, enabled: bool) -> None:
-        """While enabled, /authenticate waits and never answers (until disabled or shutdown)."""
-        self._controls.hang(enabled)
-
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
@@ -181,12 +161,17 @@ class MoexPassport:
         }
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self._calls = 0
         self._granted = 0
         self._denied = 0
 
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SETTINGS}
+    def answer_failure(self, status: int) -> web.Response:
+        # Plain text, like the rest of Passport's answers.
+        return web.Response(status=status, text=controls.failure_text(status) + "\n")
+
+    def answer_closed(self) -> web.Response:
+        return web.Response(status=503, text="Server is shutting down\n")
 
     # -- /authenticate ---------------------------------------------------------------------
 
@@ -227,12 +212,72 @@ class MoexPassport:
 
     async def _authenticate_handler(self, request: web.Request) -> web.Response:
         self._calls += 1
-        intercepted = await self._controls.intercept(
-            0.0, closed=_shutting_down, failure=_injected_failure
-        )
-        return intercepted or self._authenticate(request)
+        return await self.intercept() or self._authenticate(request)
 
-    # -- /_sandbox -------------------------------------------------------------------------
 
-    async def _expire_handler(self, request: web.Request) -> web.Response:
-        return web.json_response({"expired": self.expire_tokens()})
+class PassportDenied(Exception):
+    """A MOEX Passport login refused; ``reason`` says which check failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _plus_hint(value: str) -> str:
+    """A hint when a form value has spaces: a "+" sent without URL-encoding."""
+    return " (it has spaces: was a '+' sent without URL-encoding?)" if " " in value else ""
+
+
+async def check_passport_login(
+    passport: MoexPassport | None, ca_file: Path | None, form: Mapping[str, str]
+) -> str:
+    """The user of a MOEX two-factor login (PROTOCOLS section 2): a live Passport token in
+    ``certificate`` and an RSA detached CMS ``signature`` over its exact bytes, by the
+    certificate registered for that user and issued by ``ca_file``. Raises PassportDenied.
+    """
+    for name in _LOGIN_FIELDS:
+        if not form.get(name):
+            raise PassportDenied(f"Missing parameter: {name}")
+    algorithm = form["algorithm"]
+    # Checked first: openssl here has no GOST support, so a GOST signature would only
+    # fail later with a less helpful reason.
+    if algorithm == "GOST":
+        raise PassportDenied(_GOST_UNSUPPORTED)
+    if algorithm != "RSA":
+        raise PassportDenied("algorithm must be GOST or RSA")
+    if passport is None or ca_file is None:
+        raise PassportDenied("MOEX Passport login is not configured in this sandbox")
+
+    token = form["certificate"]
+    user = passport.token_valid(token)
+    if user is None:
+        raise PassportDenied("Unknown or expired MOEX Passport token" + _plus_hint(token))
+    signature = form["signature"]
+    if "\n" in signature or "\r" in signature:
+        raise PassportDenied("signature must be base64 without line breaks")
+    try:
+        der = base64.b64decode(signature, validate=True)
+    except ValueError:
+        raise PassportDenied("signature is not valid base64" + _plus_hint(signature)) from None
+    try:
+        # Detached: the signature covers exactly the token's bytes, nothing added.
+        verified = await verify_cms(der, ca_file=ca_file, detached_content=token.encode("ascii"))
+    except CmsInvalid as exc:
+        raise PassportDenied(f"signature does not verify: {exc.reason}") from None
+    try:
+        # openssl also accepts an attached signature when given the content; MOEX asks
+        # for a detached one, so one that verifies on its own is refused.
+        await verify_cms(der, ca_file=ca_file)
+    except CmsInvalid:
+        pass
+    else:
+        raise PassportDenied("signature must be detached (it carries the token inside)")
+    registered = passport.signers.get(user)
+    if registered is None:
+        raise PassportDenied(f"no signing certificate is registered for {user}")
+    der_cert = serialization.Encoding.DER
+    if verified.signer.public_bytes(der_cert) != registered.public_bytes(der_cert):
+        raise PassportDenied(f"the signer is not the certificate registered for {user}")
+    if not isinstance(verified.signer.public_key(), rsa.RSAPublicKey):
+        raise PassportDenied("algorithm RSA does not match the signer's key")
+    return user

@@ -14,162 +14,72 @@ limits are enforced as MOEX publishes them, because they are what a client must 
 * at most 1 MB of body, else 413; the body must be well-formed XML, else 400.
 
 Every request needs a live bearer token with scope ``client_registration`` (from the
-Keycloak emulator's ``grant_type_moex=passport`` login). ``start_moex_registration`` starts
-the whole MOEX stack: Passport, this API, and the IdP wiring between them.
+Keycloak emulator's ``grant_type_moex=passport`` login). ``moex.start_moex_registration``
+starts the whole MOEX stack: Passport, this API, and the IdP wiring between them. What a
+received document is (fields, body, status) and the stand's hours are in
+:mod:`.registration_parts`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from datetime import time as dtime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from aiohttp import web
 
 from sidecar.sandbox import controls
-from sidecar.sandbox.keycloak import KeycloakEmulator
-from sidecar.sandbox.ntb import _bearer_token, _headers
-from sidecar.sandbox.passport import MoexPassport
-from sidecar.sandbox.pki import IssuedCert, Pki
-from sidecar.sandbox.servers import TlsServer
-
-__all__ = [
-    "APPLICATIONS_PATH",
-    "DEFAULT_HOURS",
-    "MSK",
-    "REGISTRATION_CLIENT_ID",
-    "REGISTRATION_SCOPE",
-    "MoexStack",
-    "RegistrationApi",
-    "start_moex_registration",
-]
+from sidecar.sandbox.emulator import MAX_EVENTS, Emulator
+from sidecar.sandbox.inbound import bearer_token, header_map
+from sidecar.sandbox.registration_parts import (
+    Application,
+    Body,
+    doc_field,
+    local_name,
+    parse_hours,
+    read_body,
+    real_clock,
+)
 
 APPLICATIONS_PATH = "/client/v1/applications"
 REGISTRATION_SCOPE = "client_registration"
 REGISTRATION_CLIENT_ID = "moex_registration"
-_DEFAULT_CLIENT_SECRET = "registration-secret"
 MSK = timezone(timedelta(hours=3), "MSK")  # Moscow has had no DST since 2014
 DEFAULT_HOURS = (dtime(11, 0), dtime(16, 0))
 MAX_BODY = 1024 * 1024  # "Maximum request payload size - 1 Mb"
 RETRY_AFTER = 30  # seconds; MOEX: "Please try again in 30 seconds"
 
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-_MAX_EVENTS = 10_000  # keep stats bounded during long runs
 # The sandbox keeps documents in memory: the oldest are forgotten past these bounds.
 _MAX_STORED_DOCUMENTS = 1000
 _MAX_STORED_BYTES = 64 * 1024 * 1024
-_PASSPORT_SETTINGS = frozenset({"users", "token_ttl", "redirect"})
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _INSUFFICIENT_SCOPE = {
     "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{REGISTRATION_SCOPE}"'
 }
 
 
-def _real_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-def _parse_hours(value: Any) -> tuple[dtime, dtime] | None:
-    """``null`` or ``["HH:MM", "HH:MM"]`` from the settings endpoint."""
-    if value is None:
-        return None
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError('hours must be null or ["HH:MM", "HH:MM"]')
-    start, end = (dtime.fromisoformat(str(v)) for v in value)
-    if start.tzinfo is not None or end.tzinfo is not None:
-        raise ValueError("hours are Moscow times without a UTC offset")
-    return start, end
-
-
-_SETTINGS: dict[str, controls.Validator] = {
-    "min_interval": controls.number,
-    "processing_delay": controls.number,
-    "max_body": controls.integer,
-    "hours": lambda _name, value: _parse_hours(value),
-}
-
-
-def _local_name(name: str) -> str:
-    """An XML tag or attribute name without its ``{namespace}``."""
-    return name.rsplit("}", 1)[-1].lower()
-
-
-def _doc_field(root: ET.Element, name: str) -> str | None:
-    """The first non-empty attribute or element called ``name`` (case-insensitive)."""
-    for element in root.iter():
-        for attr, value in element.attrib.items():
-            if _local_name(attr) == name and value.strip():
-                return value.strip()
-        if _local_name(element.tag) == name and element.text and element.text.strip():
-            return element.text.strip()
-    return None
-
-
-@dataclass
-class _Body:
-    data: bytes | None  # None: not kept (drained, or over the limit and cut short)
-    sha256: str | None
-    length: int
-
-
-async def _read_body(request: web.Request, limit: int | None) -> _Body:
-    """Read the body in chunks. With a ``limit``, stop as soon as it is exceeded and keep
-    nothing; without one, drain and hash it all (so an early error reaches the client
-    instead of a connection reset)."""
-    digest = hashlib.sha256()
-    chunks: list[bytes] = []
-    length = 0
-    while chunk := await request.content.readany():
-        length += len(chunk)
-        if limit is not None:
-            if length > limit:
-                # aiohttp discards the unread rest after the answer, so the 413 still arrives.
-                return _Body(None, None, length)
-            chunks.append(chunk)
-        digest.update(chunk)
-    return _Body(b"".join(chunks) if limit is not None else None, digest.hexdigest(), length)
-
-
-@dataclass
-class _Application:
-    doc_date: str
-    doc_num: str
-    client_id: str
-    root_tag: str
-    body: bytes
-    sha256: str
-    received_at: datetime  # by the API's clock, in MSK
-    accepted_at: float  # time.monotonic(); drives accepted -> processed
-
-    def status(self, processing_delay: float) -> dict[str, Any]:
-        done = time.monotonic() - self.accepted_at >= processing_delay
-        return {
-            "doc_date": self.doc_date,
-            "doc_num": self.doc_num,
-            "status": "processed" if done else "accepted",
-            "received_at": self.received_at.isoformat(),
-            "client_id": self.client_id,
-            "root": self.root_tag,
-            "body_sha256": self.sha256,
-            "body_length": len(self.body),
-        }
-
-
-class RegistrationApi:
+class RegistrationApi(Emulator):
     """The registration API; ``validate_token`` returns a live token's claims or None.
 
     Settings are attributes read on every request: ``clock`` (aware datetimes), ``hours``
     (Moscow times, start inclusive, end exclusive; None = always open), ``min_interval``,
     ``max_body`` and ``processing_delay`` (seconds until a document reads "processed").
+    Every API request is a controlled call; failures can be injected, but it never hangs.
     """
+
+    SETTINGS: ClassVar[dict[str, controls.Validator]] = {
+        "min_interval": controls.number,
+        "processing_delay": controls.number,
+        "max_body": controls.integer,
+        "hours": lambda _name, value: parse_hours(value),
+    }
+    HANGS = False  # this emulator has never had a hang control
 
     def __init__(
         self,
@@ -181,49 +91,37 @@ class RegistrationApi:
         max_body: int = MAX_BODY,
         processing_delay: float = 2.0,
     ) -> None:
+        super().__init__()
         self._validate = validate_token
-        self.clock: Callable[[], datetime] = clock or _real_clock
+        self.clock: Callable[[], datetime] = clock or real_clock
         self.hours = hours
         self.min_interval = min_interval
         self.max_body = max_body
         self.processing_delay = processing_delay
 
-        self._applications: OrderedDict[tuple[str, str], _Application] = OrderedDict()
+        self._applications: OrderedDict[tuple[str, str], Application] = OrderedDict()
         self._stored_bytes = 0
         self._numbers = itertools.count(1)
         self._last_let_through: dict[str, float] = {}  # client -> time.monotonic()
-        self._controls = controls.FaultControls()
 
-        self.arrivals: deque[float] = deque(maxlen=_MAX_EVENTS)
+        self.arrivals: deque[float] = deque(maxlen=MAX_EVENTS)
         self.last_request: dict[str, Any] | None = None
         self._counts: dict[str, int] = {}
         self.reset_stats()
 
-        self._app = web.Application()
         for path in (APPLICATIONS_PATH + "/", APPLICATIONS_PATH):
             self._app.router.add_post(path, self._post_handler)
         self._app.router.add_get(APPLICATIONS_PATH + "/{doc_date}/{doc_num}", self._get_handler)
         self._app.router.add_get("/_sandbox/clock", self._clock_handler)
         self._app.router.add_post("/_sandbox/clock", self._clock_handler)
-        # Only failures can be injected here: this emulator has never had a hang control.
-        controls.add_sandbox_routes(self._app, self, self._controls, _SETTINGS, hang=False)
-
-    @property
-    def app(self) -> web.Application:
-        return self._app
-
-    @property
-    def controls(self) -> controls.FaultControls:
-        """Fault injection for the API requests from Python (``fail_with``,
-        ``fail_randomly``, ``hang``, ``injected``); ``/_sandbox/fail`` over HTTP."""
-        return self._controls
+        self.add_sandbox_routes()
 
     # -- controls --------------------------------------------------------------------------
 
     def set_clock(self, now: datetime | None) -> None:
         """Freeze the clock at ``now`` (an aware datetime); None goes back to real time."""
         if now is None:
-            self.clock = _real_clock
+            self.clock = real_clock
             return
         if now.tzinfo is None:
             raise ValueError("the clock needs an aware datetime (with a UTC offset)")
@@ -239,13 +137,6 @@ class RegistrationApi:
             return start <= now < end
         return now >= start or now < end  # a window across midnight
 
-    def fail_with(self, status: int | None, count: int | None = None) -> None:
-        """Answer the next ``count`` API requests (all if None) with ``status``.
-
-        ``status=None`` (or ``count=0``) clears the failure.
-        """
-        self._controls.fail_with(status, count)
-
     def document(self, doc_date: str, doc_num: str) -> bytes | None:
         """The stored bytes of an accepted document, if still kept."""
         found = self._applications.get((doc_date, doc_num))
@@ -260,6 +151,7 @@ class RegistrationApi:
         }
 
     def reset_stats(self) -> None:
+        super().reset_stats()
         self.arrivals.clear()
         self.last_request = None
         self._counts = dict.fromkeys(
@@ -297,7 +189,7 @@ class RegistrationApi:
     ) -> web.Response:
         return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
-    def _injected_failure(self, status: int) -> web.Response:
+    def answer_failure(self, status: int) -> web.Response:
         self._counts["injected"] += 1
         error = "server_error" if status >= 500 else "invalid_request"
         return self._error(status, error, controls.failure_text(status))
@@ -309,10 +201,10 @@ class RegistrationApi:
 
         A refusal is returned with the body already drained.
         """
-        refusal = self._controls.take_failure(self._injected_failure)
+        refusal = self._controls.take_failure(self.answer_failure)
         client = ""
         if refusal is None:
-            token = _bearer_token(request.headers.get("Authorization"))
+            token = bearer_token(request.headers.get("Authorization"))
             claims = self._validate(token) if token is not None else None
             if claims is None:
                 self._counts["unauthorized"] += 1
@@ -330,7 +222,7 @@ class RegistrationApi:
                 summary["token_sub"] = claims.get("sub")
                 refusal = self._authorise(claims, client)
         if refusal is not None:
-            self._record(summary, await _read_body(request, None))
+            self._record(summary, await read_body(request, None))
         return refusal, client
 
     def _authorise(self, claims: Mapping[str, Any], client: str) -> web.Response | None:
@@ -367,7 +259,7 @@ class RegistrationApi:
             )
         return None
 
-    def _record(self, summary: dict[str, Any], body: _Body) -> None:
+    def _record(self, summary: dict[str, Any], body: Body) -> None:
         summary["body_sha256"] = body.sha256
         summary["body_length"] = body.length
         summary["body_complete"] = body.sha256 is not None
@@ -376,7 +268,7 @@ class RegistrationApi:
         return {
             "method": request.method,
             "path": request.path,
-            "headers": _headers(request),
+            "headers": header_map(request),
             "token_azp": None,
             "token_sub": None,
         }
@@ -395,14 +287,14 @@ class RegistrationApi:
         if refusal is not None:
             return refusal
         if request.content_type != "application/xml":
-            self._record(summary, await _read_body(request, None))
+            self._record(summary, await read_body(request, None))
             self._counts["bad_content_type"] += 1
             return self._error(
                 400,
                 "invalid_request",
                 f"Content-Type must be application/xml, got {request.content_type!r}",
             )
-        body = await _read_body(request, self.max_body)
+        body = await read_body(request, self.max_body)
         self._record(summary, body)
         if body.data is None:
             self._counts["too_large"] += 1
@@ -419,8 +311,8 @@ class RegistrationApi:
             )
 
         received_at = self.clock().astimezone(MSK)
-        doc_date = _doc_field(root, "doc_date") or received_at.date().isoformat()
-        doc_num = _doc_field(root, "doc_num")
+        doc_date = doc_field(root, "doc_date") or received_at.date().isoformat()
+        doc_num = doc_field(root, "doc_num")
         if doc_num is None:
             doc_num = str(next(self._numbers))
             while (doc_date, doc_num) in self._applications:
@@ -433,11 +325,11 @@ class RegistrationApi:
                 400, "invalid_request", f"document {doc_date}/{doc_num} is already registered"
             )
         self._store(
-            _Application(
+            Application(
                 doc_date=doc_date,
                 doc_num=doc_num,
                 client_id=client,
-                root_tag=_local_name(root.tag),
+                root_tag=local_name(root.tag),
                 body=body.data,
                 sha256=str(body.sha256),
                 received_at=received_at,
@@ -449,7 +341,7 @@ class RegistrationApi:
         summary["location"] = location
         return web.Response(status=202, headers={"Location": location})
 
-    def _store(self, application: _Application) -> None:
+    def _store(self, application: Application) -> None:
         self._applications[(application.doc_date, application.doc_num)] = application
         self._stored_bytes += len(application.body)
         while len(self._applications) > 1 and (
@@ -465,7 +357,7 @@ class RegistrationApi:
         self.last_request = summary
         refusal, _ = await self._gate(request, summary)
         if refusal is None:
-            self._record(summary, await _read_body(request, None))
+            self._record(summary, await read_body(request, None))
             key = (request.match_info["doc_date"], request.match_info["doc_num"])
             found = self._applications.get(key)
             if found is None:
@@ -496,92 +388,7 @@ class RegistrationApi:
         return web.json_response(
             {
                 "now": self.clock().astimezone(MSK).isoformat(),
-                "fixed": self.clock is not _real_clock,
+                "fixed": self.clock is not real_clock,
                 "open": self.is_open(),
             }
         )
-
-
-@dataclass
-class MoexStack:
-    """What ``start_moex_registration`` started, with the values a sidecar config needs."""
-
-    passport: MoexPassport
-    passport_server: TlsServer
-    registration: RegistrationApi
-    registration_server: TlsServer
-    passport_url: str  # the GET /authenticate URL
-    api_url: str  # the registration API's base URL (scheme://host:port)
-    signer: IssuedCert  # the default Passport user's RSA signing certificate
-    user: str  # that Passport user
-    client_id: str
-    client_secret: str
-
-    async def stop(self) -> None:
-        """Stop both servers; safe to call more than once."""
-        try:
-            await self.registration_server.stop()
-        finally:
-            await self.passport_server.stop()
-
-
-async def start_moex_registration(
-    pki: Pki,
-    idp: KeycloakEmulator,
-    *,
-    passport_port: int = 0,
-    api_port: int = 0,
-    **settings: Any,
-) -> MoexStack:
-    """Start MOEX Passport and the registration API over TLS and wire ``idp`` to them.
-
-    ``settings`` named ``users``, ``token_ttl`` or ``redirect`` go to ``MoexPassport``,
-    the others to ``RegistrationApi``. The IdP gets the Passport, the PKI's CA as the
-    signing CA and a confidential client ``moex_registration`` if it has none.
-    """
-    passport = MoexPassport(**{k: v for k, v in settings.items() if k in _PASSPORT_SETTINGS})
-    registration = RegistrationApi(
-        idp.introspect, **{k: v for k, v in settings.items() if k not in _PASSPORT_SETTINGS}
-    )
-    if not passport.users:
-        raise ValueError("MOEX Passport needs at least one user")
-    user = next(iter(passport.users))
-    # As MOEX's CA does for each Passport user: an RSA certificate in the user's name.
-    signer = pki.issue_client("moex-signer", common_name=user)
-    passport.register_signer(user, signer.cert)
-
-    idp.passport = passport
-    idp.ca_file = pki.ca_file
-    secret = idp.clients.get(REGISTRATION_CLIENT_ID)
-    if secret is None:  # absent or public: a Passport login needs a client secret
-        secret = _DEFAULT_CLIENT_SECRET
-        idp.clients[REGISTRATION_CLIENT_ID] = secret
-
-    passport_server = TlsServer(
-        passport.app,
-        pki.server_ssl_context(pki.issue_server("moex-passport", _LOOPBACK_HOSTS)),
-        port=passport_port,
-    )
-    registration_server = TlsServer(
-        registration.app,
-        pki.server_ssl_context(pki.issue_server("moex-apim", _LOOPBACK_HOSTS)),
-        port=api_port,
-    )
-    await passport_server.start()
-    try:
-        await registration_server.start()
-    except BaseException:
-        await passport_server.stop()
-        raise
-    return MoexStack(
-        passport=passport,
-        passport_server=passport_server,
-        registration=registration,
-        registration_server=registration_server,
-        passport_url=passport_server.url + "/authenticate",
-        api_url=registration_server.url,
-        signer=signer,
-        user=user,
-        client_id=REGISTRATION_CLIENT_ID,
-        client_secret=secret,
-    )

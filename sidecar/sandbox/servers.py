@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sidecar.sandbox import logfilter
 from sidecar.sandbox.keycloak import KeycloakEmulator
 from sidecar.sandbox.ntb import NtbApi
 from sidecar.sandbox.pki import IssuedCert, Pki
@@ -51,6 +52,7 @@ class TlsServer:
         """Start serving; after a stop() this binds the same port again."""
         if self._runner is not None:
             raise RuntimeError("server already started")
+        logfilter.install()
         runner = web.AppRunner(
             self.app,
             access_log=None,

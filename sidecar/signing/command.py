@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from sidecar import logs
-from sidecar.config.models import CommandSignerConfig
+from sidecar.config.auth import CommandSignerConfig
 from sidecar.signing.base import SigningError
 
 log = structlog.get_logger("sidecar.signing")

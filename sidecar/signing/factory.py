@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.config.models import SignerConfig
+from sidecar.config.auth import CommandSigning, Pkcs7Signing, SignerConfig
 from sidecar.signing.base import Signer
 from sidecar.signing.command import CommandSigner
 from sidecar.signing.ncanode import NcaNodeSigner
@@ -12,10 +12,8 @@ from sidecar.signing.pkcs7 import Pkcs7Signer
 def make_signer(cfg: SignerConfig, *, detached_default: bool) -> Signer:
     detached = cfg.detached if cfg.detached is not None else detached_default
     cfg.check_detached(detached)
-    if cfg.type == "pkcs7":
+    if isinstance(cfg, Pkcs7Signing):
         return Pkcs7Signer(cfg, detached)
-    if cfg.type == "command":
-        assert cfg.command is not None
+    if isinstance(cfg, CommandSigning):
         return CommandSigner(cfg.command, detached)
-    assert cfg.ncanode is not None
     return NcaNodeSigner(cfg.ncanode, detached)

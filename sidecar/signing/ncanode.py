@@ -11,7 +11,7 @@ import binascii
 import json
 from typing import Any
 
-from sidecar.config.models import NcaNodeSignerConfig
+from sidecar.config.auth import NcaNodeSignerConfig
 from sidecar.http1.errors import TimedOut, TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.signing.base import SigningError, b64

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from sidecar.config.models import SignerConfig
-from sidecar.errors import SetupError
+from sidecar.config.auth import Pkcs7Signing
+from sidecar.config.errors import SetupError
 from sidecar.pkcs12 import open_bundle
 from sidecar.signing.base import SigningError
 
@@ -34,7 +34,7 @@ class SignerSetupError(SetupError):
 
 
 class Pkcs7Signer:
-    def __init__(self, cfg: SignerConfig, detached: bool) -> None:
+    def __init__(self, cfg: Pkcs7Signing, detached: bool) -> None:
         self.detached = detached
         self._key, self._cert, self._chain = _load(cfg)
         self._digest = _DIGESTS[cfg.digest]()
@@ -66,7 +66,7 @@ class Pkcs7Signer:
         return None
 
 
-def _load(cfg: SignerConfig) -> tuple[SigningKey, x509.Certificate, list[x509.Certificate]]:
+def _load(cfg: Pkcs7Signing) -> tuple[SigningKey, x509.Certificate, list[x509.Certificate]]:
     if cfg.p12_file is not None:
         key, cert, chain = open_bundle(cfg.p12_file, cfg.p12_password, "signer.p12_file")
         return _usable(key, cfg.p12_file), cert, chain

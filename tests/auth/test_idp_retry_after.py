@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.auth.base import AuthError
-from sidecar.auth.http import idp_retry_after
 from sidecar.auth.moex_passport import PassportClient
 from sidecar.auth.mpt import MptSigninFlow
-from sidecar.config.models import MptSigninAuth
+from sidecar.config.auth import MptSigninAuth
+from sidecar.http1.retry_after import MAX_RETRY_AFTER, parse_retry_after
 
 
 async def _busy(request: web.Request) -> web.Response:
@@ -44,10 +44,11 @@ class NoSigner:
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("7", 7.0), (" 12 ", 12.0), ("0", 0.0), (None, None), ("", None), ("soon", None),
-     ("-1", None), ("1.5", None), ("²", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+     ("-1", None), ("1.5", None), ("²", None), ("9" * 400, MAX_RETRY_AFTER),
+     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],  # the proxy's parser: a past date is no wait
 )
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
-    assert idp_retry_after(value) == seconds
+    assert parse_retry_after(value) == seconds
 
 
 async def test_passport_429_carries_retry_after(busy_idp: str) -> None:

@@ -17,7 +17,8 @@ import pytest
 
 from sidecar.sandbox import registration
 from sidecar.sandbox.demo import moex_registration_upstream
-from sidecar.sandbox.registration import MSK, MoexStack, start_moex_registration
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
+from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
 from tests.helpers.sidecars import SidecarFactory, proxy_url
 

@@ -13,8 +13,8 @@ from multidict import CIMultiDict
 from sidecar.auth.base import AuthError
 from sidecar.auth.moex_passport import MAX_PASSPORT_TOKEN, PassportClient
 from sidecar.auth.mpt import MAX_CHALLENGE, MptSigninFlow
-from sidecar.config.models import MptSigninAuth, SignerConfig
-from sidecar.http1.fetch import Reply
+from sidecar.config.auth import CommandSigning, MptSigninAuth
+from sidecar.http1.fetch import Fetched
 
 
 class ScriptedHttp:
@@ -22,11 +22,11 @@ class ScriptedHttp:
 
     timeout = 1.0
 
-    def __init__(self, *replies: Reply) -> None:
+    def __init__(self, *replies: Fetched) -> None:
         self.replies = list(replies)
         self.calls: list[tuple[str, str]] = []
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> Reply:
+    async def request(self, method: str, url: str, **kwargs: Any) -> Fetched:
         self.calls.append((method, url))
         return self.replies.pop(0)
 
@@ -48,8 +48,8 @@ class RecordingSigner:
         return None
 
 
-def _json(status: int, body: object) -> Reply:
-    return Reply(status, CIMultiDict({"Content-Type": "application/json"}),
+def _json(status: int, body: object) -> Fetched:
+    return Fetched(status, CIMultiDict({"Content-Type": "application/json"}),
                  json.dumps(body).encode())
 
 
@@ -57,7 +57,7 @@ def _mpt(http: ScriptedHttp, signer: RecordingSigner) -> MptSigninFlow:
     cfg = MptSigninAuth(
         type="mpt_signin",
         base_url="https://mpt.test/api",
-        signer=SignerConfig(type="command", command={"argv": ["true"]}),  # type: ignore[arg-type]
+        signer=CommandSigning(type="command", command={"argv": ["true"]}),  # type: ignore[arg-type]
     )
     flow = MptSigninFlow(cfg, ssl.create_default_context(), signer)  # type: ignore[arg-type]
     flow._http = http  # type: ignore[assignment]
@@ -99,7 +99,7 @@ def _passport(*cookies: str, status: int = 302) -> tuple[PassportClient, Scripte
     headers: CIMultiDict[str] = CIMultiDict()
     for cookie in cookies:
         headers.add("Set-Cookie", cookie)
-    http = ScriptedHttp(Reply(status, headers, b""))
+    http = ScriptedHttp(Fetched(status, headers, b""))
     client._http = http  # type: ignore[assignment]
     return client, http
 

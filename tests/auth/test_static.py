@@ -10,7 +10,7 @@ import pytest
 from sidecar.auth import static
 from sidecar.auth.base import NoToken
 from sidecar.auth.static import StaticToken
-from sidecar.config.models import StaticAuth
+from sidecar.config.auth import StaticAuth
 
 
 async def test_inline_token() -> None:

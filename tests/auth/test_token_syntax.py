@@ -18,8 +18,8 @@ from sidecar.auth import static
 from sidecar.auth.base import MAX_TOKEN_LENGTH, AuthError, Grant, NoToken
 from sidecar.auth.oauth import parse_token_response
 from sidecar.auth.static import StaticToken
-from sidecar.config.models import StaticAuth
-from sidecar.errors import SetupError
+from sidecar.config.auth import StaticAuth
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.servers import SandboxStack, TlsServer
 from tests.helpers.sidecars import SidecarFactory, proxy_url
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-import sidecar
+from tests.helpers.cli import check, run_sidecar
 from tests.helpers.config_files import (
     ALL_SECRETS,
     MINIMAL_YAML,
@@ -19,36 +16,6 @@ from tests.helpers.config_files import (
     make_files,
     write,
 )
-
-REPO_ROOT = Path(sidecar.__file__).resolve().parent.parent
-
-
-def run_sidecar(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {
-        "PATH": os.defpath,
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(REPO_ROOT),
-        "PYTHONIOENCODING": "utf-8",
-        "LC_ALL": "C.UTF-8",
-    }
-    environ.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        env=environ,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
-def check(tmp_path: Path, path: Path, env: dict[str, str] | None = None):
-    return run_sidecar(tmp_path, "check", "--config", str(path), env=env)
 
 
 @pytest.fixture
@@ -65,7 +32,8 @@ def test_check_prints_effective_config(tmp_path: Path, files: Files) -> None:
     printed = yaml.safe_load(result.stdout)
     assert list(printed["upstreams"]) == ["moex-ntb", "kisc", "static-api", "static-file"]
     assert printed["listen"] == {
-        "proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19090", "idle_timeout": 75.0
+        "proxy": "127.0.0.1:18080", "admin": "127.0.0.1:19090", "idle_timeout": 75.0,
+        "max_connections": 1024, "admin_max_connections": 64, "expose_status": False,
     }
     assert printed["log"] == {"level": "debug", "format": "console"}
     assert printed["passthrough"] == ["github.com", "pypi.org:443"]
@@ -93,7 +61,8 @@ def test_check_shows_defaults(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["listen"] == {
-        "proxy": "127.0.0.1:8080", "admin": "0.0.0.0:9090", "idle_timeout": 75.0
+        "proxy": "127.0.0.1:8080", "admin": "0.0.0.0:9090", "idle_timeout": 75.0,
+        "max_connections": 1024, "admin_max_connections": 64, "expose_status": False,
     }
     ntb = printed["upstreams"]["moex-ntb"]
     assert ntb["replay_limit"] == 1048576

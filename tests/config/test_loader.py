@@ -109,6 +109,7 @@ def test_full_config_loads_every_field(tmp_path: Path, files: Files) -> None:
     assert static.auth.type == "static"
     assert static.auth.token.get_secret_value() == STATIC_TOKEN
     assert static.auth.token_file is None
+    assert static.allow_plaintext is True
 
     from_file = config.upstreams["static-file"]
     assert from_file.auth.token is None
@@ -346,6 +347,32 @@ def test_env_can_add_an_upstream(tmp_path: Path) -> None:
     config = load_config(path, environ=environ)
     assert set(config.upstreams) == {"moex-ntb", "extra"}
     assert config.upstreams["extra"].auth.token.get_secret_value() == "t-5"
+
+
+def test_env_map_replaces_the_file_block(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", MINIMAL_YAML)
+    config = load_config(path, {"SIDECAR_UPSTREAMS__MOEX_NTB__AUTH": "{type: static, token: t-6}"})
+    auth = config.upstreams["moex-ntb"].auth
+    assert auth.type == "static" and auth.token.get_secret_value() == "t-6"
+
+
+def test_env_key_matches_a_dashed_key_in_the_file(tmp_path: Path) -> None:
+    text = MINIMAL_YAML + "    headers: {X-Api-Version: '1'}\n"
+    path = write(tmp_path / "c.yaml", text)
+    config = load_config(path, {"SIDECAR_UPSTREAMS__MOEX_NTB__HEADERS__X_API_VERSION": "2"})
+    assert config.upstreams["moex-ntb"].headers == {"X-Api-Version": "2"}
+
+
+def test_env_unknown_section_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", MINIMAL_YAML)
+    [problem] = load_problems(path, {"SIDECAR_LISTN__PROXY": "127.0.0.1:1"})
+    assert problem.startswith("listn: unknown field")
+
+
+def test_env_prefix_is_upper_case(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", MINIMAL_YAML)
+    config = load_config(path, environ={"sidecar_listen__proxy": "127.0.0.1:7000"})
+    assert config.listen.proxy == "127.0.0.1:8080"
 
 
 def test_env_bad_value_reports_field_path(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.admin import AdminRoutes
-from sidecar.config.models import parse_host_port
+from sidecar.config.fields import parse_host_port
 from sidecar.sandbox.pki import Pki
 from tests.helpers.sidecars import SidecarFactory, proxy_url
 

@@ -93,6 +93,7 @@ upstreams:
   static-api:
     match: [static.example.com]
     target: http://static.example.com
+    allow_plaintext: true
     auth: {{type: static, token: "{STATIC_TOKEN}"}}
   static-file:
     match: [file.example.com]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.proxy.body import BodyTooLarge, RequestBody
+from sidecar.proxy.body import BodySource, BodyTooLarge, ReplayBudget, RequestBody
 
 
 class Source:
@@ -30,12 +30,19 @@ class Source:
         return self.pieces.pop(0) if self.pieces else b""
 
 
+def body_of(
+    source: Source | BodySource, length: int | None, keep_limit: int,
+    budget: ReplayBudget | None = None,
+) -> RequestBody:
+    return RequestBody(source, length, keep_limit, budget or ReplayBudget(1 << 20))
+
+
 async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
     return [piece async for piece in stream]
 
 
 async def test_a_body_within_the_limit_streams_and_replays_whole() -> None:
-    body = RequestBody(Source(b"ab", b"cd", b"e"), length=5, keep_limit=5)
+    body = body_of(Source(b"ab", b"cd", b"e"), 5, 5)
     assert body.replayable
     assert await collect(body.stream()) == [b"ab", b"cd", b"e"]
     assert body.bytes_read == 5
@@ -46,7 +53,7 @@ async def test_a_body_within_the_limit_streams_and_replays_whole() -> None:
 
 
 async def test_a_known_length_over_the_limit_keeps_nothing() -> None:
-    body = RequestBody(Source(b"abcdef"), length=6, keep_limit=5)
+    body = body_of(Source(b"abcdef"), 6, 5)
     assert not body.replayable
     assert await collect(body.stream()) == [b"abcdef"]
     with pytest.raises(RuntimeError, match="cannot be replayed"):
@@ -54,7 +61,7 @@ async def test_a_known_length_over_the_limit_keeps_nothing() -> None:
 
 
 async def test_a_chunked_body_stops_being_kept_once_it_passes_the_limit() -> None:
-    body = RequestBody(Source(b"abc", b"de", b"f"), length=None, keep_limit=5)
+    body = body_of(Source(b"abc", b"de", b"f"), None, 5)
     stream = body.stream()
     assert await anext(stream) == b"abc"
     assert await anext(stream) == b"de"
@@ -66,7 +73,7 @@ async def test_a_chunked_body_stops_being_kept_once_it_passes_the_limit() -> Non
 
 
 async def test_no_copy_is_kept_with_a_zero_limit() -> None:
-    body = RequestBody(Source(b"a"), length=None, keep_limit=0)
+    body = body_of(Source(b"a"), None, 0)
     assert not body.replayable
     assert await collect(body.stream()) == [b"a"]
 
@@ -75,7 +82,7 @@ async def test_a_replay_after_a_partial_send_sends_the_kept_bytes_then_the_rest(
     """The upstream answered 401 before the whole body was sent: the replay starts from the
     first byte and goes on with what the app has not sent yet."""
     source = Source(b"one", b"two", b"three", hold=True)
-    body = RequestBody(source, length=None, keep_limit=100)
+    body = body_of(source, None, 100)
     first = body.stream()
     assert await anext(first) == b"one"
     sending = asyncio.create_task(anext(first))  # waits for the app's next piece
@@ -97,7 +104,7 @@ async def test_a_replay_after_a_partial_send_sends_the_kept_bytes_then_the_rest(
 
 
 async def test_buffer_up_to_reads_the_whole_body_for_a_replay() -> None:
-    body = RequestBody(Source(b"ab", b"cd"), length=None, keep_limit=0)
+    body = body_of(Source(b"ab", b"cd"), None, 0)
     assert not body.replayable
     await body.buffer_up_to(10)
     assert body.replayable and body.bytes_read == 4
@@ -108,14 +115,14 @@ async def test_buffer_up_to_reads_the_whole_body_for_a_replay() -> None:
 
 async def test_buffer_up_to_refuses_a_body_past_its_limit() -> None:
     source = Source(b"abc", b"def", b"never read")
-    body = RequestBody(source, length=None, keep_limit=0)
+    body = body_of(source, None, 0)
     with pytest.raises(BodyTooLarge):
         await body.buffer_up_to(5)
     assert body.bytes_read == 6 and source.pieces == [b"never read"]
 
 
 async def test_buffer_up_to_takes_a_body_exactly_at_its_limit() -> None:
-    body = RequestBody(Source(b"abc", b"de"), length=None, keep_limit=2)
+    body = body_of(Source(b"abc", b"de"), None, 2)
     await body.buffer_up_to(5)
     assert body.replayable
     assert await collect(body.stream()) == [b"abc", b"de"]
@@ -126,7 +133,8 @@ async def test_a_broken_app_stream_reaches_the_sender() -> None:
         async def readany(self) -> bytes:
             raise ConnectionResetError("the app went away")
 
-    body = RequestBody(Broken(), length=None, keep_limit=10)
+    body = body_of(Broken(), None, 10)
     with pytest.raises(ConnectionResetError):
         await collect(body.stream())
     await asyncio.wait_for(body.freeze(), 1)  # a failed read is not one still running
+

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
-from sidecar import logs
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
 from sidecar.proxy import upstream_client as client_module
+from sidecar.sandbox.logfilter import MalformedRequests
 
 SECRET_IN_URL = "access_token=app-s3cret-in-url"
 CASES = {
@@ -86,5 +86,5 @@ def test_malformed_request_filter_keeps_other_errors() -> None:
         import sys
 
         record.exc_info = sys.exc_info()
-    assert logs.MalformedRequests().filter(record)
+    assert MalformedRequests().filter(record)
     assert record.levelno == logging.ERROR and record.exc_info is not None

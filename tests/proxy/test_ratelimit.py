@@ -9,7 +9,8 @@ import time
 import pytest
 
 from sidecar.config.models import RateLimit
-from sidecar.proxy.ratelimit import RateLimited, RateLimiter, retry_after_seconds
+from sidecar.http1.retry_after import retry_after_or_default
+from sidecar.proxy.ratelimit import RateLimited, RateLimiter
 
 
 async def test_requests_leave_in_arrival_order_at_the_rate() -> None:
@@ -61,10 +62,10 @@ async def test_pause_holds_the_queue() -> None:
 
 
 def test_retry_after_forms() -> None:
-    assert retry_after_seconds("7", 30) == 7
-    assert retry_after_seconds(None, 30) == 30
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 30) == 0
-    assert retry_after_seconds("soon", 30) == 30
+    assert retry_after_or_default("7", 30) == 7
+    assert retry_after_or_default(None, 30) == 30
+    assert retry_after_or_default("Wed, 21 Oct 2015 07:28:00 GMT", 30) == 0
+    assert retry_after_or_default("soon", 30) == 30
 
 
 @pytest.mark.parametrize("rps", [0, -1])

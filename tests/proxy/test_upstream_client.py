@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.config.models import Timeouts
+from sidecar.config.sections import Timeouts
 from sidecar.proxy.upstream_client import UpstreamClient, UpstreamFailure
 from sidecar.sandbox.pki import Pki
 
@@ -137,3 +137,40 @@ async def test_an_untrusted_certificate_is_a_502_tls_error(
         await client.send("GET", f"https://127.0.0.1:{port}/", CIMultiDict(), None)
     assert (failed.value.status, failed.value.error) == (502, "upstream_tls")
     assert f"TLS certificate of 127.0.0.1:{port} failed verification" in failed.value.reason
+
+
+async def test_requests_beyond_max_connections_wait_for_one_to_come_free(
+    servers: list[asyncio.Server],
+) -> None:
+    counting = Counting()
+    port = await _serve(servers, counting)
+    client = UpstreamClient(ssl.create_default_context(), Timeouts(connect=2, read=5), 2)
+    url = f"http://127.0.0.1:{port}/"
+    first = await client.send("GET", url, CIMultiDict(), None)
+    second = await client.send("GET", url, CIMultiDict(), None)
+    third = asyncio.create_task(client.send("GET", url, CIMultiDict(), None))
+    await asyncio.sleep(0.2)
+    assert not third.done()  # two connections at most: the third request waits
+    assert await first.read(10) == b"hello" and await first.readany() == b""
+    first.close()
+    resp = await asyncio.wait_for(third, 2)
+    assert resp.status == 200
+    assert counting.connections == 2  # it took the connection the first one gave back
+    resp.close()
+    second.close()
+    await client.close()
+
+
+async def test_a_request_that_waits_past_the_connect_timeout_for_room_is_a_503(
+    servers: list[asyncio.Server],
+) -> None:
+    port = await _serve(servers, Counting())
+    client = UpstreamClient(ssl.create_default_context(), Timeouts(connect=0.3, read=5), 1)
+    url = f"http://127.0.0.1:{port}/"
+    held = await client.send("GET", url, CIMultiDict(), None)
+    with pytest.raises(UpstreamFailure) as failed:
+        await client.send("GET", url, CIMultiDict(), None)
+    assert (failed.value.status, failed.value.error) == (503, "upstream_busy")
+    assert "all 1 connections busy" in failed.value.reason
+    held.close()
+    await client.close()

@@ -39,9 +39,9 @@ from sidecar.sandbox.demo import (
     mpt_upstream,
     sandbox_config,
 )
+from sidecar.sandbox.moex import start_moex_registration
 from sidecar.sandbox.mpt import MptApi, start_mpt
 from sidecar.sandbox.pki import Pki
-from sidecar.sandbox.registration import start_moex_registration
 from sidecar.sandbox.servers import SandboxStack
 from sidecar.sandbox.wso2 import issue_kisc_client, start_wso2
 from tests.reliability.faulty_idp import (

@@ -49,9 +49,10 @@ from sidecar.sandbox.demo import (
     mpt_upstream,
     sandbox_config,
 )
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.mpt import MptApi, start_mpt
 from sidecar.sandbox.ntb import download_sha256
-from sidecar.sandbox.registration import MSK, MoexStack, start_moex_registration
+from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
 from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
 from tests.helpers.process import SidecarProcess

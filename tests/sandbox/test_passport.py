@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from sidecar.sandbox.keycloak import KeycloakEmulator
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.passport import COOKIE_NAME
 from sidecar.sandbox.pki import IssuedCert, Pki
-from sidecar.sandbox.registration import MoexStack, start_moex_registration
 from sidecar.sandbox.servers import TlsServer
 
 USER = "trader@example.com"

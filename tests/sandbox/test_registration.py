@@ -20,15 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from sidecar.sandbox.keycloak import KeycloakEmulator
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.passport import COOKIE_NAME
 from sidecar.sandbox.pki import IssuedCert, Pki
-from sidecar.sandbox.registration import (
-    DEFAULT_HOURS,
-    MAX_BODY,
-    MSK,
-    MoexStack,
-    start_moex_registration,
-)
+from sidecar.sandbox.registration import DEFAULT_HOURS, MAX_BODY, MSK
 from sidecar.sandbox.servers import TlsServer
 
 NOON = datetime(2026, 11, 20, 12, 0, tzinfo=MSK)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import CommandSignerConfig, SignerConfig
+from sidecar.config.auth import CommandSignerConfig, CommandSigning
 from sidecar.signing import SigningError, make_signer
 
 
@@ -25,8 +25,8 @@ def _gost_available() -> bool:
     return probe.returncode == 0 and "available" in probe.stdout
 
 
-def _command(**kw: object) -> SignerConfig:
-    return SignerConfig(type="command", command=CommandSignerConfig(**kw))  # type: ignore[arg-type]
+def _command(**kw: object) -> CommandSigning:
+    return CommandSigning(type="command", command=CommandSignerConfig(**kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

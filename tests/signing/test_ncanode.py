@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import NcaNodeSignerConfig, SignerConfig
-from sidecar.errors import SetupError
+from sidecar.config.auth import NcaNodeSignerConfig, NcaNodeSigning
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.ncanode import NcaNode, start_ncanode
 from sidecar.sandbox.pki import IssuedCert, Pki
@@ -26,8 +26,8 @@ async def node() -> AsyncIterator[tuple[NcaNode, TlsServer]]:
 
 
 def _signer(server: TlsServer, key: IssuedCert, version: int, password: str | None = None,
-            detached: bool = False) -> SignerConfig:
-    return SignerConfig(
+            detached: bool = False) -> NcaNodeSigning:
+    return NcaNodeSigning(
         type="ncanode",
         ncanode=NcaNodeSignerConfig(
             url=server.url, p12_file=key.p12_file,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.models import SignerConfig
-from sidecar.errors import SetupError
+from sidecar.config.auth import Pkcs7Signing
+from sidecar.config.errors import SetupError
 from sidecar.sandbox.cms import CmsInvalid, verify_cms
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.signing import make_signer
@@ -23,12 +23,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-def _config(cert: IssuedCert, form: str, **extra: object) -> SignerConfig:
+def _config(cert: IssuedCert, form: str, **extra: object) -> Pkcs7Signing:
     if form == "pem":
         files = {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)}
     else:
         files = {"p12_file": str(cert.p12_file), "p12_password": cert.p12_password}
-    return SignerConfig(type="pkcs7", **files, **extra)  # type: ignore[arg-type]
+    return Pkcs7Signing(type="pkcs7", **files, **extra)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("key_type", ["rsa", "ec"])
@@ -82,12 +82,12 @@ def test_unusable_keys_are_clear_errors(pki: Pki, tmp_path: Path) -> None:
     )
     with pytest.raises(SignerSetupError, match="RSA or EC keys; for GOST use the command"):
         make_signer(
-            SignerConfig(type="pkcs7", cert_file=cert.cert_file, key_file=ed_key),
+            Pkcs7Signing(type="pkcs7", cert_file=cert.cert_file, key_file=ed_key),
             detached_default=True,
         )
     with pytest.raises(SetupError, match=r"signer\.p12_file .*wrong password"):
         make_signer(
-            SignerConfig(type="pkcs7", p12_file=cert.p12_file, p12_password="nope"),
+            Pkcs7Signing(type="pkcs7", p12_file=cert.p12_file, p12_password="nope"),
             detached_default=True,
         )
 
@@ -96,6 +96,6 @@ def test_certificate_and_key_must_belong_together(pki: Pki) -> None:
     one, other = pki.issue_client("pair-a", "a"), pki.issue_client("pair-b", "b")
     with pytest.raises(SignerSetupError, match="does not hold the certificate"):
         make_signer(
-            SignerConfig(type="pkcs7", cert_file=one.cert_file, key_file=other.key_file),
+            Pkcs7Signing(type="pkcs7", cert_file=one.cert_file, key_file=other.key_file),
             detached_default=True,
         )
