@@ -138,3 +138,37 @@ async def test_a_broken_app_stream_reaches_the_sender() -> None:
         await collect(body.stream())
     await asyncio.wait_for(body.freeze(), 1)  # a failed read is not one still running
 
+
+async def test_bodies_keep_copies_only_within_the_shared_budget() -> None:
+    budget = ReplayBudget(limit=8)
+    first = body_of(Source(b"abcde"), 5, 100, budget)
+    second = body_of(Source(b"fghij"), 5, 100, budget)
+    assert await collect(first.stream()) == [b"abcde"]
+    assert first.replayable and budget.used == 5
+    assert await collect(second.stream()) == [b"fghij"]  # streamed all the same
+    assert not second.replayable and second.over_budget
+    assert (budget.used, budget.exceeded) == (5, 1)
+    first.release()  # its exchange is over: the bytes go back
+    assert budget.used == 0
+    third = body_of(Source(b"klmno"), 5, 100, budget)
+    await collect(third.stream())
+    assert third.replayable and budget.used == 5
+
+
+async def test_a_copy_dropped_past_the_limit_gives_its_bytes_back() -> None:
+    budget = ReplayBudget(limit=100)
+    body = body_of(Source(b"abc", b"defgh"), None, 5, budget)
+    await collect(body.stream())
+    assert not body.replayable and not body.over_budget  # its own limit, not the budget
+    assert budget.used == 0
+
+
+async def test_buffering_for_max_body_may_go_past_the_budget() -> None:
+    """A chunked body under max_body must be held whole to learn its length: the budget
+    counts it but does not refuse it."""
+    budget = ReplayBudget(limit=3)
+    body = body_of(Source(b"abcd", b"ef"), None, 0, budget)
+    await body.buffer_up_to(10)
+    assert body.replayable and budget.used == 6
+    body.release()
+    assert budget.used == 0
