@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDict
 
 from sidecar.http1.request import ServerRequest
+from sidecar.http1.wire import REASONS, head
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,15 @@ class LocalAnswer:
 
     async def send(self, request: ServerRequest) -> None:
         await request.respond(self.status, self.headers, self.body)
+
+    def encode(self) -> bytes:
+        """The whole answer on the wire, closing the connection after it (for a refusal
+        written straight to a transport, outside any request)."""
+        headers = self.headers.copy()
+        headers["Content-Length"] = str(len(self.body))
+        headers["Connection"] = "close"
+        line = f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Error')}"
+        return head(line, headers.items()) + self.body
 
 
 def answer_headers(content_type: str = "application/json") -> CIMultiDict[str]:

@@ -98,6 +98,19 @@ class TooLarge(TransportError):
         return f"{self.peer} answered with {self.detail}"
 
 
+class HeadRefused(Exception):
+    """A request head (or trailer block) the server will not parse: it answers ``status``
+    with the JSON ``error`` and closes."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+class TooManyAhead(Exception):
+    """Stops the parser: more pipelined requests arrived at once than are kept."""
+
+
 def connect_error(exc: BaseException, peer: str, timeout: float) -> TransportError:
     """A failed connect or TLS handshake (an ``ssl``/``OSError``/timeout) as a typed error."""
     if isinstance(exc, TransportError):

@@ -14,8 +14,8 @@ from urllib.parse import urlencode, urlsplit
 from multidict import CIMultiDict
 
 from sidecar import __version__
-from sidecar.http1.client import ConnectionPool, request_head
 from sidecar.http1.errors import TimedOut, TooLarge
+from sidecar.http1.pool import ConnectionPool, request_head
 from sidecar.http1.wire import DEFAULT_PORTS
 
 MAX_ANSWER = 1024 * 1024  # an IdP answer is a few KiB; more is refused, not buffered

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from sidecar.config.sections import Timeouts
-from sidecar.http1.client import ConnectionPool, UpstreamResponse, request_head
+from sidecar.http1.client import UpstreamResponse
 from sidecar.http1.errors import (
     Closed,
     ConnectFailed,
@@ -27,6 +27,7 @@ from sidecar.http1.errors import (
     TlsFailed,
     TransportError,
 )
+from sidecar.http1.pool import ConnectionPool, request_head
 from sidecar.http1.wire import DEFAULT_PORTS
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

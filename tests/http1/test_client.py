@@ -9,13 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.http1.client import (
-    ConnectionPool,
-    UpstreamConnection,
-    UpstreamResponse,
-    request_head,
-)
+from sidecar.http1.client import UpstreamConnection, UpstreamResponse
 from sidecar.http1.errors import Closed, TimedOut
+from sidecar.http1.pool import ConnectionPool, request_head
 from sidecar.http1.wire import HIGH_WATER
 from tests.helpers.transport import MockTransport, settle
 

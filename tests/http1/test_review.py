@@ -310,7 +310,7 @@ async def _read_answer_of(sidecar: Sidecar, data: bytes) -> tuple[bytes, bytes]:
 async def test_requests_parsed_ahead_stay_within_the_pipelining_limit(
     proxy: Sidecar, up: Scripted
 ) -> None:
-    from sidecar.http1.server import MAX_PARSED_AHEAD
+    from sidecar.http1.server_connection import MAX_PARSED_AHEAD
 
     up.answers["/k"] = ok(b"k")
     reader, writer = await _open(proxy)

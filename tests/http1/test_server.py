@@ -13,15 +13,9 @@ import pytest
 from multidict import CIMultiDict
 
 from sidecar.http1.request import ServerRequest
-from sidecar.http1.server import (
-    MAX_FIELD,
-    MAX_HEAD,
-    MAX_PIPELINED,
-    MAX_TARGET,
-    HttpServer,
-    ServerConnection,
-)
-from sidecar.http1.wire import HIGH_WATER
+from sidecar.http1.server import HttpServer
+from sidecar.http1.server_connection import MAX_PIPELINED, ServerConnection
+from sidecar.http1.wire import HIGH_WATER, MAX_FIELD, MAX_HEAD, MAX_TARGET
 from tests.helpers.transport import MockTransport, settle
 
 Handler = Callable[[ServerRequest], Awaitable[None]]
