@@ -7,45 +7,17 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from multidict import CIMultiDict
 
-from sidecar.http1.client import UpstreamConnection, UpstreamResponse
 from sidecar.http1.errors import Closed, TimedOut
-from sidecar.http1.pool import ConnectionPool, request_head
+from sidecar.http1.pool import ConnectionPool
 from sidecar.http1.wire import HIGH_WATER
-from tests.helpers.transport import MockTransport, settle
-
-HEAD_GET = b"GET /x HTTP/1.1\r\nHost: up\r\n\r\n"
+from tests.helpers.transport import settle
+from tests.helpers.upstream import HEAD_GET, connect, read_all, send
 
 
 @pytest.fixture
 async def pool() -> ConnectionPool:
     return ConnectionPool("up", 443, None, connect_timeout=1.0, read_timeout=0.3)
-
-
-def connect(pool: ConnectionPool) -> tuple[UpstreamConnection, MockTransport]:
-    """A connection as ``pool.connect()`` would hand it out, on a recording transport."""
-    conn = UpstreamConnection(pool)
-    transport = MockTransport(conn)
-    conn.connection_made(transport)
-    pool.in_use += 1
-    return conn, transport
-
-
-async def send(
-    conn: UpstreamConnection, method: str = "GET", head: bytes = HEAD_GET
-) -> asyncio.Task[UpstreamResponse]:
-    """Start a request without a body; its head is on the transport when this returns."""
-    task = asyncio.create_task(conn.request(method, head, None, False))
-    await settle()
-    return task
-
-
-async def read_all(response: UpstreamResponse) -> bytes:
-    body = b""
-    while data := await response.readany():
-        body += data
-    return body
 
 
 async def test_the_head_comes_back_parsed_and_the_body_streams_after_it(
@@ -381,51 +353,3 @@ async def test_closing_a_response_gives_its_connection_back_only_when_read_whole
     response = await pending
     response.close()  # unread: the stream is mid-body, the connection cannot be reused
     assert (pool.in_use, pool.idle) == (0, 0) and transport.aborted
-
-
-async def test_the_pool_hands_out_the_newest_fresh_connection_and_retires(
-    pool: ConnectionPool,
-) -> None:
-    pool.keepalive = 0.2
-    first, first_transport = connect(pool)
-    second, _ = connect(pool)
-    for conn in (first, second):
-        pending = await send(conn)
-        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        await pending
-    pool.release(first, reuse=True)
-    pool.release(second, reuse=True)
-    assert pool.pooled() is second  # the most recently used first
-    pool.release(second, reuse=True)
-    await asyncio.sleep(0.25)
-    assert pool.pooled() is None  # both idle past keepalive: closed, not handed out
-    assert first_transport.closed
-
-    third, third_transport = connect(pool)
-    pending = await send(third)
-    third.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    await pending
-    pool.retire()
-    pool.release(third, reuse=True)
-    assert pool.idle == 0 and third_transport.closed
-
-
-async def test_a_pooled_connection_the_upstream_closed_leaves_the_pool(
-    pool: ConnectionPool,
-) -> None:
-    conn, _ = connect(pool)
-    pending = await send(conn)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    await pending
-    pool.release(conn, reuse=True)
-    assert pool.idle == 1
-    conn.connection_lost(None)
-    assert pool.idle == 0 and pool.pooled() is None
-
-
-def test_request_head_puts_host_first_and_keeps_header_order() -> None:
-    headers = CIMultiDict([("Accept", "*/*"), ("X-A", "1"), ("x-a", "2")])
-    assert request_head("GET", "/p?q=1", "api.example:8443", headers) == (
-        b"GET /p?q=1 HTTP/1.1\r\nHost: api.example:8443\r\nAccept: */*\r\n"
-        b"X-A: 1\r\nx-a: 2\r\n\r\n"
-    )
