@@ -74,6 +74,7 @@ class AdminRoutes:
                          "paused_for": round(u.limiter.paused_for, 1)}
                         if u.limiter else None
                     ),
+                    "breaker": u.breaker.status(),
                 }
                 for name, u in self._sidecar.upstreams.items()
             },

@@ -10,6 +10,7 @@ import math
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -85,6 +86,11 @@ class Metrics:
             "sidecar_local_rejections", "Requests the sidecar answered itself, by reason.",
             ["upstream", "reason"], registry=r,
         )
+        self.breaker_open = Gauge(
+            "sidecar_upstream_breaker_open",
+            "1 while the upstream's circuit breaker refuses requests (open or half-open).",
+            ["upstream"], registry=r,
+        )
         self.client_cert_expiry = Gauge(
             "sidecar_client_cert_expiry_timestamp_seconds",
             "Unix time the upstream's client certificate expires.", ["upstream"], registry=r,
@@ -119,6 +125,12 @@ class UpstreamMetrics:
         metrics.inflight.labels(name).set_function(
             lambda: sum(i.count for i in self._inflight)
         )
+        # Likewise the breakers (a reload's new one, an old one still draining): 1 when any
+        # refuses requests. Read at scrape time only.
+        self._breakers: weakref.WeakSet[_Breaker] = weakref.WeakSet()
+        metrics.breaker_open.labels(name).set_function(
+            lambda: max((b.refusing for b in self._breakers), default=0.0)
+        )
         self.replays = metrics.replays.labels(name)
         self.replay_budget_exceeded = metrics.replay_budget_exceeded.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
@@ -130,6 +142,9 @@ class UpstreamMetrics:
     def track_inflight(self, inflight: InFlight) -> None:
         """Count this upstream runtime's requests in progress in the gauge."""
         self._inflight.add(inflight)
+
+    def track_breaker(self, breaker: _Breaker) -> None:
+        self._breakers.add(breaker)
 
     def request_done(
         self, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int
@@ -159,6 +174,11 @@ class UpstreamMetrics:
     def token_state(self, expires_at_unix: float, consecutive_failures: int) -> None:
         self.token_expiry.set(expires_at_unix)
         self.refresh_failures.set(consecutive_failures)
+
+
+class _Breaker(Protocol):
+    @property
+    def refusing(self) -> float: ...
 
 
 class _Counts:

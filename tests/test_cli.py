@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,8 +13,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 
 def _env() -> dict[str, str]:
@@ -220,3 +223,27 @@ def test_moex_passport_example_is_valid(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "moex_passport" in result.stdout and client.p12_password not in result.stdout
+
+
+async def test_doctor_command(sidecar_config: dict[str, Any], tmp_path: Path) -> None:
+    """`sidecar doctor` as a user runs it, against the running sandbox: JSON, exit 0; an
+    unknown upstream is a usage error."""
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(yaml.safe_dump(sidecar_config))
+
+    async def doctor(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "doctor", "--config", str(config), *args,
+            env=_env(), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await doctor("--json", "--probe", "/ntb/echo")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["ok"] is True and list(report["upstreams"]) == ["moex-ntb"]
+    code, out, err = await doctor("--upstream", "nope")
+    assert code == 2 and "no upstream 'nope'; the config has: moex-ntb" in err

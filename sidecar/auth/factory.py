@@ -43,7 +43,7 @@ def token_source(
     auth = upstream.auth
     if isinstance(auth, StaticAuth):
         return StaticToken(name, auth, events)
-    flow = _flow(auth, upstream_ssl)
+    flow = auth_flow(auth, upstream_ssl)
     return TokenManager(
         name,
         flow,
@@ -53,7 +53,7 @@ def token_source(
     )
 
 
-def _flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
+def auth_flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
     # The token call uses the upstream's TLS (client certificate included) unless auth.tls says
     # otherwise: KISC wants the same certificate on both legs.
     ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl

@@ -46,6 +46,25 @@ class RateLimit(Model):
     )
 
 
+class CircuitBreaker(Model):
+    """After ``failures`` connect failures or timeouts in a row, requests fail fast (503
+    ``upstream_unavailable``) for ``cool_down`` seconds; then one probe goes through. Each
+    probe that fails doubles the cool-down, up to ``max_cool_down``."""
+
+    failures: int = Field(5, ge=1)
+    cool_down: float = Field(5.0, gt=0)
+    max_cool_down: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _max_not_below(self) -> CircuitBreaker:
+        if self.max_cool_down < self.cool_down:
+            raise ValueError(
+                f"max_cool_down ({self.max_cool_down:g}) is below cool_down "
+                f"({self.cool_down:g}); raise max_cool_down or lower cool_down"
+            )
+        return self
+
+
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
 
@@ -74,6 +93,8 @@ class Upstream(Model):
     # one to come free.
     max_connections: int = Field(64, ge=1)
     timeouts: Timeouts = Timeouts()
+    # null: never fail fast (every request waits for its own connect timeout).
+    circuit_breaker: CircuitBreaker | None = CircuitBreaker()
     eager: bool = True
     # Plain http:// for the IdP (token_url, passport_url, base_url) sends credentials in clear:
     # refused unless this is set (a test stand on a trusted network).

@@ -10,6 +10,7 @@ from email.utils import format_datetime
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.config.models import HeaderDate
+from sidecar.proxy.location import TargetUrls
 
 HOP_BY_HOP = frozenset(
     {
@@ -75,20 +76,31 @@ def _now(date: HeaderDate) -> str:
 
 
 _HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
+_LOCATIONS_RAW = frozenset({b"location", b"content-location"})
+# One set lookup per header finds both kinds that need a second look.
+_SPECIAL_RAW = _HOP_BY_HOP_RAW | _LOCATIONS_RAW
 
 
 def downstream_headers(
     raw: list[tuple[bytes, bytes]],
+    target: TargetUrls | None = None,
+    app_origin: str = "",
 ) -> tuple[list[tuple[bytes, bytes]], set[bytes]]:
     """The upstream's end-to-end headers, as the raw bytes it sent (nothing is decoded on
-    the way back), and their lower-cased names."""
+    the way back), and their lower-cased names. A ``Location``/``Content-Location`` at
+    ``target`` is rewritten to ``app_origin`` (see :mod:`.location`)."""
     out: list[tuple[bytes, bytes]] = []
     names: set[bytes] = set()
     listed: set[bytes] = set()
     for name, value in raw:
         lower = name.lower()
-        if lower in _HOP_BY_HOP_RAW:
-            if lower == b"connection":  # the names it lists are hop-by-hop too
+        if lower in _SPECIAL_RAW:
+            if lower in _LOCATIONS_RAW:
+                if target is not None and app_origin:
+                    value = target.rewrite(value, app_origin)
+                out.append((name, value))
+                names.add(lower)
+            elif lower == b"connection":  # the names it lists are hop-by-hop too
                 listed.update(t.strip().lower() for t in value.split(b","))
             elif lower == b"transfer-encoding":
                 # Chunked is redone for the app; another coding (gzip) stays, as the body

@@ -69,7 +69,7 @@ class ProxyHandler:
                 f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
                 "forwards to hosts listed in upstreams.*.match",
             ).send(request)
-        return proxy_request(request, self.upstreams[name], target.path_qs)
+        return proxy_request(request, self.upstreams[name], target.path_qs, target.origin)
 
     def _refuse(self, status: int, error: str, message: str) -> LocalAnswer:
         # No upstream is known yet, so these are counted under a fixed label, never the host.

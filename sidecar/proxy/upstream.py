@@ -12,6 +12,8 @@ from sidecar.config.models import Upstream
 from sidecar.inflight import InFlight
 from sidecar.metrics import Metrics, UpstreamMetrics
 from sidecar.proxy.body import ReplayBudget
+from sidecar.proxy.breaker import Breaker
+from sidecar.proxy.location import TargetUrls
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream_client import UpstreamClient
 from sidecar.tls import ClientIdentity, client_context, client_identity
@@ -29,6 +31,8 @@ class UpstreamRuntime:
     rejection: RejectionPolicy
     metrics: UpstreamMetrics
     replay_budget: ReplayBudget
+    breaker: Breaker
+    target_urls: TargetUrls  # recognises Location values that point at the target
     limiter: RateLimiter | None = None
     client_cert: ClientIdentity | None = None
     # Requests in progress, so a replaced upstream closes only when idle.
@@ -36,6 +40,7 @@ class UpstreamRuntime:
 
     def __post_init__(self) -> None:
         self.metrics.track_inflight(self.inflight)
+        self.metrics.track_breaker(self.breaker)
 
     def set_client_cert(self, cert: ClientIdentity | None) -> None:
         self.client_cert = cert
@@ -81,6 +86,9 @@ def build_upstream(
         rejection=rejection_policy(cfg),
         metrics=upstream_metrics,
         replay_budget=replay_budget,
+        # A rebuilt upstream starts closed: its config (target, timeouts) may have changed.
+        breaker=Breaker(name, cfg.circuit_breaker),
+        target_urls=TargetUrls(cfg.target),
         limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
     )
     runtime.set_client_cert(client_identity(cfg.tls))

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 
+from sidecar.sandbox.pki import Pki
 from tests.helpers.cli import check, run_sidecar
 from tests.helpers.config_files import (
     ALL_SECRETS,
     MINIMAL_YAML,
+    P12_PASSWORD,
     Files,
     full_yaml,
     make_files,
@@ -20,7 +25,20 @@ from tests.helpers.config_files import (
 
 @pytest.fixture
 def files(tmp_path: Path) -> Files:
-    return make_files(tmp_path / "secrets")
+    """The helpers' files with real certificate material: check builds the TLS contexts."""
+    made = make_files(tmp_path / "secrets")
+    pki = Pki(tmp_path / "pki")
+    client = pki.issue_client("client")
+    made.ca.write_bytes(pki.ca_file.read_bytes())
+    made.cert.write_bytes(client.cert_file.read_bytes())
+    made.key.write_bytes(client.key_file.read_bytes())
+    key = serialization.load_pem_private_key(client.key_file.read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    made.p12.write_bytes(pkcs12.serialize_key_and_certificates(
+        b"client", key, client.cert, None,
+        serialization.BestAvailableEncryption(P12_PASSWORD.encode()),
+    ))
+    return made
 
 
 def test_check_prints_effective_config(tmp_path: Path, files: Files) -> None:

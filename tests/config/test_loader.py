@@ -707,7 +707,7 @@ def test_invalid_yaml_gives_line_number(tmp_path: Path) -> None:
 def test_invalid_yaml_tab_indentation(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "upstreams:\n\tmoex-ntb: {}\n")
     [problem] = load_problems(path)
-    assert problem.startswith(f"{path}: not valid YAML at line 2, column 1")
+    assert problem == f"{path}: tab character at line 2, column 1: YAML indents with spaces"
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
