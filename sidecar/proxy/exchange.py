@@ -117,6 +117,7 @@ class Exchange:
     def rate_limited(self, exc: RateLimited) -> LocalAnswer:
         limiter = self.upstream.limiter
         assert limiter is not None
+        self.queued += exc.waited  # refused from the queue: the wait still shows in the log
         return self.refuse(
             429, "rate_limited",
             f"{self.upstream.name} allows {limiter.cfg.rps:g} request(s)/s; this one would "
