@@ -16,7 +16,7 @@ import yaml
 from sidecar.check import Report, check_config
 from sidecar.config import ConfigError, load_config
 from sidecar.sandbox.pki import IssuedCert, Pki
-from tests.config.test_cli import run_sidecar
+from tests.helpers.cli import run_sidecar
 
 PASSWORD = "pw-never-printed-4b1c"
 

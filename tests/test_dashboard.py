@@ -25,7 +25,7 @@ import yaml
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import Kisc, SidecarFactory, proxy_url
+from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "authsidecar.json"

@@ -16,8 +16,8 @@ import structlog
 
 from sidecar import logs
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
+from tests.helpers.sidecars import SidecarFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import Kisc, SidecarFactory, proxy_url
+from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 KISC = "http://ax.kisc.kz/etsfo/1.0.0/messages/"

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.auth.base import AuthError, Failure, Grant, InvalidGrant, NoToken
 from sidecar.auth.manager import TokenManager
-from tests.auth.test_manager import ScriptedFlow, manager
+from tests.helpers.flows import ScriptedFlow, manager
 
 
 def refused(status: int, reason: str = "refused") -> AuthError:

@@ -18,7 +18,7 @@ from sidecar.sandbox.mpt import MptApi, start_mpt
 from sidecar.sandbox.ncanode import start_ncanode
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack, TlsServer
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 API = "http://stage.ismet.kz/api/v3/true-api"
 

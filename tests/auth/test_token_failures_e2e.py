@@ -15,7 +15,7 @@ from sidecar.app import Sidecar
 from sidecar.config import load_config
 from sidecar.reload import Reloader
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 

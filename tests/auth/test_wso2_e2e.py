@@ -16,7 +16,7 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.wso2 import issue_kisc_client
-from tests.conftest import Kisc, SidecarFactory, proxy_url
+from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
 
 MESSAGES = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
 PACS_008 = (

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-import sidecar
 from sidecar.sandbox.pki import Pki
-from tests.config.helpers import (
+from tests.helpers.cli import check, run_sidecar
+from tests.helpers.config_files import (
     ALL_SECRETS,
     MINIMAL_YAML,
     P12_PASSWORD,
@@ -24,36 +21,6 @@ from tests.config.helpers import (
     make_files,
     write,
 )
-
-REPO_ROOT = Path(sidecar.__file__).resolve().parent.parent
-
-
-def run_sidecar(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {
-        "PATH": os.defpath,
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(REPO_ROOT),
-        "PYTHONIOENCODING": "utf-8",
-        "LC_ALL": "C.UTF-8",
-    }
-    environ.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        env=environ,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
-def check(tmp_path: Path, path: Path, env: dict[str, str] | None = None):
-    return run_sidecar(tmp_path, "check", "--config", str(path), env=env)
 
 
 @pytest.fixture

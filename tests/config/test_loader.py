@@ -11,7 +11,7 @@ import yaml
 from pydantic import SecretStr
 
 from sidecar.config import ConfigError, load_config, redacted, validate_config
-from tests.config.helpers import (
+from tests.helpers.config_files import (
     ALL_SECRETS,
     CC_SECRET,
     CLIENT_SECRET,

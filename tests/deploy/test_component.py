@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sidecar.admin import AdminRoutes
-from tests.deploy.test_manifests import port_of, sidecar_container, venv_tool
+from tests.helpers.manifests import pod_spec, port_of, sidecar_container, venv_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ROOT / "deploy" / "kubernetes" / "components"
@@ -204,7 +204,6 @@ def test_rendered_components_validate_strictly(tmp_path: Path) -> None:
 
 
 def _demo_app() -> dict[str, Any]:
-    from tests.deploy.test_manifests import pod_spec
 
     [app] = pod_spec()["containers"]
     return app

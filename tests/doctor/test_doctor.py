@@ -15,7 +15,7 @@ from sidecar.doctor import Step, diagnose, run_doctor
 from sidecar.doctor.report import as_table
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack, TlsServer
-from tests.conftest import deep_merge
+from tests.helpers.sidecars import deep_merge
 
 
 def config_of(data: dict[str, Any], **upstream: Any) -> Any:

@@ -20,7 +20,7 @@ from sidecar.config.models import CircuitBreaker
 from sidecar.proxy import breaker as breaker_module
 from sidecar.proxy.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 GET = b"GET http://api.moex.com/x HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
 

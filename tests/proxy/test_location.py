@@ -14,7 +14,7 @@ from sidecar.app import Sidecar
 from sidecar.proxy.headers import downstream_headers
 from sidecar.proxy.location import TargetUrls
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 APP = "http://api.moex.com"
 

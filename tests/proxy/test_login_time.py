@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from sidecar.app import Sidecar
 from sidecar.config.models import HeaderDate
 from sidecar.proxy.headers import login_time_headers, upstream_headers
-from tests.conftest import Kisc, SidecarFactory, proxy_url
+from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
 
 MESSAGES = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
 LOGIN = datetime.fromisoformat("2026-11-22T10:46:31+00:00").timestamp()

@@ -41,7 +41,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.sandbox.servers import TlsServer
-from tests.test_app import SidecarProcess
+from tests.helpers.process import SidecarProcess
 
 TTL = 6.0  # seconds every sandbox token lives in these tests
 IDP_TIMEOUT = 1.0  # auth.timeout: one IdP call may take this long

@@ -17,7 +17,7 @@ from aiohttp import web
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
 from sidecar.sandbox.servers import SandboxStack, TlsServer
-from tests.conftest import proxy_url
+from tests.helpers.sidecars import proxy_url
 
 NTB = "http://api.moex.com/ntb"
 
