@@ -3,6 +3,7 @@ CONNECT tunnels with TLS (and mTLS) end to end; the proxy's failures have their 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from sidecar.sandbox.demo import NTB_HOST
 from sidecar.sandbox.servers import SandboxStack
@@ -147,6 +149,61 @@ async def test_connect_the_proxy_cannot_serve_is_egress_proxy_refused_with_statu
     assert status == 502 and isinstance(answer, dict), answer
     assert answer["error"] == "egress_proxy_refused"
     assert "503" in answer["message"], answer
+
+
+async def test_a_proxy_silent_after_connect_is_a_connect_timeout_not_a_direct_try(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # takes the CONNECT, never answers
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        sidecar = await make_sidecar(
+            egress_proxy=egress_block(f"http://127.0.0.1:{port}", tmp_path),
+            upstreams={"static": _static(sandbox.api_url, timeouts={"connect": 1})},
+        )
+        status, answer = await _call(sidecar.proxy_port, f"http://{STATIC_HOST}/ntb/orders")
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+    # The proxy took the connection: the target (or the proxy's way to it) is what is slow.
+    assert status == 504 and isinstance(answer, dict), answer
+    assert answer["error"] == "upstream_timeout"
+    assert f"through egress proxy 127.0.0.1:{port}" in answer["message"]
+    assert sandbox.ntb.stats()["rejected"] == 0
+
+
+async def test_plain_http_target_is_tunnelled_when_plain_http_is_set(
+    squid: Squid, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"authorization": request.headers.get("Authorization")})
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    start = len(squid.log())
+    try:
+        sidecar = await make_sidecar(
+            egress_proxy=egress_block(squid.url, tmp_path, plain_http=True),
+            upstreams={"static": _static(f"http://127.0.0.1:{port}", allow_plaintext=True)},
+        )
+        status, answer = await _call(sidecar.proxy_port, f"http://{STATIC_HOST}/hello")
+        assert status == 200 and answer == {"authorization": "Bearer t"}
+        await sidecar.stop(grace=1.0)
+    finally:
+        await runner.cleanup()
+    line = f"200 CONNECT 127.0.0.1:{port}"
+    assert line in squid.wait_for_log(line)[start:]
 
 
 async def test_upstream_null_and_no_proxy_go_direct(
