@@ -121,15 +121,16 @@ async def open_tunnel(tunnel: Tunnel, host: str, port: int, timeout: float) -> s
                 lines.append(f"Proxy-Authorization: {tunnel.authorization}")
             await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             status, reason = await _read_answer(loop, sock, tunnel.label)
-    except TimeoutError:
-        sock.close()
-        raise TimedOut(f"{target} through egress proxy {tunnel.label}", timeout,
-                       connecting=True) from None
-    except OSError as exc:
-        sock.close()
-        if isinstance(exc, ProxyRefused):
-            raise
-        raise ProxyRefused(tunnel.label, None, f"broke off the CONNECT ({_reason(exc)})") from None
+    except BaseException as exc:
+        sock.close()  # cancelled too: the socket is not handed on
+        if isinstance(exc, TimeoutError):
+            raise TimedOut(f"{target} through egress proxy {tunnel.label}", timeout,
+                           connecting=True) from None
+        if isinstance(exc, OSError) and not isinstance(exc, ProxyRefused):
+            raise ProxyRefused(
+                tunnel.label, None, f"broke off the CONNECT ({_reason(exc)})"
+            ) from None
+        raise
     if status == 200:
         return sock
     sock.close()

@@ -1,5 +1,5 @@
-"""A real Squid for the egress tests, one per module (it starts in a fraction of a second,
-but each test reads only the access log lines written after it began)."""
+"""A real Squid for the egress tests, one for the session: each test reads only the access
+log lines written after it began."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from tests.egress.squid import PASSWORD, USER, Squid, available
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def squid() -> Iterator[Squid]:
     if not available():
         pytest.skip("squid not installed (make system-deps installs it)")
