@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml
 
 # Tools the tests drive as real programs, installed from Debian when missing: curl and
 # openssl as clients, promtool and the prometheus server (package prometheus) to check the
-# metrics exposition, the alert rules and the Grafana dashboard's queries, and OpenSSL's
-# GOST engine for the GOST signing test.
+# metrics exposition, the alert rules and the Grafana dashboard's queries, squid as the
+# corporate egress proxy, and OpenSSL's GOST engine for the GOST signing test.
 system-deps:
 	@missing=""; \
-	for pair in curl:curl openssl:openssl promtool:prometheus prometheus:prometheus; do \
+	for pair in curl:curl openssl:openssl promtool:prometheus prometheus:prometheus squid:squid; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
 	openssl engine gost -t >/dev/null 2>&1 || missing="$$missing libengine-gost-openssl"; \

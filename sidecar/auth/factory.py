@@ -29,7 +29,9 @@ from sidecar.config.auth import (
     TokenEndpointAuth,
     Wso2PasswordAuth,
 )
+from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
+from sidecar.http1.dial import Dialer
 from sidecar.signing import make_signer
 from sidecar.tls import client_context
 
@@ -43,7 +45,7 @@ def token_source(
     auth = upstream.auth
     if isinstance(auth, StaticAuth):
         return StaticToken(name, auth, events)
-    flow = auth_flow(auth, upstream_ssl)
+    flow = auth_flow(auth, upstream_ssl, egress_dialer(upstream.egress_proxy))
     return TokenManager(
         name,
         flow,
@@ -55,14 +57,19 @@ def token_source(
     )
 
 
-def auth_flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
+def auth_flow(
+    auth: AuthBase, upstream_ssl: ssl.SSLContext, dialer: Dialer | None = None
+) -> AuthFlow:
+    """The login flow of ``auth``; its IdP calls go through ``dialer``'s egress proxy when
+    given (the signer's own calls, to a local NCANode, always go direct)."""
     # The token call uses the upstream's TLS (client certificate included) unless auth.tls says
     # otherwise: KISC wants the same certificate on both legs.
     ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl
     if isinstance(auth, MptSigninAuth):
-        return MptSigninFlow(auth, ctx, make_signer(auth.signer, detached_default=False))
+        signer = make_signer(auth.signer, detached_default=False)
+        return MptSigninFlow(auth, ctx, signer, dialer)
     assert isinstance(auth, TokenEndpointAuth)
-    endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout)
+    endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout, dialer)
     if isinstance(auth, OidcPasswordAuth):
         return PasswordFlow(auth, endpoint)
     if isinstance(auth, ClientCredentialsAuth):
@@ -71,7 +78,8 @@ def auth_flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
         return Wso2PasswordFlow(auth, endpoint)
     if isinstance(auth, MoexPassportAuth):
         passport = PassportClient(
-            auth.passport_url, auth.username, auth.password.get_secret_value(), ctx, auth.timeout
+            auth.passport_url, auth.username, auth.password.get_secret_value(), ctx, auth.timeout,
+            dialer,
         )
         signer = make_signer(auth.signer, detached_default=True)  # MOEX: detached
         return MoexPassportFlow(auth, endpoint, passport, signer)

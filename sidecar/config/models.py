@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.config.auth import PLAINTEXT_ERROR, Auth, credential_urls
+from sidecar.config.egress import EgressProxy
 from sidecar.config.fields import HttpUrlStr, MatchHost, Model
 from sidecar.config.sections import Listen, Log, Reload, Shutdown, Timeouts, Tls
 from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
@@ -110,6 +111,8 @@ class Upstream(Model):
     # Plain http:// for the IdP (token_url, passport_url, base_url) sends credentials in clear:
     # refused unless this is set (a test stand on a trusted network).
     allow_plaintext: bool = False
+    # Not given: the top-level egress_proxy; null: this upstream goes direct.
+    egress_proxy: EgressProxy | None = None
 
     @field_validator("require_headers")
     @classmethod
@@ -171,6 +174,8 @@ class Config(BaseSettings):
     # Request bodies kept for a replay after a 401, all requests together. Past it a request
     # is still forwarded, only not replayable: memory stays bounded under many large uploads.
     replay_budget: int = Field(32 * 1024 * 1024, ge=0)
+    # The corporate proxy every upstream's connections leave through, unless it sets its own.
+    egress_proxy: EgressProxy | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -185,6 +190,21 @@ class Config(BaseSettings):
         # environment are read by load_config, which hands its sources in (_build_sources):
         # they need a path and an environment per call, and this hook takes neither.
         return (init_settings,)
+
+    @model_validator(mode="after")
+    def _inherit_egress_proxy(self) -> Config:
+        """An upstream without its own ``egress_proxy`` key takes the top-level one, so that
+        each upstream carries what it uses (and a change to it rebuilds the upstream)."""
+        if self.egress_proxy is None:
+            return self
+        upstreams = {
+            name: upstream
+            if "egress_proxy" in upstream.model_fields_set
+            else upstream.model_copy(update={"egress_proxy": self.egress_proxy})
+            for name, upstream in self.upstreams.items()
+        }
+        object.__setattr__(self, "upstreams", upstreams)  # frozen: set once, while validating
+        return self
 
     @model_validator(mode="after")
     def _hosts_unique(self) -> Config:

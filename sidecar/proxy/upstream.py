@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sidecar.auth import rejection_policy, token_source
 from sidecar.auth.base import RejectionPolicy, TokenSource
+from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
 from sidecar.inflight import InFlight
 from sidecar.metrics import Metrics, UpstreamMetrics
@@ -81,7 +82,9 @@ def build_upstream(
     runtime = UpstreamRuntime(
         name=name,
         config=cfg,
-        client=UpstreamClient(ctx, cfg.timeouts, cfg.max_connections),
+        client=UpstreamClient(
+            ctx, cfg.timeouts, cfg.max_connections, egress_dialer(cfg.egress_proxy)
+        ),
         tokens=tokens or token_source(name, cfg, ctx, upstream_metrics),
         rejection=rejection_policy(cfg),
         metrics=upstream_metrics,
