@@ -16,6 +16,7 @@ from sidecar.auth.base import AuthError, Failure, Grant
 from sidecar.auth.factory import auth_flow
 from sidecar.auth.static import StaticToken
 from sidecar.config.auth import AuthBase, StaticAuth, TokenEndpointAuth, credential_urls
+from sidecar.config.egress import egress_dialer
 from sidecar.config.errors import SetupError
 from sidecar.config.models import Upstream
 from sidecar.config.sections import Tls
@@ -127,7 +128,7 @@ async def _login(
         return None, [Step(name, "login", "auth", "skip", "the IdP is not reachable (above)")]
     where = "auth.token_url" if isinstance(auth, TokenEndpointAuth) else "auth"
     try:
-        flow = auth_flow(auth, ctx)
+        flow = auth_flow(auth, ctx, egress_dialer(upstream.egress_proxy))
     except SetupError as exc:
         return None, [Step(name, "login", where, "fail", str(exc), "run `sidecar check`")]
     started = time.monotonic()
@@ -161,7 +162,7 @@ async def _probe(
     headers = {"Authorization": f"Bearer {token}"}
     headers.update({k: v.replace("{uuid}", "doctor").replace("{now}", "")
                     for k, v in upstream.headers.items()})
-    fetcher = Fetcher(ctx, upstream.timeouts.read)
+    fetcher = Fetcher(ctx, upstream.timeouts.read, egress_dialer(upstream.egress_proxy))
     try:
         answer = await fetcher.request("GET", url, headers=headers)
     except TransportError as exc:

@@ -23,8 +23,9 @@ from sidecar.config.models import CircuitBreaker
 log = structlog.get_logger("sidecar.proxy")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-# The upstream failures (error codes of upstream_client._failure) that mean "no answer".
-SILENT = frozenset({"upstream_unreachable", "upstream_timeout"})
+# The upstream failures (error codes of upstream_client._failure) that mean "no answer"
+# (an egress proxy that cannot be reached is as silent as the API itself).
+SILENT = frozenset({"upstream_unreachable", "upstream_timeout", "egress_proxy_unreachable"})
 
 
 class Breaker:
