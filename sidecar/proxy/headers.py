@@ -39,9 +39,11 @@ def _connection_listed(headers: CIMultiDictProxy[str]) -> set[str]:
 
 
 def upstream_headers(
-    incoming: CIMultiDictProxy[str], added: Mapping[str, str], date: HeaderDate
+    incoming: CIMultiDictProxy[str], added: Mapping[str, str], date: HeaderDate,
+    replaced: Mapping[str, str] | None = None,
 ) -> CIMultiDict[str]:
-    """The app's end-to-end headers, plus configured ones the app did not send.
+    """The app's end-to-end headers, plus configured ones the app did not send, and the
+    ``replaced`` ones (``set_headers``) whatever the app sent.
 
     Made once per request, so a replay carries the same generated ids and dates; the
     pipeline sets ``Authorization`` on each send."""
@@ -54,6 +56,9 @@ def upstream_headers(
             # Heads are written as latin-1 (the app's header bytes go back out unchanged);
             # a configured value is sent as its UTF-8 bytes, so "Касса №1" works too.
             out[name] = render(template, date).encode().decode("latin-1")
+    if replaced:
+        for name, template in replaced.items():
+            out[name] = render(template, date).encode().decode("latin-1")  # replaces all
     return out
 
 

@@ -503,7 +503,8 @@ def test_unknown_auth_type_lists_valid_ones() -> None:
     upstream(data)["auth"]["type"] = "oidc"
     assert problems_of(data) == [
         f"{UP}.auth: unknown type 'oidc'; expected one of "
-        "client_credentials, moex_passport, mpt_signin, oidc_password, static, wso2_password"
+        "client_credentials, json_login, moex_passport, mpt_signin, oidc_password, static, "
+        "wso2_password"
     ]
 
 
