@@ -201,9 +201,15 @@ class JsonLoginFlow:
         prefix = self._auth.token_prefix
         if prefix and token.startswith(prefix):  # some APIs hand out "Bearer ey..."
             token = token[len(prefix):]
+        refresh_life = None
+        if parts.refresh_expires_in is not None and refresh is not None:
+            refresh_life = self._number(where, answer, parts.refresh_expires_in,
+                                        "refresh_expires_in")
+            if refresh_life is not None and parts.expires_in_unit == "ms":
+                refresh_life /= 1000
         try:
             return Grant(access_token=token, expires_in=self._lifetime(where, answer, token),
-                         refresh_token=refresh)
+                         refresh_token=refresh, refresh_expires_in=refresh_life)
         except AuthError as exc:
             exc.refresh_token = refresh
             raise
@@ -237,7 +243,7 @@ class JsonLoginFlow:
         if isinstance(value, str) and not from_text and not self._auth.answer.expires_in_string:
             raise AuthError(
                 f"{where}: {name} at {location} came as a string; set "
-                f"auth.answer.{name}_string: true if the API means it"
+                "auth.answer.expires_in_string: true if the API means it"
             )
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise AuthError(f"{where}: {name} at {location} is not a number")

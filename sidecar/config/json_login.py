@@ -96,6 +96,7 @@ class AnswerParts(Model):
     expires_in_string: bool = False
     expires_at: Location | None = None  # Unix time (expires_at_unit) or ISO 8601
     expires_at_unit: Literal["s", "ms"] = "s"
+    refresh_expires_in: Location | None = None  # same unit; 0: until the API refuses it
 
     @model_validator(mode="after")
     def _one_lifetime(self) -> AnswerParts:
