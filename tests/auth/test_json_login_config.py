@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, validate_config
+from sidecar.config.auth import JsonLoginAuth
 from sidecar.config.files import config_files
 from tests.config.test_loader import UP, base, upstream
 
@@ -106,3 +107,23 @@ def test_set_headers_cannot_touch_framing_or_the_token() -> None:
     assert "remove it from set_headers" in problems(data)[0]
     upstream(data)["set_headers"] = {"x-auth-token": "x"}
     assert "carries the token" in problems(data)[0]
+
+
+def test_the_xtrace_example_is_valid(tmp_path: Path) -> None:
+    from sidecar.config import load_config
+
+    secret = tmp_path / "password"
+    secret.write_text("x")
+    repo = Path(__file__).resolve().parents[2]
+    environ = {f"SIDECAR_UPSTREAMS__XTRACE_{stand}__AUTH__PASSWORD_FILE": str(secret)
+               for stand in ("TEST", "PROD")}
+    config = load_config(repo / "config/mpt-xtrace.yaml", environ=environ)
+    for stand in ("test", "prod"):
+        up = config.upstreams[f"xtrace-{stand}"]
+        assert up.set_headers == {"Accept": "*/*"}
+        auth = up.auth
+        assert isinstance(auth, JsonLoginAuth)
+        assert auth.login.url == f"https://{stand}.markirovka.kz/api/users/authenticate"
+        assert auth.refresh is not None and auth.refresh.form == {
+            "refreshToken": "{refresh_token}"}
+        assert auth.answer.expires_in_unit == "ms" and auth.answer.expires_in_string
