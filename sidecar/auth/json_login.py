@@ -75,11 +75,11 @@ class _Answer:
         return self._json
 
     def part(self, location: str) -> Any:
-        kind, _, name = location.partition(":")
-        if kind == "header" and not location.startswith("/"):
+        kind, _, name = location.partition(":")  # a pointer starts with "/": kind is not
+        if kind == "header":
             value = self.reply.headers.get(name)
             return _MISSING if value is None else value
-        if kind == "cookie" and not location.startswith("/"):
+        if kind == "cookie":
             for header in self.reply.headers.getall("Set-Cookie", ()):
                 jar: SimpleCookie = SimpleCookie()
                 try:
