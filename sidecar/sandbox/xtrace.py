@@ -237,7 +237,7 @@ def xtrace_upstream(
 ) -> dict[str, Any]:
     """The xTrace upstream as config/mpt-xtrace.yaml has it, pointed at this emulator."""
     login = next(iter(api.users))
-    answer_headers = {"Accept": "*/*"}
+    accept_any = {"Accept": "*/*"}
     return {
         "match": [XTRACE_HOST],
         "target": server_url,
@@ -250,12 +250,12 @@ def xtrace_upstream(
             "login": {
                 "url": server_url + LOGIN_PATH,
                 "json": {"login": "{username}", "password": "{password}"},
-                "headers": answer_headers,
+                "headers": accept_any,
             },
             "refresh": {
                 "url": server_url + REFRESH_PATH,
                 "form": {"refreshToken": "{refresh_token}"},
-                "headers": answer_headers,
+                "headers": accept_any,
             },
             "answer": {
                 "token": "/accessToken",
