@@ -60,7 +60,8 @@ def sandbox_process(tmp_path: Path) -> Iterator[Running]:
     running = Running(
         ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0",
          "--idp-port", "0", "--api-port", "0", "--kisc-port", "0",
-         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0"],
+         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0",
+         "--xtrace-port", "0"],
         tmp_path,
     )
     try:
@@ -137,7 +138,8 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
     running = Running(
         ["sandbox", "--dir", ".sandbox", "--proxy-port", "0", "--admin-port", "0",
          "--idp-port", "0", "--api-port", "0", "--kisc-port", "0",
-         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0"],
+         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0",
+         "--xtrace-port", "0"],
         tmp_path,
     )
     try:
@@ -155,7 +157,8 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
                  "pki/kisc-client-bank-user.p12", "secrets/kisc-p12-password",
                  "secrets/kisc-consumer-secret", "secrets/kisc-password",
                  "pki/moex-signer.crt", "secrets/moex-client-secret",
-                 "secrets/moex-passport-password", "pki/mpt-signer.key"):
+                 "secrets/moex-passport-password", "pki/mpt-signer.key",
+                 "secrets/xtrace-password"):
         assert path in written
 
 

@@ -12,6 +12,7 @@ from sidecar.auth.base import (
     TokenSource,
 )
 from sidecar.auth.client_credentials import ClientCredentialsFlow
+from sidecar.auth.json_login import JsonLoginFlow
 from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
 from sidecar.auth.moex_passport import MoexPassportFlow, PassportClient
@@ -22,6 +23,7 @@ from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
 from sidecar.config.auth import (
     AuthBase,
     ClientCredentialsAuth,
+    JsonLoginAuth,
     MoexPassportAuth,
     MptSigninAuth,
     OidcPasswordAuth,
@@ -68,6 +70,8 @@ def auth_flow(
     if isinstance(auth, MptSigninAuth):
         signer = make_signer(auth.signer, detached_default=False)
         return MptSigninFlow(auth, ctx, signer, dialer)
+    if isinstance(auth, JsonLoginAuth):
+        return JsonLoginFlow(auth, ctx, dialer)
     assert isinstance(auth, TokenEndpointAuth)
     endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout, dialer)
     if isinstance(auth, OidcPasswordAuth):
@@ -84,6 +88,14 @@ def auth_flow(
         signer = make_signer(auth.signer, detached_default=True)  # MOEX: detached
         return MoexPassportFlow(auth, endpoint, passport, signer)
     raise TypeError(f"no flow for auth type {type(auth).__name__}")
+
+
+def token_header(upstream: Upstream) -> tuple[str, str]:
+    """The header the token goes in and what precedes it there."""
+    auth = upstream.auth
+    if isinstance(auth, JsonLoginAuth):
+        return auth.token_header, auth.token_prefix
+    return "Authorization", "Bearer "
 
 
 def rejection_policy(upstream: Upstream) -> RejectionPolicy:

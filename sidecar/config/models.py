@@ -88,12 +88,20 @@ def _check_header_template(value: str) -> str:
     return value
 
 
+_NOT_SETTABLE = frozenset({
+    "host", "authorization", "content-length", "transfer-encoding", "connection", "te",
+    "upgrade", "keep-alive", "proxy-connection", "expect", "trailer",
+})
+
+
 class Upstream(Model):
     match: list[MatchHost] = Field(min_length=1)
     target: HttpUrlStr
     tls: Tls = Tls()
     auth: Auth
     headers: dict[HeaderName, Annotated[str, AfterValidator(_check_header_template)]] = {}
+    # Always sent, replacing what the app sent (xTrace answers 406 without "Accept: */*").
+    set_headers: dict[HeaderName, Annotated[str, AfterValidator(_check_header_template)]] = {}
     header_date: HeaderDate = HeaderDate()
     require_headers: dict[str, list[HeaderName]] = {}
     rate_limit: RateLimit | None = None
@@ -114,6 +122,17 @@ class Upstream(Model):
     # Not given: the top-level egress_proxy; null: this upstream goes direct.
     egress_proxy: EgressProxy | None = None
 
+    @field_validator("set_headers")
+    @classmethod
+    def _settable(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in _NOT_SETTABLE:
+                raise ValueError(
+                    f"{name} is written by the sidecar itself (framing, routing or the token): "
+                    "remove it from set_headers"
+                )
+        return value
+
     @field_validator("require_headers")
     @classmethod
     def _methods_upper(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -129,6 +148,15 @@ class Upstream(Model):
         if parts.query or parts.fragment:
             raise ValueError("target is an origin (and optional path prefix): no query or fragment")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token_header_not_set(self) -> Upstream:
+        header = getattr(self.auth, "token_header", "Authorization").lower()
+        if any(name.lower() == header for name in self.set_headers):
+            raise ValueError(
+                f"set_headers: {header} carries the token (auth.token_header); remove it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _credentials_encrypted(self) -> Upstream:

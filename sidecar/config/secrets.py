@@ -120,7 +120,11 @@ def replace_secrets(value: Any, replace: Callable[[SecretStr], Any]) -> Any:
     if isinstance(value, SecretStr):
         return replace(value)
     if isinstance(value, BaseModel):
-        return {n: replace_secrets(getattr(value, n), replace) for n in type(value).model_fields}
+        # Under the names the file uses (json_login's ``json`` is ``json_body`` in Python).
+        return {
+            (f.alias or n): replace_secrets(getattr(value, n), replace)
+            for n, f in type(value).model_fields.items()
+        }
     if isinstance(value, dict):
         return {k: replace_secrets(v, replace) for k, v in value.items()}
     if isinstance(value, list | tuple):

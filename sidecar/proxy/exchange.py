@@ -72,7 +72,8 @@ class Exchange:
         body = self.body
         data = None if body is None else (body.stream() if first else body.replay())
         headers = self.headers
-        headers["Authorization"] = f"Bearer {token.value}"
+        upstream = self.upstream
+        headers[upstream.token_header] = upstream.token_prefix + token.value
         length = self.request.content_length
         if length is not None:  # framing from what llhttp parsed (the app's header was dropped)
             headers["Content-Length"] = str(length)

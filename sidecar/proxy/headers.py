@@ -43,8 +43,10 @@ def upstream_headers(
     added: Mapping[str, str],
     date: HeaderDate,
     login_time: float | None = None,
+    replaced: Mapping[str, str] | None = None,
 ) -> CIMultiDict[str]:
-    """The app's end-to-end headers, plus configured ones the app did not send.
+    """The app's end-to-end headers, plus configured ones the app did not send, and the
+    ``replaced`` ones (``set_headers``) whatever the app sent.
 
     Made once per request, so a replay carries the same generated ids and dates (but the new
     token's ``{login_time}``, see :func:`login_time_headers`); the pipeline sets
@@ -58,6 +60,9 @@ def upstream_headers(
             # Heads are written as latin-1 (the app's header bytes go back out unchanged);
             # a configured value is sent as its UTF-8 bytes, so "Касса №1" works too.
             out[name] = _latin1(render(template, date, login_time))
+    if replaced:
+        for name, template in replaced.items():
+            out[name] = _latin1(render(template, date, login_time))  # replaces all
     return out
 
 

@@ -79,7 +79,8 @@ async def _exchange(ex: Exchange) -> LocalAnswer | None:
         if request.body_exists:
             token = await _take_body(ex, token)
         ex.headers = upstream_headers(request.headers, upstream.config.headers,
-                                      upstream.config.header_date, token.obtained_wall)
+                                      upstream.config.header_date, token.obtained_wall,
+                                      upstream.config.set_headers)
         ex.headers[REQUEST_ID] = ex.request_id
         resp = await ex.send(token)
         inspected = b""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
-from sidecar.auth import rejection_policy, token_source
+from sidecar.auth import rejection_policy, token_header, token_source
 from sidecar.auth.base import RejectionPolicy, TokenSource
 from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
@@ -36,6 +36,9 @@ class UpstreamRuntime:
     target_urls: TargetUrls  # recognises Location values that point at the target
     limiter: RateLimiter | None = None
     client_cert: ClientIdentity | None = None
+    # Where the token goes: "Authorization: Bearer <token>" unless the auth block says.
+    token_header: str = "Authorization"
+    token_prefix: str = "Bearer "
     # Requests in progress, so a replaced upstream closes only when idle.
     inflight: InFlight = field(default_factory=InFlight)
 
@@ -94,5 +97,6 @@ def build_upstream(
         target_urls=TargetUrls(cfg.target),
         limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
     )
+    runtime.token_header, runtime.token_prefix = token_header(cfg)
     runtime.set_client_cert(client_identity(cfg.tls))
     return runtime

@@ -17,3 +17,4 @@ class Ports:
     passport: int = 8445
     registration: int = 8446
     mpt: int = 8447
+    xtrace: int = 8448

@@ -20,27 +20,19 @@ from tests.helpers.config_files import (
     P12_PASSWORD,
     PASSWORD,
     STATIC_TOKEN,
+    UP,
     Files,
+    base,
     full_yaml,
     make_files,
+    upstream,
     write,
 )
-
-UP = "upstreams.moex-ntb"
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> Files:
     return make_files(tmp_path / "secrets")
-
-
-def base() -> dict[str, Any]:
-    """A minimal valid config as data; tests change a copy of it."""
-    return copy.deepcopy(yaml.safe_load(MINIMAL_YAML))
-
-
-def upstream(data: dict[str, Any]) -> dict[str, Any]:
-    return data["upstreams"]["moex-ntb"]
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:
@@ -503,7 +495,8 @@ def test_unknown_auth_type_lists_valid_ones() -> None:
     upstream(data)["auth"]["type"] = "oidc"
     assert problems_of(data) == [
         f"{UP}.auth: unknown type 'oidc'; expected one of "
-        "client_credentials, moex_passport, mpt_signin, oidc_password, static, wso2_password"
+        "client_credentials, json_login, moex_passport, mpt_signin, oidc_password, static, "
+        "wso2_password"
     ]
 
 
