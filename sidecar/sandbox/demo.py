@@ -105,6 +105,16 @@ def moex_registration_upstream(
     }
 
 
+def _ntb_tls(stack: SandboxStack) -> dict[str, str]:
+    """The NTB leg's TLS: the sandbox CA, plus the client certificate only when the API was
+    started as an mTLS server (MOEX asks for none on NTB)."""
+    tls = {"ca_file": str(stack.pki.ca_file)}
+    if stack.ntb_mtls:
+        tls["cert_file"] = str(stack.client_cert.cert_file)
+        tls["key_file"] = str(stack.client_cert.key_file)
+    return tls
+
+
 def sandbox_config(
     stack: SandboxStack,
     secrets_dir: Path,
@@ -122,11 +132,7 @@ def sandbox_config(
             "moex-ntb": {
                 "match": [NTB_HOST],
                 "target": stack.api_url,
-                "tls": {
-                    "ca_file": str(stack.pki.ca_file),
-                    "cert_file": str(stack.client_cert.cert_file),
-                    "key_file": str(stack.client_cert.key_file),
-                },
+                "tls": _ntb_tls(stack),
                 "auth": {
                     "type": "oidc_password",
                     "token_url": stack.token_url,
@@ -175,7 +181,7 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
         await sidecar.start()
         urls = {
             "MOEX SSO (IdP)": f"{stack.idp_server.url}   realm {stack.idp.realm}",
-            "MOEX NTB API": f"{stack.api_url}   (mTLS, client certificate required)",
+            "MOEX NTB API": f"{stack.api_url}   (Bearer token, no client certificate)",
             "MOEX Passport": moex.passport_url,
             "MOEX registration": f"{moex.api_url}   (1 request/s, 11:00-16:00 MSK)",
             "KISC gateway": f"{gateway_server.url}   (WSO2, mTLS on /token and the API)",
@@ -220,7 +226,7 @@ def _banner(urls: dict[str, str], proxy_port: int, admin_port: int, config_file:
             *(f"  {name:<18} {url}" for name, url in urls.items()),
             f"  {'config written':<18} {config_file}",
             "",
-            "Try it (the sidecar logs in, adds the Bearer token and the client certificate):",
+            "Try it (the sidecar logs in and adds the Bearer token):",
             f"  curl -x http://127.0.0.1:{proxy_port} http://{NTB_HOST}/ntb/hello",
             "",
             "More:",
