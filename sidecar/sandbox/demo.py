@@ -20,7 +20,12 @@ from sidecar.sandbox.mpt import start_mpt
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.ports import Ports
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
-from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
+from sidecar.sandbox.wso2 import (
+    SANDBOX_SYSTEM_PREFIX,
+    Wso2Gateway,
+    issue_kisc_client,
+    start_wso2,
+)
 
 log = structlog.get_logger("sidecar.sandbox")
 
@@ -168,7 +173,12 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
         )
         upstreams = data["upstreams"]
         upstreams["kisc"] = kisc_upstream(
-            gateway, gateway_server.url, stack.pki, issue_kisc_client(stack.pki), secrets_dir
+            gateway,
+            gateway_server.url,
+            stack.pki,
+            # CN "PS.bank-user", portal user "bank-user": the CN without its system prefix.
+            issue_kisc_client(stack.pki, system_prefix=SANDBOX_SYSTEM_PREFIX),
+            secrets_dir,
         )
         upstreams["moex-registration"] = moex_registration_upstream(
             moex, stack.token_url, stack.pki, secrets_dir
