@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,7 @@ def sandbox_config(
 async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> None:
     """Run until ``stop`` is set; ``directory`` (absolute) receives the PKI and the config."""
     from sidecar.app import Sidecar
+    from sidecar.reload import Reloader
 
     secrets_dir = directory / "secrets"
     stack = await start_sandbox(directory / "pki", idp_port=ports.idp, api_port=ports.api)
@@ -186,9 +188,19 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
         upstreams["mpt"] = mpt_upstream(mpt_server.url, mpt.key_path, stack.pki)
         config_file = directory / "sidecar.yaml"
         config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        sidecar = Sidecar(validate_config(data))
+        config = validate_config(data)
+        sidecar = Sidecar(config)
         running.push_async_callback(sidecar.stop)
         await sidecar.start()
+        # Like `sidecar run`: SIGHUP (and, when configured, a change of the file) reloads
+        # the config the sandbox wrote, so a user can edit it and try the result.
+        reloader = Reloader(sidecar, config_file, interval=config.reload.interval)
+        if config.reload.watch:
+            reloader.start()
+        running.push_async_callback(reloader.stop)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: reloader.trigger("SIGHUP"))
+        running.callback(loop.remove_signal_handler, signal.SIGHUP)
         urls = {
             "MOEX SSO (IdP)": f"{stack.idp_server.url}   realm {stack.idp.realm}",
             "MOEX NTB API": f"{stack.api_url}   (Bearer token, no client certificate)",

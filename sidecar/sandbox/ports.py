@@ -17,3 +17,16 @@ class Ports:
     passport: int = 8445
     registration: int = 8446
     mpt: int = 8447
+
+
+# What listens on each port, for ``sidecar sandbox --help`` and the banner.
+ROLES: dict[str, str] = {
+    "proxy": "the sidecar's proxy (HTTP_PROXY for your app)",
+    "admin": "the sidecar's admin endpoints (/status, /metrics)",
+    "idp": "MOEX SSO emulator (Keycloak token endpoint)",
+    "api": "MOEX NTB API emulator",
+    "kisc": "KISC gateway emulator (WSO2, mTLS)",
+    "passport": "MOEX Passport emulator",
+    "registration": "MOEX client registration API emulator",
+    "mpt": "MPT true API emulator",
+}
