@@ -1,6 +1,6 @@
 """The token manager: one cached token per upstream, kept fresh by one background task.
 
-Rules (DESIGN.md, "Token manager rules"):
+Rules (docs/protocols.md, "Token manager rules"):
 - renew ahead of expiry, when the time left falls to min(max(20 % of lifetime, 30 s), 50 %);
   with the refresh token while it lives, else by a full login;
 - single flight: only the background task talks to the IdP, so the IdP sees one call at a time;

@@ -1,4 +1,4 @@
-"""``mpt_signin``: ИС МПТ, Kazakhstan's marking system, "true API" login (PROTOCOLS §4).
+"""``mpt_signin``: ИС МПТ, Kazakhstan's marking system, "true API" login (docs/protocols.md, "MPT").
 
 1. ``GET {base_url}/auth/key`` → ``{"uuid", "data"}`` (a one-time challenge);
 2. an ATTACHED CMS over the UTF-8 bytes of ``data``, signer certificate included;

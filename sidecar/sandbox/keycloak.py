@@ -1,15 +1,16 @@
 """A Keycloak-like OpenID Connect token endpoint for the sandbox.
 
-It reproduces the parts of Keycloak the sidecar depends on (docs: PROTOCOLS sections 1
-and 3): the password, refresh_token and client_credentials grants, refresh-token
-rotation with optional reuse revocation, SSO session idle/max limits and Keycloak's
-exact error bodies. Tokens are HS256-signed JWTs with a per-instance random key, so
-clients can decode them like real ones, while only this emulator can validate them.
+It reproduces the parts of Keycloak the sidecar depends on (docs/protocols.md,
+"MOEX NTB" and "Keycloak token endpoint"): the password, refresh_token and
+client_credentials grants, refresh-token rotation with optional reuse revocation, SSO
+session idle/max limits and Keycloak's exact error bodies. Tokens are HS256-signed JWTs
+with a per-instance random key, so clients can decode them like real ones, while only this
+emulator can validate them.
 
-It also speaks MOEX's two-factor extension (PROTOCOLS section 2): ``grant_type=password``
-with ``grant_type_moex=passport`` logs a MOEX Passport user in by a detached CMS signature
-over their Passport token, checked by the real ``openssl cms`` against ``ca_file`` and the
-signing certificate registered for that user in ``passport``.
+It also speaks MOEX's two-factor extension (docs/protocols.md, "MOEX Passport"):
+``grant_type=password`` with ``grant_type_moex=passport`` logs a MOEX Passport user in by a
+detached CMS signature over their Passport token, checked by the real ``openssl cms``
+against ``ca_file`` and the signing certificate registered for that user in ``passport``.
 
 Fault injection (failures, hangs, latency) applies to the token calls; it and statistics
 are available both as Python methods and over HTTP under ``/_sandbox/`` so a user can drive

@@ -1,4 +1,4 @@
-"""A MOEX online client registration API for the sandbox (PROTOCOLS section 2).
+"""A MOEX online client registration API for the sandbox (docs/protocols.md).
 
 ``POST /client/v1/applications/`` takes a registration document (``application/xml``)
 and answers 202 with the status URL in ``Location``; ``GET

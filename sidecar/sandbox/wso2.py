@@ -1,4 +1,4 @@
-"""A KISC-like WSO2 API Manager 2.x gateway for the sandbox (PROTOCOLS sections 0 and 6).
+"""A KISC-like WSO2 API Manager 2.x gateway for the sandbox (docs/protocols.md).
 
 One TLS port that demands a client certificate from the sandbox CA on every connection,
 exactly as KISC runs it, serving:

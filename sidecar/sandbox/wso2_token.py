@@ -1,5 +1,5 @@
 """The token side of the KISC WSO2 emulator: WSO2 API Manager 2.x's key manager
-(PROTOCOLS sections 0 and 6).
+(docs/protocols.md, "KISC").
 
 * ``POST /token``: the password and refresh_token grants with opaque UUID tokens and
   WSO2's token semantics. A repeated password grant hands back the *same* still-valid
