@@ -3,9 +3,8 @@
 ``POST /client/v1/applications/`` takes a registration document (``application/xml``)
 and answers 202 with the status URL in ``Location``; ``GET
 /client/v1/applications/{DOC_DATE}/{DOC_NUM}`` reports the status, in the registration
-file format (the document received, with its status as attributes of the root element).
-The test stand's limits are enforced as MOEX publishes them, because they are what a
-client must cope with:
+file format (the document received, its status as root attributes). The test stand's
+limits are enforced as MOEX publishes them, because a client must cope with them:
 
 * at most one request per second per client (the token's ``azp``), else 429 with
   ``Retry-After: 30``. The rule is strict: a request less than ``min_interval`` after the
