@@ -36,9 +36,14 @@ COPY --from=build /wheels /wheels
 # setuptools leave the venv once it is filled.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
-    && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
+    && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
+    && chmod -R go+rX,go-w /opt/venv
 
-# ---- runtime: the venv and a fixed non-root user; no wheels, pip, caches or compilers -------
+# ---- runtime: the venv and a non-root user; no wheels, pip, caches or compilers -----------
+# Any UID works (OpenShift's restricted SCC runs the image under an arbitrary UID in group 0):
+# nothing is owned by or only readable for uid 10001, the venv (root:root) is readable by all,
+# HOME is /tmp rather than a passwd entry's, and /tmp (1777; a tmpfs in the manifests) is the
+# only path written.
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="authsidecar" \
       org.opencontainers.image.description="Outbound authentication sidecar for MOEX, KISC and MPT APIs"
@@ -46,9 +51,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TMPDIR=/tmp \
+    HOME=/tmp \
     SIDECAR_CONFIG=/etc/sidecar/sidecar.yaml
 COPY --from=install /opt/venv /opt/venv
-# The user's home is /tmp, the only writable path (a tmpfs in the manifests).
+# The default user (Kubernetes without runAsUser, docker run); its home is /tmp too.
 RUN groupadd --gid 10001 sidecar \
     && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin sidecar \

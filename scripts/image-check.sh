@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make image-check: build the Dockerfile with podman and run the image the way the Kubernetes
 # manifests do (non-root uid 10001, read-only root file system, tmpfs at /tmp, no
-# capabilities), against `sidecar sandbox` running on this host.
+# capabilities), against `sidecar sandbox` running on this host; then once more under an
+# arbitrary UID in group 0, as OpenShift runs it.
 #
 # No container registry is needed: the base image is Debian bookworm with python3, made with
 # debootstrap and imported into podman as localhost/bookworm-python:latest (reused on later
@@ -18,6 +19,7 @@ BASE=localhost/bookworm-python:latest
 IMAGE=${IMAGE_CHECK_IMAGE:-localhost/authsidecar:check}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 UID_GID=10001:10001
+ANY_UID=1000650000:0  # what OpenShift's restricted SCC would pick: any UID, group 0
 CTR=authsidecar-image-check-$$
 EXIT_SKIPPED=77
 
@@ -230,8 +232,8 @@ wait_for() {  # wait_for PATH SECONDS
 }
 wait_for /healthz 30
 say "/healthz 200"
-wait_for /readyz 60
-say "/readyz 200: every upstream holds a token"
+wait_for "/readyz?strict" 60
+say "/readyz?strict 200: every upstream holds a token"
 
 [ "$(pod exec "$CTR" id -u)" = 10001 ] || fail "the sidecar does not run as uid 10001"
 pod exec "$CTR" sh -c 'touch /probe 2>/dev/null' && fail "the root file system is writable"
@@ -262,4 +264,25 @@ pod stop -t 30 "$CTR" >/dev/null
 status=$(pod inspect -f '{{.State.ExitCode}}' "$CTR")
 [ "$status" = 0 ] || { logs; fail "after SIGTERM the sidecar exited $status, expected 0"; }
 say "SIGTERM: drained and exited 0"
+
+# ---- again under an arbitrary UID, as OpenShift's restricted SCC runs it -------------------
+# A UID with no passwd entry, in group 0; the secrets readable by any UID (0444), as the
+# kustomize component mounts them. Nothing in the image may assume uid 10001.
+pod rm -f -t 0 "$CTR" >/dev/null
+$SUDO rm -rf "$WORK/run/secrets-any" && $SUDO cp -r "$WORK/run/secrets" "$WORK/run/secrets-any"
+$SUDO chmod 0444 "$WORK/run/secrets-any/"* && $SUDO chmod 0555 "$WORK/run/secrets-any"
+pod run -d --name "$CTR" --no-healthcheck --network host --user "$ANY_UID" \
+    --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=16m,mode=1777 \
+    --cap-drop ALL --security-opt no-new-privileges \
+    -v "$WORK/run/etc:/etc/sidecar:ro" -v "$WORK/run/secrets-any:/run/secrets/sandbox:ro" \
+    "$IMAGE" >"$WORK/run.log" 2>&1 || { cat "$WORK/run.log" >&2; fail "podman run --user $ANY_UID failed"; }
+wait_for "/readyz?strict" 60
+[ "$(pod exec "$CTR" id -u)" = "${ANY_UID%%:*}" ] || fail "the sidecar does not run as uid ${ANY_UID%%:*}"
+body=$(curl -sS --max-time 20 -x "$proxy" http://api.moex.com/ntb/hello) \
+    || fail "under uid ${ANY_UID%%:*}: proxied request to http://api.moex.com/ntb/hello failed"
+[[ $body == *'"Bearer '* ]] || fail "under uid ${ANY_UID%%:*}: the API saw no bearer token: $body"
+pod stop -t 30 "$CTR" >/dev/null
+status=$(pod inspect -f '{{.State.ExitCode}}' "$CTR")
+[ "$status" = 0 ] || { logs; fail "under uid ${ANY_UID%%:*} the sidecar exited $status after SIGTERM"; }
+say "under uid $ANY_UID (no passwd entry): /readyz 200, proxied with a token, exited 0"
 say "PASSED"

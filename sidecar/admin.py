@@ -2,6 +2,12 @@
 
 Served by the same small HTTP/1.1 server as the proxy (no web framework loaded for four
 read-only routes, which keeps the sidecar's memory down).
+
+Readiness has two meanings. ``/readyz?strict``: every eager upstream holds a valid token now
+(the startup probe: the app starts once the first tokens are in). ``/readyz``: the same until
+that has been true once, then "the sidecar serves": an IdP outage must not turn every replica
+NotReady at once and take the app out of its Service, traffic that needs no token included
+(a request that needs a missing token gets its precise 503 ``no_token``).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,6 +45,7 @@ class AdminRoutes:
 
     def __init__(self, sidecar: Observed) -> None:
         self._sidecar = sidecar
+        self._started = False  # every eager upstream held a token once: see the module doc
         self.routes: dict[str, Callable[[], LocalAnswer]] = {
             "/healthz": self.healthz,
             "/readyz": self.readyz,
@@ -48,7 +56,7 @@ class AdminRoutes:
     def healthz(self) -> LocalAnswer:
         return json_answer(200, {"status": "ok"})
 
-    def readyz(self) -> LocalAnswer:
+    def readyz(self, strict: bool = False) -> LocalAnswer:
         sidecar = self._sidecar
         if sidecar.draining:
             return json_answer(503, {"status": "shutting down"})
@@ -57,9 +65,13 @@ class AdminRoutes:
             for name, u in sidecar.upstreams.items()
             if u.config.eager and not u.tokens.ready
         ]
-        if missing:
+        if not missing:
+            self._started = True
+            return json_answer(200, {"status": "ready"})
+        if strict or not self._started:
             return json_answer(503, {"status": "not ready", "missing": missing})
-        return json_answer(200, {"status": "ready"})
+        # Serving: requests for these upstreams get 503 no_token until their IdP answers.
+        return json_answer(200, {"status": "ready", "without_token": missing})
 
     def status(self) -> LocalAnswer:
         return json_answer(200, {
@@ -74,6 +86,7 @@ class AdminRoutes:
                          "paused_for": round(u.limiter.paused_for, 1)}
                         if u.limiter else None
                     ),
+                    "breaker": u.breaker.status(),
                 }
                 for name, u in self._sidecar.upstreams.items()
             },
@@ -109,6 +122,17 @@ class AdminRoutes:
         elif request.method not in ("GET", "HEAD"):
             answer = json_answer(405, {"error": "method_not_allowed", "allowed": "GET"})
             answer.headers["Allow"] = "GET, HEAD"
+        elif path == "/readyz":
+            answer = self.readyz(strict=_strict(request.raw_path))
         else:
             answer = route()
         await answer.send(request)
+
+
+def _strict(raw_path: str) -> bool:
+    """``/readyz?strict`` (or ``strict=1``/``true``): today's tokens, not start-up's."""
+    query = raw_path.partition("?")[2]
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "strict":
+            return value.lower() not in ("0", "false", "no")
+    return False

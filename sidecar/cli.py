@@ -1,4 +1,5 @@
-"""``sidecar run | check | sandbox``. User mistakes exit 2 with a clear message, no traceback."""
+"""``sidecar run | check | doctor | sandbox``. User mistakes exit 2 with a clear message, no
+traceback."""
 
 from __future__ import annotations
 
@@ -30,8 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the sidecar")
     run.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")
-    check = commands.add_parser("check", help="validate a config and print it, secrets masked")
+    check = commands.add_parser(
+        "check",
+        help="validate a config, build everything `run` builds (no network), print it masked",
+    )
     check.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")
+    check.add_argument(
+        "--json", action="store_true", help="print {ok, errors, warnings} as JSON (for CI)"
+    )
+    doctor = commands.add_parser(
+        "doctor", help="check each upstream step by step over the network, and say the fix"
+    )
+    doctor.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")
+    doctor.add_argument("--upstream", help="only this upstream (default: all)")
+    doctor.add_argument("--probe", metavar="PATH", help="also send GET PATH to the target")
+    doctor.add_argument("--json", action="store_true", help="print the results as JSON")
     sandbox = commands.add_parser(
         "sandbox", help="start local emulators of the APIs with the sidecar in front"
     )
@@ -45,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "check":
+            return _check(args.config, as_json=args.json)
+        if args.command == "doctor":
+            from sidecar.doctor import run_doctor
+
             config = load_config(args.config)
-            print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
-            for line in config_warnings(config):
-                print(f"warning: {line}", file=sys.stderr)
-            return 0
+            logs.configure("error", "console")  # the report is the output
+            return asyncio.run(
+                run_doctor(config, upstream=args.upstream, probe=args.probe, as_json=args.json)
+            )
         if args.command == "run":
             path = args.config or os.environ.get("SIDECAR_CONFIG", "")
             config = load_config(path)
@@ -78,6 +96,31 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot start: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _check(path: str | None, *, as_json: bool) -> int:
+    from sidecar.check import Problem, Report, check_config
+
+    logs.configure("error", "console")  # building signers may log; the report is the output
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        report = Report(errors=[Problem.parse(line) for line in exc.problems])
+        config = None
+    else:
+        report = check_config(config)
+    if as_json:
+        print(report.as_json())
+        return 0 if report.ok else EXIT_USAGE
+    if config is not None and report.ok:
+        print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
+    if not report.ok:
+        print("config error:", file=sys.stderr)
+        for problem in report.errors:
+            print(f"  {problem.line()}", file=sys.stderr)
+    for problem in report.warnings:
+        print(f"warning: {problem.line()}", file=sys.stderr)
+    return 0 if report.ok else EXIT_USAGE
 
 
 class Signals:

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,11 +75,19 @@ def _is_secret_key(key: str) -> bool:
     return any(k == w or k.endswith("_" + w) for w in _SECRET_WORDS)
 
 
+def _masked(key: str, value: Any) -> Any:
+    """A secret-named key's value masked, unless it cannot hold a secret: a flag or None
+    (``serving_old_token: true`` says something useful; a number may be a PIN)."""
+    if value is None or isinstance(value, bool) or not _is_secret_key(key):
+        return _scrub(value)
+    return MASK
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return secrets.scrub(value)
     if isinstance(value, dict):
-        return {k: MASK if _is_secret_key(str(k)) else _scrub(v) for k, v in value.items()}
+        return {k: _masked(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
@@ -87,11 +95,37 @@ def _scrub(value: Any) -> Any:
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
-        if _is_secret_key(key):
-            event[key] = MASK
-        else:
-            event[key] = _scrub(value)
+        event[key] = _masked(key, value)
     return event
+
+
+def _console_value(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def console_renderer() -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    """``log.format: console``: the event, then ``upstream=`` and ``status=`` when the line
+    has them (what a reader scans for), then the level, the rest in the order logged, and
+    the time last."""
+    plain = {"key_style": "", "value_style": "", "reset_style": "", "value_repr": _console_value}
+    Column, KeyValue = structlog.dev.Column, structlog.dev.KeyValueColumnFormatter
+    render = structlog.dev.ConsoleRenderer(
+        sort_keys=False,
+        columns=[
+            Column("event", KeyValue(**{**plain, "key_style": None}, width=26)),
+            Column("upstream", KeyValue(**plain)),
+            Column("status", KeyValue(**plain)),
+            Column("level", KeyValue(**{**plain, "key_style": None}, prefix="[", postfix="]")),
+            Column("", KeyValue(**plain)),
+        ],
+    )
+
+    def console(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        if "ts" in event:
+            event["ts"] = event.pop("ts")  # the time last: the other fields keep their order
+        return render(logger, name, event)
+
+    return console
 
 
 class AccessLog:
@@ -209,7 +243,7 @@ def configure(level: str = "info", fmt: str = "json", config_secrets: Iterable[s
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else console_renderer()
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -10,14 +10,19 @@ import math
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.inflight import InFlight
+
+# No `*_created` series: one more series per counter and histogram child, which neither the
+# dashboard nor the alerts read (process-wide; this process is the sidecar).
+disable_created_metrics()
 
 NO_UPSTREAM = "none"  # label for refusals that happen before an upstream is known
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"})
@@ -63,6 +68,11 @@ class Metrics:
             "sidecar_auth_replays", "Requests replayed with a new token after a rejection.",
             ["upstream"], registry=r,
         )
+        self.token_rejected_again = Counter(
+            "sidecar_auth_token_rejected_again",
+            "401s passed to the app without a new login: the token was itself fetched "
+            "because of a 401 less than replay.min_interval ago.", ["upstream"], registry=r,
+        )
         self.replay_budget_exceeded = Counter(
             "sidecar_replay_budget_exceeded",
             "Requests forwarded without a replay copy because the replay budget was spent.",
@@ -85,6 +95,11 @@ class Metrics:
             "sidecar_local_rejections", "Requests the sidecar answered itself, by reason.",
             ["upstream", "reason"], registry=r,
         )
+        self.breaker_open = Gauge(
+            "sidecar_upstream_breaker_open",
+            "1 while the upstream's circuit breaker refuses requests (open or half-open).",
+            ["upstream"], registry=r,
+        )
         self.client_cert_expiry = Gauge(
             "sidecar_client_cert_expiry_timestamp_seconds",
             "Unix time the upstream's client certificate expires.", ["upstream"], registry=r,
@@ -96,6 +111,12 @@ class Metrics:
             "sidecar_build_info", "Always 1; the version is a label.", ["version"], registry=r,
         )
         self.build_info.labels(__version__).set(1)
+
+    def refused_early(self, method: str, status: int, reason: str) -> None:
+        """A request the sidecar refused before routing it (unknown host, CONNECT refused, a
+        malformed head): counted in the request series too, under ``upstream="none"``."""
+        _count(self.request_stats.add(NO_UPSTREAM), method, status, 0.0, 0, 0)
+        self.local_rejections.labels(NO_UPSTREAM, reason).inc()
 
     def for_upstream(self, name: str) -> UpstreamMetrics:
         # One per name for the process's life: a reloaded upstream keeps counting in-flight
@@ -119,28 +140,33 @@ class UpstreamMetrics:
         metrics.inflight.labels(name).set_function(
             lambda: sum(i.count for i in self._inflight)
         )
+        # Likewise the breakers (a reload's new one, an old one still draining): 1 when any
+        # refuses requests. Read at scrape time only.
+        self._breakers: weakref.WeakSet[_Breaker] = weakref.WeakSet()
+        metrics.breaker_open.labels(name).set_function(
+            lambda: max((b.refusing for b in self._breakers), default=0.0)
+        )
         self.replays = metrics.replays.labels(name)
+        self.token_rejected_again = metrics.token_rejected_again.labels(name)
         self.replay_budget_exceeded = metrics.replay_budget_exceeded.labels(name)
         self.rate_limit_wait = metrics.rate_limit_wait.labels(name)
-        self.token_expiry = metrics.token_expiry.labels(name)
+        # The expiry series appears with the token manager's first report (a token or a failed
+        # attempt): an eager upstream has it from start-up, a lazy one only once it is used, so
+        # "no token" alerts never fire for a lazy upstream nobody called.
         self.refresh_failures = metrics.refresh_failures.labels(name)
-        self.token_expiry.set(0)
         self.refresh_failures.set(0)
 
     def track_inflight(self, inflight: InFlight) -> None:
         """Count this upstream runtime's requests in progress in the gauge."""
         self._inflight.add(inflight)
 
+    def track_breaker(self, breaker: _Breaker) -> None:
+        self._breakers.add(breaker)
+
     def request_done(
         self, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int
     ) -> None:
-        c = self._counts
-        key = (method_label(method), status)
-        c.by_code[key] = c.by_code.get(key, 0) + 1
-        c.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        c.seconds += seconds
-        c.bytes_in += bytes_in
-        c.bytes_out += bytes_out
+        _count(self._counts, method, status, seconds, bytes_in, bytes_out)
 
     def client_cert_expiry(self, not_after_unix: float) -> None:
         # Only upstreams with a client certificate get the series: a 0 would read as
@@ -157,8 +183,13 @@ class UpstreamMetrics:
         self._m.token_fetch_duration.labels(self.name, grant).observe(seconds)
 
     def token_state(self, expires_at_unix: float, consecutive_failures: int) -> None:
-        self.token_expiry.set(expires_at_unix)
+        self._m.token_expiry.labels(self.name).set(expires_at_unix)
         self.refresh_failures.set(consecutive_failures)
+
+
+class _Breaker(Protocol):
+    @property
+    def refusing(self) -> float: ...
 
 
 class _Counts:
@@ -170,6 +201,17 @@ class _Counts:
         self.seconds = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
+
+
+def _count(
+    c: _Counts, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int
+) -> None:
+    key = (method_label(method), status)
+    c.by_code[key] = c.by_code.get(key, 0) + 1
+    c.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+    c.seconds += seconds
+    c.bytes_in += bytes_in
+    c.bytes_out += bytes_out
 
 
 class RequestStats(Collector):

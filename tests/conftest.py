@@ -1,10 +1,11 @@
-"""Shared fixtures: the sandbox (real TLS and mTLS emulators) and sidecars in front of it."""
+"""Shared fixtures: the sandbox (real TLS and mTLS emulators) and sidecars in front of it.
+
+The plain helpers the fixtures use (and tests import) live in :mod:`tests.helpers.sidecars`."""
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,10 @@ from sidecar import logs
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
 from sidecar.sandbox.demo import kisc_upstream, sandbox_config
-from sidecar.sandbox.pki import Pki
-from sidecar.sandbox.servers import SandboxStack, TlsServer, start_sandbox, stop_sandbox
-from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
-
-SidecarFactory = Callable[..., Awaitable[Sidecar]]
+from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
+from sidecar.sandbox.wso2 import issue_kisc_client, start_wso2
+from tests.helpers.sidecars import Kisc, SidecarFactory, deep_merge
+from tests.helpers.sidecars import proxy_url as proxy_url  # kept for older imports
 
 # Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (or --hypothesis-profile).
 # "ci", the default (make test): derandomized and with no example database, so every run
@@ -36,16 +36,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -95,11 +85,6 @@ async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
     return await make_sidecar()
 
 
-class Kisc:
-    def __init__(self, gateway: Wso2Gateway, server: TlsServer, pki: Pki) -> None:
-        self.gateway, self.server, self.pki = gateway, server, pki
-
-
 @pytest.fixture
 async def kisc(sandbox: SandboxStack) -> AsyncIterator[Kisc]:
     gateway, server = await start_wso2(sandbox.pki)
@@ -119,7 +104,3 @@ def kisc_config(kisc: Kisc, tmp_path: Path) -> dict[str, Any]:
 @pytest.fixture
 async def kisc_sidecar(make_sidecar: SidecarFactory, kisc_config: dict[str, Any]) -> Sidecar:
     return await make_sidecar(upstreams={"kisc": kisc_config})
-
-
-def proxy_url(sidecar: Sidecar) -> str:
-    return f"http://127.0.0.1:{sidecar.proxy_port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,8 +13,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 
 def _env() -> dict[str, str]:
@@ -57,7 +60,8 @@ def sandbox_process(tmp_path: Path) -> Iterator[Running]:
     running = Running(
         ["sandbox", "--dir", str(tmp_path / "sb"), "--proxy-port", "0", "--admin-port", "0",
          "--idp-port", "0", "--api-port", "0", "--kisc-port", "0",
-         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0"],
+         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0",
+         "--xtrace-port", "0"],
         tmp_path,
     )
     try:
@@ -135,7 +139,8 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
     running = Running(
         ["sandbox", "--dir", ".sandbox", "--proxy-port", "0", "--admin-port", "0",
          "--idp-port", "0", "--api-port", "0", "--kisc-port", "0",
-         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0"],
+         "--passport-port", "0", "--registration-port", "0", "--mpt-port", "0",
+         "--xtrace-port", "0"],
         tmp_path,
     )
     try:
@@ -153,7 +158,8 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
                  "pki/kisc-client-bank-user.p12", "secrets/kisc-p12-password",
                  "secrets/kisc-consumer-secret", "secrets/kisc-password",
                  "pki/moex-signer.crt", "secrets/moex-client-secret",
-                 "secrets/moex-passport-password", "pki/mpt-signer.key"):
+                 "secrets/moex-passport-password", "pki/mpt-signer.key",
+                 "secrets/xtrace-password"):
         assert path in written
 
 
@@ -221,3 +227,27 @@ def test_moex_passport_example_is_valid(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "moex_passport" in result.stdout and client.p12_password not in result.stdout
+
+
+async def test_doctor_command(sidecar_config: dict[str, Any], tmp_path: Path) -> None:
+    """`sidecar doctor` as a user runs it, against the running sandbox: JSON, exit 0; an
+    unknown upstream is a usage error."""
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(yaml.safe_dump(sidecar_config))
+
+    async def doctor(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "doctor", "--config", str(config), *args,
+            env=_env(), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await doctor("--json", "--probe", "/ntb/echo")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["ok"] is True and list(report["upstreams"]) == ["moex-ntb"]
+    code, out, err = await doctor("--upstream", "nope")
+    assert code == 2 and "no upstream 'nope'; the config has: moex-ntb" in err

@@ -13,7 +13,7 @@ from sidecar.app import Sidecar
 from sidecar.config import validate_config
 from sidecar.metrics import Metrics
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import Kisc, SidecarFactory, proxy_url
+from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 KISC = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
@@ -40,9 +40,10 @@ async def test_metrics_after_every_kind_of_traffic(
         "auth": {"type": "client_credentials", "token_url": "https://127.0.0.1:1/token",
                  "client_id": "c", "client_secret": "s"},
     }
+    idle = {**dead_idp, "match": ["idle.example"]}  # lazy and never called
     sidecar = await make_sidecar(
         {"max_body": 4096},
-        upstreams={"kisc": kisc_config, "dead": dead_idp},
+        upstreams={"kisc": kisc_config, "dead": dead_idp, "idle": idle},
         passthrough=[],
     )
     proxy = proxy_url(sidecar)
@@ -67,6 +68,7 @@ async def test_metrics_after_every_kind_of_traffic(
         writer.write(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
         assert (await reader.read(100)).startswith(b"HTTP/1.1 403")
         writer.close()
+        assert await call("TRACE", f"{NTB}/x") == 405
         async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/metrics") as resp:
             assert resp.headers["Content-Type"].startswith("text/plain")
             text = await resp.text()
@@ -91,6 +93,13 @@ async def test_metrics_after_every_kind_of_traffic(
     assert value(m, "sidecar_request_body_bytes_total", upstream="moex-ntb") == 1100
     assert value(m, "sidecar_auth_replays_total", upstream="moex-ntb") == 1
     assert value(m, "sidecar_local_rejections_total", upstream="none", reason="unknown_host") == 1
+    # Refused before routing: in the request series too, as the README says.
+    assert value(m, "sidecar_requests_total", upstream="none", method="GET", code="403") == 1
+    assert value(m, "sidecar_requests_total", upstream="none", method="CONNECT", code="403") == 1
+    assert value(m, "sidecar_requests_total", upstream="none", method="other", code="405") == 1
+    assert value(m, "sidecar_request_duration_seconds_count", upstream="none") == 3
+    assert value(m, "sidecar_local_rejections_total", upstream="none",
+                 reason="method_not_allowed") == 1
     assert value(m, "sidecar_local_rejections_total", upstream="none",
                  reason="connect_refused") == 1
     assert value(m, "sidecar_local_rejections_total", upstream="moex-ntb",
@@ -106,6 +115,13 @@ async def test_metrics_after_every_kind_of_traffic(
                  result="failure") >= 1
     assert value(m, "sidecar_token_refresh_consecutive_failures", upstream="dead") >= 1
     assert value(m, "sidecar_token_expiry_timestamp_seconds", upstream="moex-ntb") > 1.7e9
+    # A lazy upstream nobody called has no expiry series (a 0 would fire SidecarNoToken);
+    # one that was called and failed reads 0.
+    expiry = {labels for name, labels in m if name == "sidecar_token_expiry_timestamp_seconds"}
+    assert frozenset({("upstream", "idle")}) not in expiry
+    assert value(m, "sidecar_token_expiry_timestamp_seconds", upstream="dead") == 0
+    assert frozenset({("upstream", "dead")}) in expiry
+    assert "_created" not in text  # prometheus-client's creation-time series are off
     assert value(m, "sidecar_client_cert_expiry_timestamp_seconds", upstream="kisc") > 1.7e9
     assert value(m, "sidecar_upstream_inflight", upstream="moex-ntb") == 0
     assert value(m, "sidecar_build_info", version="0.1.0") == 1
@@ -141,3 +157,30 @@ def test_request_stats_are_prometheus_histograms_and_counters() -> None:
     assert value(m, "sidecar_requests_total", upstream="moex", method="other", code="405") == 1
     assert value(m, "sidecar_request_body_bytes_total", upstream="moex") == 3
     assert value(m, "sidecar_response_body_bytes_total", upstream="moex") == 7
+
+
+def test_every_grant_label_is_documented() -> None:
+    """Each value the ``grant`` label takes (every flow's ``grant_type``, and the refresh
+    grant) is named in the README's metrics table."""
+    import importlib
+    import inspect
+    import pkgutil
+    from pathlib import Path
+
+    import sidecar.auth
+
+    grants = {"refresh_token"}  # TokenManager._obtain's renewal
+    for module_info in pkgutil.iter_modules(sidecar.auth.__path__):
+        module = importlib.import_module(f"sidecar.auth.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            login = getattr(cls, "login", None)
+            if cls.__module__ == module.__name__ and login is not None and not getattr(
+                    cls, "_is_protocol", False) and isinstance(getattr(cls, "grant_type", None),
+                                                               str):
+                grants.add(cls.grant_type)
+    assert {"password", "client_credentials", "passport", "signin"} <= grants
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [row] = [line for line in readme.splitlines()
+             if line.startswith("| `sidecar_token_fetch_total` |")]
+    missing = sorted(g for g in grants if f"`{g}`" not in row)
+    assert not missing, f"grant label values missing from the README metrics table: {missing}"

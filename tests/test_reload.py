@@ -18,8 +18,9 @@ from sidecar.app import Sidecar
 from sidecar.config import load_config
 from sidecar.reload import Reloader
 from sidecar.sandbox.servers import SandboxStack
-from tests.load import run_load
-from tests.test_app import SidecarProcess
+from tests.helpers.load import run_load
+from tests.helpers.process import SidecarProcess
+from tests.helpers.sidecars import deep_merge
 
 NTB = "http://api.moex.com/ntb"
 
@@ -147,8 +148,6 @@ async def test_reload_hands_the_token_and_the_rate_limiter_to_the_rebuilt_upstre
 
 
 def load_config_from(base: dict[str, Any], tmp_path: Path, upstream: dict[str, Any]) -> Any:
-    from tests.conftest import deep_merge
-
     data = deep_merge(base, {"upstreams": {"moex-ntb": upstream}})
     path = tmp_path / "reloaded.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -164,8 +163,6 @@ async def test_a_reload_failing_halfway_leaves_the_running_upstreams_intact(
     broken_ca = tmp_path / "broken-ca.pem"
     broken_ca.write_text("not a certificate\n")
     # moex-ntb changes (and would take the live token over); "second" cannot load its CA.
-    from tests.conftest import deep_merge
-
     ntb = sidecar_config["upstreams"]["moex-ntb"]
     data = deep_merge(sidecar_config, {"upstreams": {
         "moex-ntb": {"headers": {"x-new": "1"}},

@@ -19,8 +19,8 @@ from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.mpt import MptApi, start_mpt
 from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import Kisc
-from tests.test_app import SidecarProcess
+from tests.helpers.process import SidecarProcess
+from tests.helpers.sidecars import Kisc
 
 NTB = "http://api.moex.com/ntb"
 KISC = "http://ax.kisc.kz/etsfo/1.0.0/messages/"

@@ -62,6 +62,10 @@ class Token:
     expires_at: float  # time.monotonic() deadline; inf for tokens that never expire
     margin: float = 1.0  # not sent in its last `margin` seconds: it could expire on the way
     obtained_at: float = field(default_factory=time.monotonic)
+    obtained_wall: float = field(default_factory=time.time)  # for {login_time} in headers
+    # Obtained because the upstream rejected the token before it: if this one is rejected
+    # soon too, another login would not help (a 401 for a permission, not the token).
+    after_rejection: bool = False
 
     def usable(self, now: float) -> bool:
         return now < self.expires_at - self.margin

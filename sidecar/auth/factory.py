@@ -12,6 +12,7 @@ from sidecar.auth.base import (
     TokenSource,
 )
 from sidecar.auth.client_credentials import ClientCredentialsFlow
+from sidecar.auth.json_login import JsonLoginFlow
 from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
 from sidecar.auth.moex_passport import MoexPassportFlow, PassportClient
@@ -22,6 +23,7 @@ from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
 from sidecar.config.auth import (
     AuthBase,
     ClientCredentialsAuth,
+    JsonLoginAuth,
     MoexPassportAuth,
     MptSigninAuth,
     OidcPasswordAuth,
@@ -29,7 +31,9 @@ from sidecar.config.auth import (
     TokenEndpointAuth,
     Wso2PasswordAuth,
 )
+from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
+from sidecar.http1.dial import Dialer
 from sidecar.signing import make_signer
 from sidecar.tls import client_context
 
@@ -43,24 +47,33 @@ def token_source(
     auth = upstream.auth
     if isinstance(auth, StaticAuth):
         return StaticToken(name, auth, events)
-    flow = _flow(auth, upstream_ssl)
+    flow = auth_flow(auth, upstream_ssl, egress_dialer(upstream.egress_proxy))
     return TokenManager(
         name,
         flow,
         token_wait=upstream.timeouts.token_wait,
         backoff_cap=auth.backoff_cap,
+        refused_backoff=auth.refused_backoff,
+        refused_backoff_cap=auth.refused_backoff_cap,
         events=events,
     )
 
 
-def _flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
+def auth_flow(
+    auth: AuthBase, upstream_ssl: ssl.SSLContext, dialer: Dialer | None = None
+) -> AuthFlow:
+    """The login flow of ``auth``; its IdP calls go through ``dialer``'s egress proxy when
+    given (the signer's own calls, to a local NCANode, always go direct)."""
     # The token call uses the upstream's TLS (client certificate included) unless auth.tls says
     # otherwise: KISC wants the same certificate on both legs.
     ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl
     if isinstance(auth, MptSigninAuth):
-        return MptSigninFlow(auth, ctx, make_signer(auth.signer, detached_default=False))
+        signer = make_signer(auth.signer, detached_default=False)
+        return MptSigninFlow(auth, ctx, signer, dialer)
+    if isinstance(auth, JsonLoginAuth):
+        return JsonLoginFlow(auth, ctx, dialer)
     assert isinstance(auth, TokenEndpointAuth)
-    endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout)
+    endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout, dialer)
     if isinstance(auth, OidcPasswordAuth):
         return PasswordFlow(auth, endpoint)
     if isinstance(auth, ClientCredentialsAuth):
@@ -69,11 +82,20 @@ def _flow(auth: AuthBase, upstream_ssl: ssl.SSLContext) -> AuthFlow:
         return Wso2PasswordFlow(auth, endpoint)
     if isinstance(auth, MoexPassportAuth):
         passport = PassportClient(
-            auth.passport_url, auth.username, auth.password.get_secret_value(), ctx, auth.timeout
+            auth.passport_url, auth.username, auth.password.get_secret_value(), ctx, auth.timeout,
+            dialer,
         )
         signer = make_signer(auth.signer, detached_default=True)  # MOEX: detached
         return MoexPassportFlow(auth, endpoint, passport, signer)
     raise TypeError(f"no flow for auth type {type(auth).__name__}")
+
+
+def token_header(upstream: Upstream) -> tuple[str, str]:
+    """The header the token goes in and what precedes it there."""
+    auth = upstream.auth
+    if isinstance(auth, JsonLoginAuth):
+        return auth.token_header, auth.token_prefix
+    return "Authorization", "Bearer "
 
 
 def rejection_policy(upstream: Upstream) -> RejectionPolicy:

@@ -1,11 +1,17 @@
 """The token manager: one cached token per upstream, kept fresh by one background task.
 
-Rules (docs/protocols.md, "Token manager rules"):
+Rules (the README's "Tokens" paragraph says them for users):
 - renew ahead of expiry, when the time left falls to min(max(20 % of lifetime, 30 s), 50 %);
   with the refresh token while it lives, else by a full login;
+- a refresh the IdP refuses (any 4xx) is never retried: a full login follows at once; a
+  refresh that failed on the way (5xx, 429, network, timeout) is retried with backoff, and
+  after two such failures in a row the next attempt is a full login;
 - single flight: only the background task talks to the IdP, so the IdP sees one call at a time;
 - on failure keep the old token while it is valid and back off (0.5 s doubling to a cap, with
   jitter); a waiting request gets the outcome of the current or next attempt, never a hang;
+- a full login whose credentials the IdP refused (a 4xx) waits ``auth.refused_backoff``
+  (30 s), doubling up to ``auth.refused_backoff_cap`` (10 min): retrying cannot fix a wrong
+  password, and IdPs lock accounts that keep trying; new TLS files (a reload) end that wait;
 - a token the upstream rejected is dropped only if it is still the current one.
 """
 
@@ -41,6 +47,9 @@ log = structlog.get_logger("sidecar.auth")
 DEFAULT_LIFETIME = 300.0  # when the IdP states no expires_in and the token is not a JWT
 MIN_RENEWAL_GAP = 0.5  # two successful renewals are never closer than this: no busy loop
 MIN_ATTEMPT_GAP = 0.5  # nor are any two IdP attempts, whatever the IdP answers
+REFRESH_FAILURES_BEFORE_LOGIN = 2  # refreshes failed on the way in a row; then a full login
+REFUSED_BACKOFF = 30.0  # first wait after the IdP refused the credentials of a full login
+REFUSED_BACKOFF_CAP = 600.0  # ... doubling up to this
 
 
 def renew_ahead(lifetime: float) -> float:
@@ -62,6 +71,8 @@ class TokenManager:
         token_wait: float = 10.0,
         backoff_initial: float = 0.5,
         backoff_cap: float = 5.0,
+        refused_backoff: float | None = None,  # None: REFUSED_BACKOFF
+        refused_backoff_cap: float | None = None,  # None: REFUSED_BACKOFF_CAP
         clock: Callable[[], float] = time.monotonic,
         events: TokenEvents | None = None,
     ) -> None:
@@ -71,6 +82,11 @@ class TokenManager:
         self._token_wait = token_wait
         self._backoff_initial = backoff_initial
         self._backoff_cap = max(backoff_cap, backoff_initial)
+        self._refused_initial = REFUSED_BACKOFF if refused_backoff is None else refused_backoff
+        self._refused_cap = max(
+            REFUSED_BACKOFF_CAP if refused_backoff_cap is None else refused_backoff_cap,
+            self._refused_initial,
+        )
         self._clock = clock
         self._log = log.bind(upstream=upstream)
 
@@ -80,6 +96,10 @@ class TokenManager:
         self._renew_at = 0.0
         self._last_attempt = -math.inf
         self._failures = 0
+        self._refresh_failures = 0  # refreshes in a row that failed on the way
+        self._refusals = 0  # full logins in a row whose credentials the IdP refused
+        self._calling = "login"  # what the current IdP call is: "login" or "refresh"
+        self._replacing_rejected = False  # the next token replaces one the upstream rejected
         self._retry_at = 0.0
         self._last_error: str | None = None
         self._last_success: float | None = None  # wall clock, for /status
@@ -100,6 +120,14 @@ class TokenManager:
         if token is not None and token.usable(self._clock()):
             return token
         await self.start()
+        if self._refusals and self._clock() < self._retry_at:
+            # Nothing will change before the next attempt: say so now instead of holding the
+            # request for token_wait.
+            raise NoToken(
+                f"the IdP refused the credentials ({self._last_error}); next attempt in "
+                f"{max(0.0, self._retry_at - self._clock()):.0f} s",
+                self._retry_after(),
+            )
         outcome = self._pending_outcome()
         self._wake.set()  # no usable token: act now (a running backoff still holds)
         try:
@@ -116,10 +144,17 @@ class TokenManager:
         if self._token is token:
             self._log.info("token_rejected_by_upstream")
             self._token = None
+            self._replacing_rejected = True
             self._wake.set()
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         self._flow.renew_tls(ssl_context)
+        if self._refusals:
+            # New certificate or key files: the refusal may be fixed, so try at once.
+            self._log.info("credentials_retry", reason="TLS files changed")
+            self._refusals = 0
+            self._retry_at = 0.0
+            self._wake.set()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -160,6 +195,10 @@ class TokenManager:
             ),
             "last_error": self._last_error,
             "consecutive_failures": self._failures,
+            "credentials_refused": self._refusals > 0,
+            "next_attempt_in": (
+                round(max(0.0, self._retry_at - now), 1) if self._failures else None
+            ),
         }
 
     # -- the background task ---------------------------------------------------------------
@@ -216,12 +255,27 @@ class TokenManager:
     async def _obtain(self, now: float) -> tuple[Grant, str]:
         refresh = self._refresh_token
         if refresh and (self._refresh_deadline is None or now < self._refresh_deadline - 1.0):
-            try:
-                return await self._timed("refresh_token", self._flow.refresh(refresh))
-            except InvalidGrant as exc:
-                # Never retry a rejected refresh token (Keycloak would kill the session).
-                self._log.info("refresh_token_rejected", reason=exc.reason)
-                self._refresh_token = None
+            if self._refresh_failures >= REFRESH_FAILURES_BEFORE_LOGIN:
+                self._log.info("refresh_skipped", reason="the last refreshes failed on the way",
+                               failures=self._refresh_failures)
+            else:
+                self._calling = "refresh"
+                try:
+                    grant = await self._timed("refresh_token", self._flow.refresh(refresh))
+                except AuthError as exc:
+                    if not (isinstance(exc, InvalidGrant) or exc.kind is Failure.REFUSED):
+                        self._refresh_failures += 1  # on the way: backoff, maybe a login next
+                        raise
+                    # Refused (invalid_grant, invalid_client, 403, a non-JSON 400): never
+                    # retried (Keycloak would kill the session); a login can still work.
+                    self._log.info("refresh_token_rejected", reason=exc.reason,
+                                   status=exc.status)
+                    self._refresh_token = None
+                else:
+                    self._refresh_failures = 0
+                    return grant
+        self._refresh_failures = 0
+        self._calling = "login"
         return await self._timed(self._flow.grant_type, self._flow.login())
 
     async def _timed(self, grant: str, call: Awaitable[Grant]) -> tuple[Grant, str]:
@@ -254,7 +308,8 @@ class TokenManager:
         # However far off the IdP puts expiry (a JWT exp in the year 3000, an infinite one), the
         # token is renewed within a day: an unbounded lifetime would mean never renewing ahead.
         lifetime = min(lifetime, MAX_LIFETIME)
-        token = Token(grant.access_token, sent_at + lifetime, margin=usable_margin(lifetime))
+        token = Token(grant.access_token, sent_at + lifetime, margin=usable_margin(lifetime),
+                      after_rejection=self._replacing_rejected)
         if not token.usable(self._clock()):
             raise AuthError(
                 f"IdP issued a token that expired before it could be used "
@@ -273,6 +328,8 @@ class TokenManager:
     def _settle(self, token: Token) -> None:
         self._token = token
         self._failures = 0
+        self._refusals = 0
+        self._replacing_rejected = False
         self._last_error = None
         self._last_success = time.time()
         self._report()
@@ -286,9 +343,18 @@ class TokenManager:
             # one is spent, so keep the new one for the next attempt.
             self._refresh_token = exc.refresh_token
         self._failures += 1
-        doublings = min(self._failures - 1, 30)  # 2**1024 would overflow a float
-        delay = min(self._backoff_cap, self._backoff_initial * 2**doublings)
-        delay *= random.uniform(0.8, 1.0)  # jitter: pods that failed together spread out
+        refused = self._calling == "login" and exc.kind is Failure.REFUSED
+        if refused:
+            # Credentials, client or signature refused: retrying soon cannot help and may
+            # lock the account. At least refused_backoff, with jitter only upwards.
+            self._refusals += 1
+            doublings = min(self._refusals - 1, 30)
+            delay = min(self._refused_cap, self._refused_initial * 2**doublings)
+            delay = min(self._refused_cap, delay * random.uniform(1.0, 1.1))
+        else:
+            doublings = min(self._failures - 1, 30)  # 2**1024 would overflow a float
+            delay = min(self._backoff_cap, self._backoff_initial * 2**doublings)
+            delay *= random.uniform(0.8, 1.0)  # jitter: pods that failed together spread out
         if exc.retry_after:
             delay = max(delay, min(exc.retry_after, 60.0))
         self._retry_at = self._clock() + delay
@@ -300,7 +366,16 @@ class TokenManager:
             consecutive_failures=self._failures,
             retry_in=round(delay, 2),
             serving_old_token=self.ready,
+            credentials_refused=refused,
         )
+        if refused:
+            self._log.error(
+                "credentials_refused",
+                reason=exc.reason,
+                consecutive_refusals=self._refusals,
+                retry_in=round(delay, 1),
+                hint="fix the credentials; a changed config or secret file retries at once",
+            )
         outcome, self._outcome = self._outcome, None
         if outcome is not None and not outcome.done():
             outcome.set_exception(exc)

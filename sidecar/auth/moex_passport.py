@@ -19,6 +19,7 @@ from sidecar.auth.base import AuthError, Failure, Grant
 from sidecar.auth.http import idp_error
 from sidecar.auth.oauth import OAuthFlow, TokenEndpoint, basic_authorization
 from sidecar.config.auth import MoexPassportAuth
+from sidecar.http1.dial import Dialer
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.http1.retry_after import parse_retry_after
@@ -36,10 +37,10 @@ class PassportClient:
     """The Passport call: Basic credentials in, the token from ``Set-Cookie`` out."""
 
     def __init__(self, url: str, username: str, password: str, ssl_context: ssl.SSLContext,
-                 timeout: float) -> None:
+                 timeout: float, dialer: Dialer | None = None) -> None:
         self.url = url
         self._authorization = basic_authorization(username, password)
-        self._http = Fetcher(ssl_context, timeout)
+        self._http = Fetcher(ssl_context, timeout, dialer)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         self._http.renew_tls(ssl_context)

@@ -20,6 +20,7 @@ from sidecar.auth.base import AuthError, Failure, Grant, InvalidGrant
 from sidecar.auth.http import idp_error
 from sidecar.auth.jwt import expiry as jwt_expiry
 from sidecar.config.auth import MptSigninAuth
+from sidecar.http1.dial import Dialer
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.http1.retry_after import parse_retry_after
@@ -34,10 +35,16 @@ _CHALLENGE = re.compile(r"[\x20-\x7e]+")
 class MptSigninFlow:
     grant_type = "signin"
 
-    def __init__(self, cfg: MptSigninAuth, ssl_context: ssl.SSLContext, signer: Signer) -> None:
+    def __init__(
+        self,
+        cfg: MptSigninAuth,
+        ssl_context: ssl.SSLContext,
+        signer: Signer,
+        dialer: Dialer | None = None,
+    ) -> None:
         self._cfg = cfg
         self._base = cfg.base_url.rstrip("/")
-        self._http = Fetcher(ssl_context, cfg.timeout)
+        self._http = Fetcher(ssl_context, cfg.timeout, dialer)
         self._signer = signer
 
     async def login(self) -> Grant:

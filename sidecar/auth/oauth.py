@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from sidecar.auth.base import MAX_LIFETIME, AuthError, Failure, Grant, InvalidGrant
 from sidecar.auth.http import idp_error, short
+from sidecar.http1.dial import Dialer
 from sidecar.http1.errors import TransportError
 from sidecar.http1.fetch import Fetcher
 from sidecar.http1.retry_after import parse_retry_after
@@ -25,10 +26,12 @@ class TokenEndpoint:
     """Posts forms to one token URL; each call is one short TLS connection (calls are minutes
     apart: a kept connection would only go stale)."""
 
-    def __init__(self, url: str, ssl_context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(
+        self, url: str, ssl_context: ssl.SSLContext, timeout: float, dialer: Dialer | None = None
+    ) -> None:
         self.url = url
         self.host = urlsplit(url).hostname or url
-        self._http = Fetcher(ssl_context, timeout)
+        self._http = Fetcher(ssl_context, timeout, dialer)
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         self._http.renew_tls(ssl_context)

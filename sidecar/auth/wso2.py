@@ -3,7 +3,8 @@
 Login: HTTP Basic ``consumer_key:consumer_secret`` + password grant, over mutual TLS. Renewal
 must use the refresh grant: WSO2 hands back the *same* still-valid token on a repeated login,
 and rotates refresh tokens (each is single-use). The gateway says "token no longer valid" with
-fault codes 900901-900903 in a 401 body, JSON or the APIM 2.x XML form.
+the authentication-failure fault codes 900900-900904 in a 401 body, JSON or the APIM 2.x XML
+form.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import re
 from sidecar.auth.oauth import PasswordGrant, TokenEndpoint
 from sidecar.config.auth import Wso2PasswordAuth
 
-TOKEN_INVALID_CODES = frozenset({900901, 900902, 900903})
+# carbon-apimgt's APISecurityConstants group these as authentication failures: 900901 invalid,
+# 900902 missing, 900903 expired, 900904 inactive (revoked). 900900 is unclassified: only in a
+# 401 does it mean the token (it comes as a 500 when the gateway itself failed). 900908 and up
+# (forbidden, subscription, scope) are about permissions: a new token would not change them.
+TOKEN_INVALID_CODES = frozenset(range(900900, 900905))
 _XML_CODE = re.compile(rb"<(?:\w+:)?code>\s*(\d{6})\s*</(?:\w+:)?code>")
 
 
@@ -52,7 +57,7 @@ def fault_code(body: bytes) -> int | None:
 
 
 class Wso2GatewayFaults:
-    """Which upstream answers mean "the token is dead": only 401 faults 900901-900903.
+    """Which upstream answers mean "the token is dead": only 401 faults 900900-900904.
 
     Other 401s and 403s (scope, subscription, 900908-900910) are the app's business."""
 

@@ -3,16 +3,26 @@ block of the flows that sign (a union tagged by its own ``type``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    ModelWrapValidatorHandler,
     SecretStr,
     model_validator,
 )
 
 from sidecar.config.errors import SetupError
 from sidecar.config.fields import ExistingFile, HttpUrlStr, SecretFiles
+from sidecar.config.json_login import (
+    PLACEHOLDER,
+    SECRET_NAME,
+    AnswerParts,
+    FailureRules,
+    LoginRequest,
+    token_header_problem,
+)
 from sidecar.config.sections import Tls
 
 
@@ -21,6 +31,10 @@ class AuthBase(SecretFiles):
 
     tls: Tls | None = None  # IdP calls; default: the upstream's tls block
     backoff_cap: float = Field(5.0, gt=0, description="seconds between failed logins, at most")
+    # A login whose credentials the IdP refused (a 4xx) is not retried soon: that cannot fix
+    # it, and IdPs lock accounts that keep trying. The wait doubles up to the cap.
+    refused_backoff: float = Field(30.0, gt=0, description="seconds after refused credentials")
+    refused_backoff_cap: float = Field(600.0, gt=0, description="the longest such wait")
     timeout: float = Field(10.0, gt=0, description="seconds one IdP call may take")
 
 
@@ -186,12 +200,104 @@ class StaticAuth(SecretFiles):
         return self
 
 
+class JsonLoginAuth(AuthBase):
+    """A login of the API's own, described in config (see :mod:`sidecar.config.json_login`).
+
+    ``secrets`` adds named secrets (``name: value`` or ``name_file: path``); each name, like
+    ``username`` and ``password``, is a placeholder ``{name}`` in the login's body and
+    headers. ``{refresh_token}`` exists in ``refresh`` only."""
+
+    type: Literal["json_login"]
+    login: LoginRequest
+    refresh: LoginRequest | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    secrets: dict[str, SecretStr] = {}
+    answer: AnswerParts = AnswerParts()
+    failure: FailureRules = FailureRules()
+    token_ttl: float | None = Field(None, gt=0, description="lifetime when nothing says")
+    token_header: str = Field("Authorization", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    token_prefix: str = "Bearer "
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _secret_files_by_name(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        """``secrets.name_file: path`` becomes ``secrets.name`` (the file's content)."""
+        if not isinstance(data, dict) or not isinstance(data.get("secrets"), dict):
+            return handler(data)
+        data, named, paths = dict(data), {}, {}
+        for key, value in data["secrets"].items():
+            if not (isinstance(key, str) and key.endswith("_file")):
+                named[key] = value
+                continue
+            name = key.removesuffix("_file")
+            if name in data["secrets"]:
+                raise ValueError(f"secrets: give either {name} or {key}, not both")
+            try:
+                named[name] = Path(str(value)).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+                raise ValueError(f"secrets.{key}: cannot read {value}: {why}") from None
+            paths[f"secrets.{key}"] = Path(str(value))
+        data["secrets"] = named
+        model = handler(data)
+        model._secret_files = {**model._secret_files, **paths}
+        return model
+
+    @model_validator(mode="after")
+    def _placeholders_known(self) -> JsonLoginAuth:
+        for name in self.secrets:
+            if not SECRET_NAME.match(name) or name in ("username", "password", "refresh_token"):
+                raise ValueError(
+                    f"secrets.{name}: a secret's name is lower-case letters, digits and _, "
+                    "and not username, password or refresh_token"
+                )
+        known = {"username"} if self.username is not None else set()
+        known |= {"password"} if self.password is not None else set()
+        known |= set(self.secrets)
+        self._check_request("login", self.login, known)
+        if self.refresh is not None:
+            used = self._check_request("refresh", self.refresh, known | {"refresh_token"})
+            if "refresh_token" not in used:
+                raise ValueError(
+                    "refresh never uses {refresh_token}: put it in refresh.json, "
+                    "refresh.form or refresh.headers"
+                )
+            if self.answer.refresh_token is None:
+                raise ValueError(
+                    "refresh needs answer.refresh_token: where the login's answer keeps it "
+                    "(e.g. /refresh_token)"
+                )
+        problem = token_header_problem(self.token_header, self.token_prefix)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @staticmethod
+    def _check_request(where: str, request: LoginRequest, known: set[str]) -> set[str]:
+        used: set[str] = set()
+        for field, text in request.strings():
+            for name in PLACEHOLDER.findall(text):
+                if name in ("username", "password") and name not in known:
+                    raise ValueError(f"{where}.{field} uses {{{name}}}: give {name} "
+                                     f"(or {name}_file) in the auth block")
+                if name not in known:
+                    names = ", ".join("{" + n + "}" for n in sorted(known)) or "none"
+                    raise ValueError(
+                        f"{where}.{field}: unknown placeholder {{{name}}}; known: {names} "
+                        f"(add it under secrets)"
+                    )
+                used.add(name)
+        return used
+
+
 Auth = Annotated[
     OidcPasswordAuth
     | ClientCredentialsAuth
     | Wso2PasswordAuth
     | MoexPassportAuth
     | MptSigninAuth
+    | JsonLoginAuth
     | StaticAuth,
     Field(discriminator="type"),
 ]
@@ -209,4 +315,8 @@ def credential_urls(auth: AuthBase | StaticAuth) -> dict[str, str]:
         urls["token_url"] = auth.token_url
     if isinstance(auth, MptSigninAuth):
         urls["base_url"] = auth.base_url
+    if isinstance(auth, JsonLoginAuth):
+        urls["login.url"] = auth.login.url
+        if auth.refresh is not None:
+            urls["refresh.url"] = auth.refresh.url
     return urls

@@ -119,23 +119,31 @@ class SecretFiles(Model):
             return handler(data)
         data = dict(data)
         paths: dict[str, Path] = {}
+        # Every unreadable file of the block is reported at once, one per line (the loader
+        # splits them): a user fixing one should not discover the next on the following run.
+        problems: list[str] = []
         for twin, name in sorted(secret_file_twins(cls).items()):
             path = data.pop(twin, None)
             if path is None:
                 continue
             if data.get(name) is not None:
-                raise ValueError(f"give either {name} or {twin}, not both")
+                problems.append(f"give either {name} or {twin}, not both")
+                continue
             if not isinstance(path, str | Path):
-                raise ValueError(f"{twin}: expected a file path")
+                problems.append(f"{twin}: expected a file path")
+                continue
             try:
                 data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except FileNotFoundError:
-                raise ValueError(f"{twin}: file not found: {path}") from None
+                problems.append(f"{twin}: file not found: {path}")
             except UnicodeDecodeError:
-                raise ValueError(f"{twin}: cannot read {path}: not UTF-8 text") from None
+                problems.append(f"{twin}: cannot read {path}: not UTF-8 text")
             except OSError as exc:
-                raise ValueError(f"{twin}: cannot read {path}: {exc.strerror}") from None
-            paths[twin] = Path(path)
+                problems.append(f"{twin}: cannot read {path}: {exc.strerror}")
+            else:
+                paths[twin] = Path(path)
+        if problems:
+            raise ValueError("\n".join(problems))
         model = handler(data)
         model._secret_files = paths
         return model

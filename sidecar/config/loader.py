@@ -6,10 +6,12 @@ the CLI prints them and exits 2, with no traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -17,12 +19,13 @@ from sidecar.config.auth import PLAINTEXT_ERROR, Auth, SignerConfig
 from sidecar.config.errors import ConfigError
 from sidecar.config.files import config_files
 from sidecar.config.models import Config
-from sidecar.config.secrets import read_location, redacted
+from sidecar.config.secrets import known_fields, read_location, redacted
 from sidecar.config.sources import (
     ENV_CONFIG_PATH,
     ConfigFile,
     EnvOverrides,
     check_top_level_keys,
+    norm_key,
 )
 
 __all__ = [
@@ -44,12 +47,48 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     if not path:
         raise ConfigError([f"no config file: pass --config PATH or set {ENV_CONFIG_PATH}"])
     file = ConfigFile(Config, Path(path))
+    upstreams = file.init_kwargs.get("upstreams")
+    names = list(upstreams) if isinstance(upstreams, dict) else []
+    env = EnvOverrides(Config, environ, file.init_kwargs)
+    variables = env.variables()
     # Highest priority first: variables override the file.
-    sources = (EnvOverrides(Config, environ, file.init_kwargs), file)
+    sources = (env, file)
     try:
         return Config(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+        lines = format_errors(exc, variables)
+        raise ConfigError(_unknown_upstreams(lines, variables, names, path)) from None
+
+
+def _unknown_upstreams(
+    lines: list[str], variables: dict[str, list[str]], names: list[str], path: str | Path
+) -> list[str]:
+    """Variables may add an upstream field by field; when such an upstream does not validate,
+    the likelier story is a typo in a variable meant for one of the file's upstreams. Its
+    errors ("match: is required"...) are replaced by one line per variable saying so."""
+    known = {norm_key(n) for n in names}
+    unknown = {
+        variable: parts[1]
+        for variable, parts in variables.items()
+        if len(parts) > 2 and parts[0] == "upstreams" and norm_key(parts[1]) not in known
+    }
+    failed = {
+        name for name in unknown.values()
+        if any(norm_key(line).startswith(f"upstreams.{norm_key(name)}.") for line in lines)
+    }
+    if not failed:
+        return lines
+    kept = [
+        line for line in lines
+        if not any(norm_key(line).startswith(f"upstreams.{norm_key(n)}.") for n in failed)
+    ]
+    return kept + [
+        f"{variable}: names upstream {name!r}, which {path} does not define (its upstreams: "
+        f"{', '.join(names) or 'none'}); an upstream added by variables needs at least "
+        "match, target and auth"
+        for variable, name in sorted(unknown.items())
+        if name in failed
+    ]
 
 
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -92,13 +131,21 @@ _MESSAGES = {
 }
 
 
-def format_errors(exc: ValidationError) -> list[str]:
+def format_errors(
+    exc: ValidationError, variables: Mapping[str, list[str]] | None = None
+) -> list[str]:
+    """One line per error: the field path as written in the file, what is wrong and the fix;
+    ``variables`` (name -> key path) attribute an error to the variable that set the value."""
     lines = []
     for err in exc.errors(include_url=False):
         loc, secret = read_location(Config, err["loc"])
         path = ".".join(loc) or "config"
         kind = err["type"]
         message = _MESSAGES.get(kind) or err["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden" and loc:
+            message = _unknown_field(err["loc"], loc[-1]) or message
+        if len(loc) >= 2 and loc[-2] in ("match", "passthrough"):
+            message = _url_as_host(err.get("input")) or message
         if not loc and ": " in message:  # a whole-config check names its own field path
             path, message = message.split(": ", 1)
         given = err.get("input")
@@ -120,12 +167,44 @@ def format_errors(exc: ValidationError) -> list[str]:
             # A secret's value is never shown, whatever its type (a numeric PIN too).
             if given is not None and not secret:
                 message += f" (got {given!r})"
-        # Secret-file errors are raised for the whole block: move the field name into the path.
-        field, sep, rest = message.partition(": ")
-        if sep and field.endswith("_file") and field.isidentifier():
-            path, message = f"{path}.{field}", rest
-        lines.append(f"{path}: {message}")
+        variable = _variable_of(loc, variables or {})
+        for part in message.split("\n"):  # a block's secret files: one line each
+            # Secret-file errors are raised for the whole block: move the field name into
+            # the path.
+            where = path
+            field, sep, rest = part.partition(": ")
+            if sep and field.endswith("_file") and field.isidentifier():
+                where, part = f"{path}.{field}", rest
+            if variable is not None:
+                part += f" (set by {variable})"
+            lines.append(f"{where}: {part}")
     return lines
+
+
+def _variable_of(loc: list[str], variables: Mapping[str, list[str]]) -> str | None:
+    """The variable whose value is at ``loc`` (or holds the block around it)."""
+    where = [norm_key(part) for part in loc]
+    for name, parts in variables.items():
+        wanted = [norm_key(part) for part in parts]
+        if wanted and where[: len(wanted)] == wanted:
+            return name
+    return None
+
+
+def _unknown_field(err_loc: tuple[Any, ...], given: str) -> str | None:
+    """"unknown field; did you mean `password_file`?" when a known field is close."""
+    close = difflib.get_close_matches(given, sorted(known_fields(Config, err_loc[:-1])), n=1)
+    if not close:
+        return None
+    return f"unknown field; did you mean `{close[0]}`?"
+
+
+def _url_as_host(given: object) -> str | None:
+    if not isinstance(given, str) or "://" not in given:
+        return None
+    netloc = urlsplit(given.strip()).netloc
+    host = netloc.rpartition("@")[2] or "the host"
+    return f"{given!r} is a URL: write the host only ({host!r}), or host:port"
 
 
 def _tags(union: Any) -> set[str]:

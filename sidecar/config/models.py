@@ -21,14 +21,15 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.config.auth import PLAINTEXT_ERROR, Auth, credential_urls
+from sidecar.config.egress import EgressProxy
 from sidecar.config.fields import HttpUrlStr, MatchHost, Model
 from sidecar.config.sections import Listen, Log, Reload, Shutdown, Timeouts, Tls
 from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
 
 class HeaderDate(Model):
-    """How ``{now}`` is written in ``headers``: KISC's samples use ISO-8601 with an offset,
-    FAPI asks for an HTTP-date."""
+    """How ``{now}`` and ``{login_time}`` are written in ``headers``: KISC's samples use
+    ISO-8601 with an offset, FAPI asks for an HTTP-date."""
 
     format: Literal["iso8601", "http"] = "iso8601"
     utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
@@ -46,16 +47,51 @@ class RateLimit(Model):
     )
 
 
+class CircuitBreaker(Model):
+    """After ``failures`` connect failures or timeouts in a row, requests fail fast (503
+    ``upstream_unavailable``) for ``cool_down`` seconds; then one probe goes through. Each
+    probe that fails doubles the cool-down, up to ``max_cool_down``."""
+
+    failures: int = Field(5, ge=1)
+    cool_down: float = Field(5.0, gt=0)
+    max_cool_down: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _max_not_below(self) -> CircuitBreaker:
+        if self.max_cool_down < self.cool_down:
+            raise ValueError(
+                f"max_cool_down ({self.max_cool_down:g}) is below cool_down "
+                f"({self.cool_down:g}); raise max_cool_down or lower cool_down"
+            )
+        return self
+
+
+class Replay(Model):
+    """After a 401 for a token that was itself fetched because of a 401 less than
+    ``min_interval`` seconds ago, no new login: the 401 goes to the app (a 401 for a
+    permission, not the token, would otherwise cost one login per request)."""
+
+    min_interval: float = Field(10.0, ge=0)
+
+
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
 
 def _check_header_template(value: str) -> str:
     if any(ch in value for ch in "\r\n\0"):
         raise ValueError("header values cannot contain line breaks")
-    leftover = value.replace("{uuid}", "").replace("{now}", "")
+    leftover = value.replace("{uuid}", "").replace("{now}", "").replace("{login_time}", "")
     if "{" in leftover or "}" in leftover:
-        raise ValueError(f"unknown placeholder in {value!r}: only {{uuid}} and {{now}} exist")
+        raise ValueError(
+            f"unknown placeholder in {value!r}: only {{uuid}}, {{now}} and {{login_time}} exist"
+        )
     return value
+
+
+_NOT_SETTABLE = frozenset({
+    "host", "authorization", "content-length", "transfer-encoding", "connection", "te",
+    "upgrade", "keep-alive", "proxy-connection", "expect", "trailer",
+})
 
 
 class Upstream(Model):
@@ -64,20 +100,38 @@ class Upstream(Model):
     tls: Tls = Tls()
     auth: Auth
     headers: dict[HeaderName, Annotated[str, AfterValidator(_check_header_template)]] = {}
+    # Always sent, replacing what the app sent (xTrace answers 406 without "Accept: */*").
+    set_headers: dict[HeaderName, Annotated[str, AfterValidator(_check_header_template)]] = {}
     header_date: HeaderDate = HeaderDate()
     require_headers: dict[str, list[HeaderName]] = {}
     rate_limit: RateLimit | None = None
     retry_on_429: bool = False
     max_body: int | None = Field(None, gt=0)
     replay_limit: int = Field(1024 * 1024, ge=0)
+    replay: Replay = Replay()
     # Connections to the target at most; requests beyond wait (up to timeouts.connect) for
     # one to come free.
     max_connections: int = Field(64, ge=1)
     timeouts: Timeouts = Timeouts()
+    # null: never fail fast (every request waits for its own connect timeout).
+    circuit_breaker: CircuitBreaker | None = CircuitBreaker()
     eager: bool = True
     # Plain http:// for the IdP (token_url, passport_url, base_url) sends credentials in clear:
     # refused unless this is set (a test stand on a trusted network).
     allow_plaintext: bool = False
+    # Not given: the top-level egress_proxy; null: this upstream goes direct.
+    egress_proxy: EgressProxy | None = None
+
+    @field_validator("set_headers")
+    @classmethod
+    def _settable(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in _NOT_SETTABLE:
+                raise ValueError(
+                    f"{name} is written by the sidecar itself (framing, routing or the token): "
+                    "remove it from set_headers"
+                )
+        return value
 
     @field_validator("require_headers")
     @classmethod
@@ -94,6 +148,15 @@ class Upstream(Model):
         if parts.query or parts.fragment:
             raise ValueError("target is an origin (and optional path prefix): no query or fragment")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token_header_not_set(self) -> Upstream:
+        header = getattr(self.auth, "token_header", "Authorization").lower()
+        if any(name.lower() == header for name in self.set_headers):
+            raise ValueError(
+                f"set_headers: {header} carries the token (auth.token_header); remove it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _credentials_encrypted(self) -> Upstream:
@@ -139,6 +202,8 @@ class Config(BaseSettings):
     # Request bodies kept for a replay after a 401, all requests together. Past it a request
     # is still forwarded, only not replayable: memory stays bounded under many large uploads.
     replay_budget: int = Field(32 * 1024 * 1024, ge=0)
+    # The corporate proxy every upstream's connections leave through, unless it sets its own.
+    egress_proxy: EgressProxy | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -153,6 +218,21 @@ class Config(BaseSettings):
         # environment are read by load_config, which hands its sources in (_build_sources):
         # they need a path and an environment per call, and this hook takes neither.
         return (init_settings,)
+
+    @model_validator(mode="after")
+    def _inherit_egress_proxy(self) -> Config:
+        """An upstream without its own ``egress_proxy`` key takes the top-level one, so that
+        each upstream carries what it uses (and a change to it rebuilds the upstream)."""
+        if self.egress_proxy is None:
+            return self
+        upstreams = {
+            name: upstream
+            if "egress_proxy" in upstream.model_fields_set
+            else upstream.model_copy(update={"egress_proxy": self.egress_proxy})
+            for name, upstream in self.upstreams.items()
+        }
+        object.__setattr__(self, "upstreams", upstreams)  # frozen: set once, while validating
+        return self
 
     @model_validator(mode="after")
     def _hosts_unique(self) -> Config:

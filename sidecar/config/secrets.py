@@ -90,12 +90,41 @@ def read_location(root: type[BaseModel], loc: Sequence[str | int]) -> tuple[list
     return shown, secret
 
 
+def known_fields(root: type[BaseModel], loc: Sequence[str | int]) -> set[str]:
+    """The field names the block at an error location takes (``x_file`` twins included),
+    for suggesting the one a misspelt field meant."""
+    current: tuple[Any, ...] = (root,)
+    for part in loc:
+        following: list[Any] = []
+        for member in current:
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                field = member.model_fields.get(str(part))
+                if field is not None:
+                    following.extend(_members(field.annotation))
+                elif _union_tag(member) == part:  # pydantic names the union member it tried
+                    following.append(member)
+            elif get_origin(member) is dict:
+                following.extend(_members(get_args(member)[1]))
+            elif get_origin(member) is list:
+                following.extend(_members(get_args(member)[0]))
+        current = tuple(following)
+    names: set[str] = set()
+    for member in current:
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            names |= set(member.model_fields) | set(secret_file_twins(member))
+    return names
+
+
 def replace_secrets(value: Any, replace: Callable[[SecretStr], Any]) -> Any:
     """Validated config data as plain data, each ``SecretStr`` given to ``replace``."""
     if isinstance(value, SecretStr):
         return replace(value)
     if isinstance(value, BaseModel):
-        return {n: replace_secrets(getattr(value, n), replace) for n in type(value).model_fields}
+        # Under the names the file uses (json_login's ``json`` is ``json_body`` in Python).
+        return {
+            (f.alias or n): replace_secrets(getattr(value, n), replace)
+            for n, f in type(value).model_fields.items()
+        }
     if isinstance(value, dict):
         return {k: replace_secrets(v, replace) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -53,6 +53,13 @@ class ConfigFile(YamlConfigSettingsSource):
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
+            tab = _tab_at(text, mark)
+            if tab is not None:
+                line, column = tab
+                raise ConfigError([
+                    f"{path}: tab character at line {line}, column {column}: "
+                    "YAML indents with spaces"
+                ]) from None
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             reason = getattr(exc, "problem", None) or "syntax error"
             # The parser quotes the text it choked on, which may be an unquoted password: cut it.
@@ -66,6 +73,21 @@ class ConfigFile(YamlConfigSettingsSource):
             )
         check_top_level_keys(data)
         return data
+
+
+def _tab_at(text: str, mark: Any) -> tuple[int, int] | None:
+    """Where a tab broke the YAML (1-based line and column): at the parser's mark, else the
+    first tab in a line's indentation. None when tabs are not the cause."""
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines):
+        line = lines[mark.line]
+        if mark.column < len(line) and line[mark.column] == "\t":
+            return mark.line + 1, mark.column + 1
+    for number, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip(" \t"))
+        if "\t" in line[:indent]:
+            return number + 1, line.index("\t") + 1
+    return None
 
 
 def check_top_level_keys(data: Mapping[Any, Any]) -> None:
@@ -111,6 +133,17 @@ class EnvOverrides(EnvSettingsSource):
         # the rest ignoring case, by the library.
         return {n.lower(): v for n, v in self._environ.items() if n.startswith(self.env_prefix)}
 
+    def variables(self) -> dict[str, list[str]]:
+        """Each ``SIDECAR_…`` variable as it is spelled, with the key path it names: errors
+        caused by a variable name it."""
+        prefix = self.env_prefix
+        delimiter = self.env_nested_delimiter or "__"
+        return {
+            name: [part for part in name[len(prefix) :].lower().split(delimiter) if part]
+            for name in self._environ
+            if name.startswith(prefix)
+        }
+
     def _paths(self) -> list[list[str]]:
         """The key path each prefixed variable names (``sidecar_a__b`` -> ``[a, b]``)."""
         prefix = self.env_prefix.lower()
@@ -136,7 +169,8 @@ class EnvOverrides(EnvSettingsSource):
         return _match_keys(data, self._file_keys)
 
 
-def _norm(key: object) -> str:
+def norm_key(key: object) -> str:
+    """A key as a variable name can spell it: lower case, ``_`` for ``-``."""
     return str(key).lower().replace("-", "_")
 
 
@@ -149,7 +183,7 @@ def _find(node: Mapping[Any, Any], key: str) -> Any:
     """The key of ``node`` that ``key`` (from a variable name) stands for, if any."""
     if key in node:
         return key
-    return next((k for k in node if _norm(k) == _norm(key)), None)
+    return next((k for k in node if norm_key(k) == norm_key(key)), None)
 
 
 def _match_keys(overrides: dict[str, Any], file_keys: Any) -> dict[str, Any]:

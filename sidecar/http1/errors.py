@@ -98,6 +98,39 @@ class TooLarge(TransportError):
         return f"{self.peer} answered with {self.detail}"
 
 
+class ProxyUnreachable(TransportError, OSError):
+    """No connection to the egress proxy itself (``peer`` is the proxy): down, refused,
+    unresolvable, or silent for the connect timeout."""
+
+    kind = "proxy_unreachable"
+
+    def describe(self) -> str:
+        return f"cannot connect to egress proxy {self.peer} ({self.detail})"
+
+
+class ProxyAuthRefused(TransportError, OSError):
+    """The egress proxy answered the CONNECT with 407: wrong or missing credentials."""
+
+    kind = "proxy_auth"
+
+    def describe(self) -> str:
+        return f"egress proxy {self.peer} {self.detail}"
+
+
+class ProxyRefused(TransportError, OSError):
+    """The egress proxy answered the CONNECT with something other than 200 or 407 (its
+    ``status``), or with no valid answer at all (``status`` None)."""
+
+    kind = "proxy_refused"
+
+    def __init__(self, peer: str, status: int | None, detail: str) -> None:
+        super().__init__(peer, detail)
+        self.status = status
+
+    def describe(self) -> str:
+        return f"egress proxy {self.peer} {self.detail}"
+
+
 class HeadRefused(Exception):
     """A request head (or trailer block) the server will not parse: it answers ``status``
     with the JSON ``error`` and closes."""

@@ -1,6 +1,7 @@
 """One-shot HTTP/1.1 calls for the sidecar's own traffic (IdP logins, NCANode signing): one
 short (TLS) exchange per call, since such calls are minutes apart and a kept connection would
-only go stale, with bounded answers. Runs on the same HTTP/1.1 client as the proxy.
+only go stale, with bounded answers. Runs on the same HTTP/1.1 client as the proxy, and
+through the same egress proxy when a :class:`~sidecar.http1.dial.Dialer` is given.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from urllib.parse import urlencode, urlsplit
 from multidict import CIMultiDict
 
 from sidecar import __version__
+from sidecar.http1.dial import Dialer
 from sidecar.http1.errors import TimedOut, TooLarge
 from sidecar.http1.pool import ConnectionPool, request_head
 from sidecar.http1.wire import DEFAULT_PORTS
@@ -33,9 +35,12 @@ class Fetched:
 
 
 class Fetcher:
-    def __init__(self, ssl_context: ssl.SSLContext | None, timeout: float) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None, timeout: float, dialer: Dialer | None = None
+    ) -> None:
         self._ssl = ssl_context
         self.timeout = timeout
+        self.dialer = dialer
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
         """New TLS material for the next call."""
@@ -61,9 +66,11 @@ class Fetcher:
         context = self._ssl if tls else None
         if tls and context is None:
             context = ssl.create_default_context()
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        tunnel = self.dialer.tunnel_for(parts.hostname, port, tls) if self.dialer else None
         pool = ConnectionPool(
-            parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme], context,
-            connect_timeout=self.timeout, read_timeout=self.timeout,
+            parts.hostname, port, context,
+            connect_timeout=self.timeout, read_timeout=self.timeout, tunnel=tunnel,
         )
         out: CIMultiDict[str] = CIMultiDict(headers or {})
         body = b""

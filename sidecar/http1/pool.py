@@ -1,6 +1,7 @@
 """The upstream connections to one origin: idle keep-alive ones kept for reuse, new ones made
 with one TLS context, at most ``max_connections`` at once (as httpcore separates the pool
-from the connection)."""
+from the connection). With a :class:`~sidecar.http1.dial.Tunnel`, each new connection is a
+CONNECT tunnel through that proxy, with TLS end to end inside it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import deque
 from multidict import CIMultiDict
 
 from sidecar.http1.client import UpstreamConnection
+from sidecar.http1.dial import Tunnel, open_tunnel
 from sidecar.http1.errors import PoolFull, connect_error
 from sidecar.http1.wire import head
 
@@ -30,6 +32,7 @@ class ConnectionPool:
         read_timeout: float,
         keepalive: float = 30.0,
         max_connections: int | None = None,
+        tunnel: Tunnel | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.max_connections = max_connections
@@ -39,6 +42,7 @@ class ConnectionPool:
         self.port = port
         self.label = f"{host}:{port}"
         self.ssl = ssl_context
+        self.tunnel = tunnel
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive = keepalive
@@ -107,15 +111,34 @@ class ConnectionPool:
                 return
 
     async def _connect(self) -> UpstreamConnection:
-        connecting = self.loop.create_connection(
-            lambda: UpstreamConnection(self),
-            self.host,
-            self.port,
-            ssl=self.ssl,
-            server_hostname=self.host if self.ssl is not None else None,
-            ssl_handshake_timeout=self.connect_timeout if self.ssl is not None else None,
-        )
-        _, protocol = await asyncio.wait_for(connecting, self.connect_timeout)
+        tls = self.ssl is not None
+        if self.tunnel is None:
+            connecting = self.loop.create_connection(
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if tls else None,
+                ssl_handshake_timeout=self.connect_timeout if tls else None,
+            )
+            _, protocol = await asyncio.wait_for(connecting, self.connect_timeout)
+            return protocol
+        # Through the proxy: the CONNECT exchange and the TLS handshake share one deadline.
+        deadline = self.loop.time() + self.connect_timeout
+        sock = await open_tunnel(self.tunnel, self.host, self.port, self.connect_timeout)
+        try:
+            connecting = self.loop.create_connection(
+                lambda: UpstreamConnection(self),
+                sock=sock,
+                ssl=self.ssl,
+                server_hostname=self.host if tls else None,
+                ssl_handshake_timeout=self.connect_timeout if tls else None,
+            )
+            async with asyncio.timeout_at(deadline):
+                _, protocol = await connecting
+        except BaseException:
+            sock.close()
+            raise
         return protocol
 
     def release(self, conn: UpstreamConnection, reuse: bool = True) -> None:

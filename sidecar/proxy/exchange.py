@@ -18,12 +18,16 @@ from sidecar.http1.client import UpstreamResponse
 from sidecar.http1.request import ServerRequest
 from sidecar.logs import access_log
 from sidecar.proxy.body import RequestBody
+from sidecar.proxy.breaker import SILENT
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.ratelimit import RateLimited
 from sidecar.proxy.upstream import UpstreamRuntime
+from sidecar.proxy.upstream_client import UpstreamFailure
 
 # The sidecar's own refusals that count as "rejected locally" in the metrics.
-_LOCAL_REJECTIONS = frozenset({"missing_header", "body_too_large", "no_token", "rate_limited"})
+_LOCAL_REJECTIONS = frozenset({
+    "missing_header", "body_too_large", "no_token", "rate_limited", "upstream_unavailable",
+})
 
 
 class Exchange:
@@ -31,17 +35,20 @@ class Exchange:
     per request."""
 
     __slots__ = (
-        "body", "broken", "bytes_out", "gone", "headers", "path_qs", "queued", "refused",
-        "replayed", "request", "request_id", "response", "retried_429", "started", "upstream",
-        "url",
+        "body", "broken", "bytes_out", "gone", "headers", "origin", "path_qs", "probe", "queued",
+        "refused", "replayed", "request", "request_id", "response", "retried_429", "started",
+        "upstream", "url",
     )
 
     def __init__(
-        self, request: ServerRequest, upstream: UpstreamRuntime, path_qs: str, request_id: str
+        self, request: ServerRequest, upstream: UpstreamRuntime, path_qs: str, request_id: str,
+        origin: str = "",
     ) -> None:
         self.request = request
         self.upstream = upstream
         self.path_qs = path_qs
+        self.origin = origin  # the origin the app called: Location values go back to it
+        self.probe = False  # this request is the circuit breaker's probe, not yet answered
         self.request_id = request_id
         self.started = time.monotonic()
         self.url = upstream.config.target + path_qs
@@ -65,17 +72,31 @@ class Exchange:
         body = self.body
         data = None if body is None else (body.stream() if first else body.replay())
         headers = self.headers
-        headers["Authorization"] = f"Bearer {token.value}"
+        upstream = self.upstream
+        headers[upstream.token_header] = upstream.token_prefix + token.value
         length = self.request.content_length
         if length is not None:  # framing from what llhttp parsed (the app's header was dropped)
             headers["Content-Length"] = str(length)
         chunked = data is not None and length is None
-        self.response = await self.upstream.client.send(
-            self.request.method, self.url, headers, data, chunked
-        )
+        breaker = self.upstream.breaker
+        try:
+            self.response = await self.upstream.client.send(
+                self.request.method, self.url, headers, data, chunked
+            )
+        except UpstreamFailure as exc:
+            if exc.error in SILENT:  # no answer at all; never a verdict on the token
+                breaker.failed(self.probe)
+                self.probe = False
+            raise
+        if not breaker.clean:
+            breaker.succeeded()
+            self.probe = False
         return self.response
 
     def close(self) -> None:
+        if self.probe:  # it ended before the upstream answered or stayed silent
+            self.upstream.breaker.probe_abandoned()
+            self.probe = False
         if self.response is not None:
             self.response.close()
         if self.body is not None:
@@ -97,6 +118,7 @@ class Exchange:
     def rate_limited(self, exc: RateLimited) -> LocalAnswer:
         limiter = self.upstream.limiter
         assert limiter is not None
+        self.queued += exc.waited  # refused from the queue: the wait still shows in the log
         return self.refuse(
             429, "rate_limited",
             f"{self.upstream.name} allows {limiter.cfg.rps:g} request(s)/s; this one would "

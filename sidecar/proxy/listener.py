@@ -15,7 +15,7 @@ from sidecar.config.fields import parse_host_port
 from sidecar.http1.answer import LocalAnswer
 from sidecar.http1.request import ServerRequest
 from sidecar.http1.server import HttpServer
-from sidecar.metrics import NO_UPSTREAM, Metrics
+from sidecar.metrics import Metrics
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.pipeline import proxy_request
 from sidecar.proxy.router import BadTarget, Router, request_target
@@ -23,6 +23,8 @@ from sidecar.proxy.tunnel import tunnel
 from sidecar.proxy.upstream import UpstreamRuntime
 
 log = structlog.get_logger("sidecar.proxy")
+# The status each refusal of the HTTP parser answers (sidecar.http1.server_connection).
+_MALFORMED_STATUS = {"bad_request": 400, "uri_too_long": 414, "headers_too_large": 431}
 
 
 class ProxyHandler:
@@ -49,47 +51,52 @@ class ProxyHandler:
             # An upstream answering TRACE echoes the request, with the Authorization the
             # sidecar adds: a token in a response body. Refused before anything is routed.
             return self._refuse(
-                405, "method_not_allowed",
+                request, 405, "method_not_allowed",
                 "TRACE is not forwarded: the upstream would echo the sidecar's credentials",
             ).send(request)
         if request.method == "CONNECT":
             return self._connect(request)
         if "Upgrade" in request.headers:
-            return self._refuse(400, "upgrade_refused", "protocol upgrades are not proxied").send(
-                request)
+            return self._refuse(
+                request, 400, "upgrade_refused", "protocol upgrades are not proxied"
+            ).send(request)
         try:
             target = request_target(request.raw_path, request.headers.get("Host"))
         except BadTarget as exc:
-            return self._refuse(400, "bad_request", str(exc)).send(request)
+            return self._refuse(request, 400, "bad_request", str(exc)).send(request)
         name = self._router.resolve(target.host, target.port)
         if name is None:
             log.info("refused_unknown_host", host=target.host, port=target.port)
             return self._refuse(
-                403, "unknown_host",
+                request, 403, "unknown_host",
                 f"{target.host}:{target.port} is not a configured upstream; the sidecar only "
                 "forwards to hosts listed in upstreams.*.match",
             ).send(request)
-        return proxy_request(request, self.upstreams[name], target.path_qs)
+        return proxy_request(request, self.upstreams[name], target.path_qs, target.origin)
 
-    def _refuse(self, status: int, error: str, message: str) -> LocalAnswer:
+    def _refuse(
+        self, request: ServerRequest, status: int, error: str, message: str
+    ) -> LocalAnswer:
         # No upstream is known yet, so these are counted under a fixed label, never the host.
-        self._metrics.local_rejections.labels(NO_UPSTREAM, error).inc()
+        self._metrics.refused_early(request.method, status, error)
         return error_response(status, error, message)
 
     def malformed(self, error: str) -> None:
-        """A request head refused by the HTTP parser (counted like the refusals above)."""
-        self._metrics.local_rejections.labels(NO_UPSTREAM, error).inc()
+        """A request head refused by the HTTP parser (counted like the refusals above; its
+        method is unknown)."""
+        self._metrics.refused_early("", _MALFORMED_STATUS.get(error, 400), error)
 
     async def _connect(self, request: ServerRequest) -> None:
         try:
             host, port = parse_host_port(request.raw_path)
         except ValueError:
-            await self._refuse(400, "bad_request", "CONNECT needs host:port").send(request)
+            await self._refuse(request, 400, "bad_request", "CONNECT needs host:port").send(
+                request)
             return
         if self._passthrough is None or self._passthrough.resolve(host, port) is None:
             log.info("refused_connect", host=host, port=port)
             await self._refuse(
-                403, "connect_refused",
+                request, 403, "connect_refused",
                 f"CONNECT to {host}:{port} is not allowed; only hosts in passthrough are tunnelled",
             ).send(request)
             return

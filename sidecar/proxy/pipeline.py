@@ -15,6 +15,7 @@ from sidecar.http1.answer import LocalAnswer
 from sidecar.http1.errors import TransportError
 from sidecar.http1.request import ClientGone, ServerRequest
 from sidecar.proxy.body import BodyTooLarge, RequestBody
+from sidecar.proxy.breaker import HALF_OPEN
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.headers import downstream_headers, upstream_headers
 from sidecar.proxy.ratelimit import RateLimited
@@ -35,10 +36,13 @@ def _new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-async def proxy_request(request: ServerRequest, upstream: UpstreamRuntime, path_qs: str) -> None:
-    """Serve one app request through ``upstream``; the answer goes out on ``request``."""
+async def proxy_request(
+    request: ServerRequest, upstream: UpstreamRuntime, path_qs: str, origin: str = ""
+) -> None:
+    """Serve one app request through ``upstream``; the answer goes out on ``request``.
+    ``origin``: the one the app called (``Location`` values at the target go back to it)."""
     request_id = request.headers.get(REQUEST_ID) or _new_request_id()
-    ex = Exchange(request, upstream, path_qs, request_id)
+    ex = Exchange(request, upstream, path_qs, request_id, origin)
     upstream.inflight.enter()
     try:
         answer = await _exchange(ex)
@@ -61,6 +65,10 @@ async def _exchange(ex: Exchange) -> LocalAnswer | None:
     refusal = _local_checks(ex)
     if refusal is not None:
         return refusal
+    if not upstream.breaker.clean:
+        refusal = _breaker_check(ex)
+        if refusal is not None:
+            return refusal
     # Nearly every request finds a valid token and no rate limit: no suspension then.
     token = upstream.tokens.peek() if upstream.limiter is None else None
     try:
@@ -71,7 +79,8 @@ async def _exchange(ex: Exchange) -> LocalAnswer | None:
         if request.body_exists:
             token = await _take_body(ex, token)
         ex.headers = upstream_headers(request.headers, upstream.config.headers,
-                                      upstream.config.header_date)
+                                      upstream.config.header_date, token.obtained_wall,
+                                      upstream.config.set_headers)
         ex.headers[REQUEST_ID] = ex.request_id
         resp = await ex.send(token)
         inspected = b""
@@ -115,6 +124,22 @@ def _local_checks(ex: Exchange) -> LocalAnswer | None:
     return None
 
 
+def _breaker_check(ex: Exchange) -> LocalAnswer | None:
+    """The upstream has stayed silent lately: fail fast while its breaker is open, and let
+    one request at a time probe it (before a token or the body is waited for)."""
+    breaker = ex.upstream.breaker
+    wait = breaker.admit()
+    if wait is None:
+        ex.probe = breaker.state == HALF_OPEN
+        return None
+    return ex.refuse(
+        503, "upstream_unavailable",
+        f"{ex.upstream.name} gave no answer to {breaker.failures} connection(s) in a row; "
+        "requests fail fast until a probe gets through",
+        retry_after=wait,
+    )
+
+
 async def _token_and_slot(ex: Exchange) -> Token:
     """A token, then a rate-limit slot (the limiter paces *sends*). When the token had to be
     waited for after the slot was granted (a login in between), the slot is spent and the
@@ -148,7 +173,7 @@ async def _take_body(ex: Exchange, token: Token) -> Token:
 async def _stream_back(ex: Exchange, already_read: bytes) -> None:
     request, resp = ex.request, ex.response
     assert resp is not None
-    headers, names = downstream_headers(resp.raw_headers)
+    headers, names = downstream_headers(resp.raw_headers, ex.upstream.target_urls, ex.origin)
     if _REQUEST_ID_RAW not in names:
         headers.append((b"X-Request-ID", ex.request_id.encode("latin-1")))
     request.start_raw(resp.status, resp.reason, headers, b"content-length" in names)

@@ -16,9 +16,10 @@ from sidecar.http1.retry_after import clamp_retry_after
 
 
 class RateLimited(Exception):
-    def __init__(self, retry_after: float) -> None:
+    def __init__(self, retry_after: float, waited: float = 0.0) -> None:
         super().__init__(f"would wait {retry_after:.1f} s")
         self.retry_after = retry_after
+        self.waited = waited  # seconds in the queue before the refusal (a pause's, see below)
 
 
 # Releases are spaced wider than 1/rps: an upstream that counts arrivals must never see two
@@ -98,7 +99,7 @@ class RateLimiter:
                 continue
             leaves_at = self._paused_until + max(0.0, position + 1 - self._tokens) / self._rate
             if leaves_at - queued_at > self.cfg.max_wait:
-                turn.set_exception(RateLimited(leaves_at - now))
+                turn.set_exception(RateLimited(leaves_at - now, waited=now - queued_at))
             else:
                 kept.append((turn, queued_at))
                 position += 1

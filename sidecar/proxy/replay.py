@@ -1,14 +1,22 @@
 """The token-rejected policy: when the API says the token we sent is dead, drop it (only if it
 is still the current one), get a new one (at most one IdP call, however many requests saw the
-rejection), and replay the request once if its body was kept."""
+rejection), and replay the request once if its body was kept.
+
+A token that was itself fetched because of a rejection, less than ``replay.min_interval`` ago,
+is not dropped when it is rejected too: the API refuses something a new token does not change
+(a permission), and a login per 401 would only load the IdP. So 401s cost at most one login
+per interval."""
 
 from __future__ import annotations
+
+import time
 
 import structlog
 
 from sidecar.auth.base import Token
 from sidecar.http1.errors import TransportError
 from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.headers import login_time_headers
 from sidecar.proxy.upstream_client import UpstreamFailure
 
 log = structlog.get_logger("sidecar.proxy")
@@ -54,6 +62,13 @@ async def token_for_replay(
                  token_rejected=rejected, request_id=ex.request_id)
     if not rejected:
         return None
+    if used.after_rejection:
+        age = time.monotonic() - used.obtained_at
+        if age < upstream.config.replay.min_interval:
+            log.warning("token_rejected_again", upstream=upstream.name, status=status,
+                        token_age_s=round(age, 1), request_id=ex.request_id)
+            upstream.metrics.token_rejected_again.inc()
+            return None
     upstream.tokens.invalidate(used)
     body = ex.body
     if body is not None:
@@ -77,6 +92,9 @@ async def replay_if_rejected(ex: Exchange, token: Token) -> bytes:
     if fresh is None:
         return inspected
     ex.replayed = True
+    cfg = ex.upstream.config
+    login_time_headers(ex.headers, ex.request.headers, cfg.headers, cfg.header_date,
+                       fresh.obtained_wall)
     ex.upstream.metrics.replays.inc()
     if ex.upstream.limiter is not None:  # a replay is a send like any other
         ex.queued += await ex.upstream.limiter.acquire()

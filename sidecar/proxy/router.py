@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 from sidecar.config.fields import parse_host_port
 
-# Apps call a handful of hosts: their parsed authorities are kept (bounded, cleared when full).
-_AUTHORITIES: dict[tuple[str, int], tuple[str, int]] = {}
+# Apps call a handful of hosts: their parsed authorities are kept (bounded, cleared when full),
+# as (host, port, the origin the app called).
+_AUTHORITIES: dict[tuple[str, int], tuple[str, int, str]] = {}
 _MAX_AUTHORITIES = 1024
 
 
@@ -23,6 +24,9 @@ class Target(NamedTuple):
     host: str
     port: int
     path_qs: str  # raw path and query, byte for byte as the app sent them
+    # The origin the app called ("http://" + the authority it wrote), where a Location that
+    # points at the upstream's target is sent back to (see location.py).
+    origin: str = ""
 
 
 def request_target(raw_target: str, host_header: str | None) -> Target:
@@ -48,13 +52,17 @@ def request_target(raw_target: str, host_header: str | None) -> Target:
     found = _AUTHORITIES.get(key)
     if found is None:
         try:
-            found = parse_host_port(authority, default_port=default_port)
+            host, port = parse_host_port(authority, default_port=default_port)
         except ValueError as exc:
             raise BadTarget(str(exc)) from None
+        # An absolute https:// URI (an app using the sidecar as a gateway) gets https back,
+        # so a port-less authority still means the port it called.
+        scheme = "https://" if default_port == 443 else "http://"
+        found = (host, port, scheme + authority)
         if len(_AUTHORITIES) >= _MAX_AUTHORITIES:
             _AUTHORITIES.clear()
         _AUTHORITIES[key] = found
-    return Target(found[0], found[1], path_qs or "/")
+    return Target(found[0], found[1], path_qs or "/", found[2])
 
 
 class Router:

@@ -42,6 +42,7 @@ async def after_429(ex: Exchange, inspected: bytes) -> bool:
         try:
             ex.queued += await limiter.acquire()
         except RateLimited as exc:
+            ex.queued += exc.waited
             raise UpstreamFailure(
                 429, "rate_limited", f"{upstream.name} is rate limited; retry after {delay:g} s"
             ) from exc

@@ -6,12 +6,15 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
-from sidecar.auth import rejection_policy, token_source
+from sidecar.auth import rejection_policy, token_header, token_source
 from sidecar.auth.base import RejectionPolicy, TokenSource
+from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
 from sidecar.inflight import InFlight
 from sidecar.metrics import Metrics, UpstreamMetrics
 from sidecar.proxy.body import ReplayBudget
+from sidecar.proxy.breaker import Breaker
+from sidecar.proxy.location import TargetUrls
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream_client import UpstreamClient
 from sidecar.tls import ClientIdentity, client_context, client_identity
@@ -29,13 +32,19 @@ class UpstreamRuntime:
     rejection: RejectionPolicy
     metrics: UpstreamMetrics
     replay_budget: ReplayBudget
+    breaker: Breaker
+    target_urls: TargetUrls  # recognises Location values that point at the target
     limiter: RateLimiter | None = None
     client_cert: ClientIdentity | None = None
+    # Where the token goes: "Authorization: Bearer <token>" unless the auth block says.
+    token_header: str = "Authorization"
+    token_prefix: str = "Bearer "
     # Requests in progress, so a replaced upstream closes only when idle.
     inflight: InFlight = field(default_factory=InFlight)
 
     def __post_init__(self) -> None:
         self.metrics.track_inflight(self.inflight)
+        self.metrics.track_breaker(self.breaker)
 
     def set_client_cert(self, cert: ClientIdentity | None) -> None:
         self.client_cert = cert
@@ -76,12 +85,18 @@ def build_upstream(
     runtime = UpstreamRuntime(
         name=name,
         config=cfg,
-        client=UpstreamClient(ctx, cfg.timeouts, cfg.max_connections),
+        client=UpstreamClient(
+            ctx, cfg.timeouts, cfg.max_connections, egress_dialer(cfg.egress_proxy)
+        ),
         tokens=tokens or token_source(name, cfg, ctx, upstream_metrics),
         rejection=rejection_policy(cfg),
         metrics=upstream_metrics,
         replay_budget=replay_budget,
+        # A rebuilt upstream starts closed: its config (target, timeouts) may have changed.
+        breaker=Breaker(name, cfg.circuit_breaker),
+        target_urls=TargetUrls(cfg.target),
         limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
     )
+    runtime.token_header, runtime.token_prefix = token_header(cfg)
     runtime.set_client_cert(client_identity(cfg.tls))
     return runtime

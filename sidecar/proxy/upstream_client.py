@@ -19,10 +19,14 @@ from multidict import CIMultiDict
 
 from sidecar.config.sections import Timeouts
 from sidecar.http1.client import UpstreamResponse
+from sidecar.http1.dial import Dialer
 from sidecar.http1.errors import (
     Closed,
     ConnectFailed,
     PoolFull,
+    ProxyAuthRefused,
+    ProxyRefused,
+    ProxyUnreachable,
     TimedOut,
     TlsFailed,
     TransportError,
@@ -64,9 +68,14 @@ class _Origin:
 
 class UpstreamClient:
     def __init__(
-        self, ssl_context: ssl.SSLContext, timeouts: Timeouts, max_connections: int | None = None
+        self,
+        ssl_context: ssl.SSLContext,
+        timeouts: Timeouts,
+        max_connections: int | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self._ssl = ssl_context
+        self._dialer = dialer
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._origins: dict[str, _Origin] = {}
@@ -91,6 +100,9 @@ class UpstreamClient:
                 connect_timeout=self._timeouts.connect,
                 read_timeout=self._timeouts.read,
                 max_connections=self._max_connections,
+                tunnel=self._dialer.tunnel_for(origin.host, origin.port, origin.tls)
+                if self._dialer is not None
+                else None,
             )
         return pool
 
@@ -158,7 +170,14 @@ class UpstreamClient:
 
 
 def _failure(exc: TransportError) -> UpstreamFailure:
-    """A transport failure as the status and error code the app should see."""
+    """A transport failure as the status and error code the app should see. A failed
+    egress proxy has codes of its own: the fix is with the network team, not the API."""
+    if isinstance(exc, ProxyAuthRefused):
+        return UpstreamFailure(502, "egress_proxy_auth", exc.describe())
+    if isinstance(exc, ProxyUnreachable):
+        return UpstreamFailure(502, "egress_proxy_unreachable", exc.describe())
+    if isinstance(exc, ProxyRefused):
+        return UpstreamFailure(502, "egress_proxy_refused", exc.describe())
     if isinstance(exc, TlsFailed):
         return UpstreamFailure(502, "upstream_tls", exc.describe())
     if isinstance(exc, TimedOut):

@@ -27,6 +27,7 @@ from sidecar.sandbox.wso2 import (
     issue_kisc_client,
     start_wso2,
 )
+from sidecar.sandbox.xtrace import XTRACE_HOST, start_xtrace, xtrace_upstream
 
 log = structlog.get_logger("sidecar.sandbox")
 
@@ -169,6 +170,8 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
         running.push_async_callback(moex.stop)
         mpt, mpt_server = await start_mpt(stack.pki, port=ports.mpt)
         running.push_async_callback(mpt_server.stop)
+        xtrace, xtrace_server = await start_xtrace(stack.pki, port=ports.xtrace)
+        running.push_async_callback(xtrace_server.stop)
 
         data = sandbox_config(
             stack, secrets_dir, proxy=f"127.0.0.1:{ports.proxy}", admin=f"127.0.0.1:{ports.admin}"
@@ -186,6 +189,10 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
             moex, stack.token_url, stack.pki, secrets_dir
         )
         upstreams["mpt"] = mpt_upstream(mpt_server.url, mpt.key_path, stack.pki)
+        upstreams["xtrace"] = xtrace_upstream(
+            xtrace, xtrace_server.url, str(stack.pki.ca_file),
+            str(_secret(secrets_dir, "xtrace-password", next(iter(xtrace.users.values())))),
+        )
         config_file = directory / "sidecar.yaml"
         config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         config = validate_config(data)
@@ -208,6 +215,7 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
             "MOEX registration": f"{moex.api_url}   (1 request/s, 11:00-16:00 MSK)",
             "KISC gateway": f"{gateway_server.url}   (WSO2, mTLS on /token and the API)",
             "MPT true API": mpt_server.url + MPT_BASE,
+            "MPT xTrace": f"{xtrace_server.url}   (JSON login, json_login)",
         }
         print(_banner(urls, sidecar.proxy_port, sidecar.admin_port, config_file), flush=True)
         await stop.wait()
@@ -258,6 +266,7 @@ def _banner(urls: dict[str, str], proxy_port: int, admin_port: int, config_file:
             f"  curl -x http://127.0.0.1:{proxy_port} http://{KISC_HOST}/etsfo/1.0.0/messages/ "
             "-H 'x-idempotency-key: DEMO-1' -H 'Content-Type: application/xml' -d '<Doc/>'",
             f"  curl -x {proxy} http://{MPT_HOST}{MPT_BASE}/cises/info   # signed-challenge login",
+            f"  curl -x {proxy} http://{XTRACE_HOST}/api/v1/codes   # xTrace: json_login",
             f"  curl -x {proxy} http://{MOEX_REGISTRATION_HOST}/client/v1/applications/ "
             "-H 'Content-Type: application/xml' -d '<DOC DOC_DATE=\"2026-11-20\" DOC_NUM=\"1\"/>'"
             "   # Passport + signature (answers 503 outside 11:00-16:00 MSK)",

@@ -8,6 +8,7 @@ settings. What they all did the same way (fail, hang, settings, call counting, t
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ MAX_EVENTS = controls.MAX_EVENTS  # keep issued-token logs bounded during long l
 _AIOHTTP_MAX_BODY = 1024**2  # aiohttp's own default client_max_size
 
 
-class Emulator:
+class Emulator(abc.ABC):
     """An emulator's app with fault injection, statistics and runtime settings.
 
     Subclasses name the settings ``POST /_sandbox/settings`` may change in ``SETTINGS``
@@ -92,8 +93,9 @@ class Emulator:
     def settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.SETTINGS}
 
+    @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What the emulator saw, for tests and ``/_sandbox/stats``."""
 
     def call_stats(self) -> dict[str, Any]:
         """Concurrency and the per-call events of the calls run under ``controls.track``."""

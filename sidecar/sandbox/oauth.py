@@ -3,6 +3,7 @@ bodies, and a token endpoint under the fault controls that counts its calls by g
 
 from __future__ import annotations
 
+import abc
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -69,8 +70,9 @@ class TokenEndpoint(Emulator):
         raw = form.get("grant_type")
         return raw if isinstance(raw, str) else None
 
+    @abc.abstractmethod
     async def grant(self, request: web.Request, form: Mapping[str, str]) -> web.Response:
-        raise NotImplementedError
+        """Answer one token call of the dialect (its grant types, its error shapes)."""
 
     async def token_handler(self, request: web.Request) -> web.Response:
         event: dict[str, Any] = {"grant": None, "start": time.monotonic()}

@@ -17,6 +17,7 @@ class Ports:
     passport: int = 8445
     registration: int = 8446
     mpt: int = 8447
+    xtrace: int = 8448
 
 
 # What listens on each port, for ``sidecar sandbox --help`` and the banner.
@@ -29,4 +30,5 @@ ROLES: dict[str, str] = {
     "passport": "MOEX Passport emulator",
     "registration": "MOEX client registration API emulator",
     "mpt": "MPT true API emulator",
+    "xtrace": "MPT xTrace emulator",
 }

@@ -21,7 +21,7 @@ from sidecar.sandbox.demo import moex_registration_upstream
 from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 APPLICATIONS = "http://play-apim.moex.com/client/v1/applications/"
 

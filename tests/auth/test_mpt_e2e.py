@@ -18,7 +18,7 @@ from sidecar.sandbox.mpt import MptApi, start_mpt
 from sidecar.sandbox.ncanode import start_ncanode
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack, TlsServer
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 API = "http://stage.ismet.kz/api/v3/true-api"
 
@@ -175,7 +175,9 @@ async def test_signer_failure_and_rejected_signature_give_503_then_recover(
     argv = [sys.executable, str(script), str(mode), str(good.cert_file.with_suffix("")),
             str(foreign.cert_file.with_suffix(""))]
     signer = {"type": "command", "command": {"argv": argv, "timeout": 10}}
-    sidecar = await make_sidecar(upstreams={"mpt": mpt_upstream(sandbox, mpt, signer)})
+    upstream = mpt_upstream(sandbox, mpt, signer)
+    upstream["auth"]["refused_backoff"] = 0.5  # a refused signature waits 30 s by default
+    sidecar = await make_sidecar(upstreams={"mpt": upstream})
     proxy = proxy_url(sidecar)
     async with aiohttp.ClientSession() as session:
         await _expect_503(session, proxy, "signing the MPT challenge failed",
@@ -193,6 +195,7 @@ async def test_reused_challenge_gives_503_then_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     upstream = mpt_upstream(sandbox, mpt, pkcs7_signer(sandbox))
+    upstream["auth"]["refused_backoff"] = 0.5  # a refused sign-in waits 30 s by default
     sidecar = await make_sidecar(upstreams={"mpt": upstream})
     proxy = proxy_url(sidecar)
     async with aiohttp.ClientSession() as session:

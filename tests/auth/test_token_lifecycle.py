@@ -12,8 +12,8 @@ import aiohttp
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
-from tests.load import run_load
+from tests.helpers.load import run_load
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 

@@ -21,7 +21,7 @@ from sidecar.auth.static import StaticToken
 from sidecar.config.auth import StaticAuth
 from sidecar.config.errors import SetupError
 from sidecar.sandbox.servers import SandboxStack, TlsServer
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 INJECTED = "abc\r\nX-Injected: 1"

@@ -1,4 +1,4 @@
-"""WSO2 gateway faults: only 900901-900903 in a 401 mean "token no longer valid"."""
+"""WSO2 gateway faults: only 900900-900904 in a 401 mean "token no longer valid"."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def test_fault_code(body: bytes, code: int | None) -> None:
         (401, JSON_FAULT, True),
         (401, XML_FAULT, True),
         (401, b'{"fault":{"code":900902,"message":"Missing Credentials"}}', True),
+        (401, b'{"fault":{"code":900904,"message":"Access Token Inactive"}}', True),
+        (401, b'{"fault":{"code":900900,"message":"Unclassified Authentication Failure"}}', True),
+        (401, b'{"fault":{"code":900908,"message":"Resource forbidden"}}', False),
         (401, b'{"fault":{"code":900910,"message":"scope"}}', False),
         (403, b'{"fault":{"code":900908,"message":"Resource forbidden"}}', False),
         (403, JSON_FAULT, False),

@@ -16,7 +16,7 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.wso2 import issue_kisc_client
-from tests.conftest import Kisc, SidecarFactory, proxy_url
+from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
 
 MESSAGES = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
 PACS_008 = (
@@ -180,3 +180,17 @@ async def test_load_across_an_expiry_fault_is_invisible(kisc: Kisc, kisc_sidecar
         await asyncio.gather(expire_midway(), *(client(n) for n in range(8)))
     assert set(statuses) == {202}, {s: statuses.count(s) for s in set(statuses)}
     assert kisc.gateway.stats()["rejected"] >= 1
+
+
+async def test_inactive_token_fault_is_a_dead_token(kisc: Kisc, kisc_sidecar: Sidecar) -> None:
+    """900904 "Access Token Inactive" (a revoked token) gets a new token and the replay, like
+    900901; before, the app got the 401 for as long as the token had left to live."""
+    async with aiohttp.ClientSession() as session:
+        assert (await _post(session, kisc_sidecar, PACS_008, "I-0"))[0] == 202
+        kisc.gateway.reset_stats()
+        kisc.gateway.force_fault(900904)
+        status, _ = await _post(session, kisc_sidecar, PACS_008, "I-1")
+        assert status == 202
+        stats = kisc.gateway.stats()
+        assert stats["by_grant"].get("refresh_token", 0) + stats["by_grant"].get("password", 0) == 1
+        assert stats["last_request"]["headers"]["x-idempotency-key"] == "I-1"

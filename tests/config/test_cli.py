@@ -2,58 +2,43 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 
-import sidecar
-from tests.config.helpers import (
+from sidecar.sandbox.pki import Pki
+from tests.helpers.cli import check, run_sidecar
+from tests.helpers.config_files import (
     ALL_SECRETS,
     MINIMAL_YAML,
+    P12_PASSWORD,
     Files,
     full_yaml,
     make_files,
     write,
 )
 
-REPO_ROOT = Path(sidecar.__file__).resolve().parent.parent
-
-
-def run_sidecar(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {
-        "PATH": os.defpath,
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(REPO_ROOT),
-        "PYTHONIOENCODING": "utf-8",
-        "LC_ALL": "C.UTF-8",
-    }
-    environ.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        env=environ,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
-def check(tmp_path: Path, path: Path, env: dict[str, str] | None = None):
-    return run_sidecar(tmp_path, "check", "--config", str(path), env=env)
-
 
 @pytest.fixture
 def files(tmp_path: Path) -> Files:
-    return make_files(tmp_path / "secrets")
+    """The helpers' files with real certificate material: check builds the TLS contexts."""
+    made = make_files(tmp_path / "secrets")
+    pki = Pki(tmp_path / "pki")
+    client = pki.issue_client("client")
+    made.ca.write_bytes(pki.ca_file.read_bytes())
+    made.cert.write_bytes(client.cert_file.read_bytes())
+    made.key.write_bytes(client.key_file.read_bytes())
+    key = serialization.load_pem_private_key(client.key_file.read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    made.p12.write_bytes(pkcs12.serialize_key_and_certificates(
+        b"client", key, client.cert, None,
+        serialization.BestAvailableEncryption(P12_PASSWORD.encode()),
+    ))
+    return made
 
 
 def test_check_prints_effective_config(tmp_path: Path, files: Files) -> None:

@@ -14,7 +14,7 @@ from sidecar.config import (
     signer_files,
     tls_files,
 )
-from tests.config.helpers import MINIMAL_YAML, Files, full_yaml, make_files, write
+from tests.helpers.config_files import MINIMAL_YAML, Files, full_yaml, make_files, write
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import yaml
 from pydantic import SecretStr
 
 from sidecar.config import ConfigError, load_config, redacted, validate_config
-from tests.config.helpers import (
+from tests.helpers.config_files import (
     ALL_SECRETS,
     CC_SECRET,
     CLIENT_SECRET,
@@ -20,27 +20,19 @@ from tests.config.helpers import (
     P12_PASSWORD,
     PASSWORD,
     STATIC_TOKEN,
+    UP,
     Files,
+    base,
     full_yaml,
     make_files,
+    upstream,
     write,
 )
-
-UP = "upstreams.moex-ntb"
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> Files:
     return make_files(tmp_path / "secrets")
-
-
-def base() -> dict[str, Any]:
-    """A minimal valid config as data; tests change a copy of it."""
-    return copy.deepcopy(yaml.safe_load(MINIMAL_YAML))
-
-
-def upstream(data: dict[str, Any]) -> dict[str, Any]:
-    return data["upstreams"]["moex-ntb"]
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:
@@ -503,7 +495,8 @@ def test_unknown_auth_type_lists_valid_ones() -> None:
     upstream(data)["auth"]["type"] = "oidc"
     assert problems_of(data) == [
         f"{UP}.auth: unknown type 'oidc'; expected one of "
-        "client_credentials, moex_passport, mpt_signin, oidc_password, static, wso2_password"
+        "client_credentials, json_login, moex_passport, mpt_signin, oidc_password, static, "
+        "wso2_password"
     ]
 
 
@@ -707,7 +700,7 @@ def test_invalid_yaml_gives_line_number(tmp_path: Path) -> None:
 def test_invalid_yaml_tab_indentation(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "upstreams:\n\tmoex-ntb: {}\n")
     [problem] = load_problems(path)
-    assert problem.startswith(f"{path}: not valid YAML at line 2, column 1")
+    assert problem == f"{path}: tab character at line 2, column 1: YAML indents with spaces"
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from sidecar.config import ConfigError, config_warnings, load_config, validate_config
-from tests.config.helpers import MINIMAL_YAML, write
-from tests.config.test_cli import check
+from tests.helpers.cli import check
+from tests.helpers.config_files import MINIMAL_YAML, write
 
 UP = "upstreams.moex-ntb"
 FIX = f"use https://, or set {UP}.allow_plaintext: true"

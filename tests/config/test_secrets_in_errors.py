@@ -28,8 +28,8 @@ from sidecar.config import (
 from sidecar.config import auth as m
 from sidecar.config.secrets import secret_fields, secret_file_twins, secret_values
 from sidecar.reload import Reloader
-from tests.config.helpers import write
-from tests.config.test_cli import check
+from tests.helpers.cli import check
+from tests.helpers.config_files import write
 
 PIN = 98765432
 PASSWORD = 86421357

@@ -11,7 +11,7 @@ from sidecar.config import ConfigError, validate_config
 from sidecar.config.auth import CommandSigning, NcaNodeSigning, Pkcs7Signing
 from sidecar.config.errors import SetupError
 from sidecar.signing import make_signer
-from tests.config.helpers import write
+from tests.helpers.config_files import write
 
 AUTH = "upstreams.mpt.auth"
 

@@ -7,7 +7,7 @@ linters the `deploy-check` target runs find nothing.
 
 from __future__ import annotations
 
-import os
+import asyncio
 import re
 import shutil
 import subprocess
@@ -25,81 +25,30 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.admin import AdminRoutes
 from sidecar.config.fields import parse_host_port
 from sidecar.sandbox.pki import Pki
-from tests.conftest import SidecarFactory, proxy_url
+from sidecar.sandbox.servers import SandboxStack
+from tests.helpers.manifests import (
+    K8S,
+    ROOT,
+    clean_env,
+    manifest_files,
+    pod_spec,
+    port_of,
+    resource,
+    resources,
+    secret_paths,
+    sidecar_config,
+    sidecar_config_text,
+    sidecar_container,
+    venv_tool,
+)
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "kubernetes"
 SECRETS_ROOT = "/run/secrets/"
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 # Labels Prometheus adds to every scraped series (PodMonitor target labels), not the sidecar.
 TARGET_LABELS = {"namespace", "pod", "container", "job", "instance", "endpoint"}
-
-
-def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-def resources() -> list[dict[str, Any]]:
-    docs = []
-    for path in manifest_files():
-        docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return docs
-
-
-def resource(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [r for r in resources() if r["kind"] == kind and name in (None, r["metadata"]["name"])]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
-def pod_spec() -> dict[str, Any]:
-    return resource("Deployment")["spec"]["template"]["spec"]
-
-
-def sidecar_container() -> dict[str, Any]:
-    [container] = [c for c in pod_spec()["initContainers"] if c["name"] == "authsidecar"]
-    return container
-
-
-def sidecar_config_text() -> str:
-    return resource("ConfigMap", "authsidecar-config")["data"]["sidecar.yaml"]
-
-
-def sidecar_config() -> dict[str, Any]:
-    return yaml.safe_load(sidecar_config_text())
-
-
-def secret_paths(node: Any) -> list[str]:
-    """Every ``*_file`` value in a config tree."""
-    if isinstance(node, dict):
-        out = []
-        for key, value in node.items():
-            if key.endswith("_file") and isinstance(value, str):
-                out.append(value)
-            else:
-                out += secret_paths(value)
-        return out
-    if isinstance(node, list):
-        return [p for item in node for p in secret_paths(item)]
-    return []
-
-
-def port_of(container: dict[str, Any], name_or_number: str | int) -> int:
-    if isinstance(name_or_number, int):
-        return name_or_number
-    [port] = [p["containerPort"] for p in container["ports"] if p["name"] == name_or_number]
-    return port
-
-
-def venv_tool(name: str) -> str | None:
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else shutil.which(name)
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
 
 
 # -- kustomization ----------------------------------------------------------------------------
@@ -227,10 +176,13 @@ def test_probes_point_at_routes_the_admin_app_serves() -> None:
     served = set(AdminRoutes(SimpleNamespace()).routes)  # type: ignore[arg-type]
     container = sidecar_container()
     admin_port = parse_host_port(sidecar_config()["listen"]["admin"])[1]
-    expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz"}
+    # The startup probe waits for the first tokens; readiness after it does not follow the IdP.
+    expected = {
+        "livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz?strict",
+    }
     for probe_name, path in expected.items():
         probe = container[probe_name]["httpGet"]
-        assert probe["path"] == path and path in served
+        assert probe["path"] == path and path.split("?")[0] in served
         assert port_of(container, probe["port"]) == admin_port
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "generous start-up"
@@ -267,6 +219,49 @@ def test_podmonitor_and_networkpolicy_select_the_pod() -> None:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             assert ("TCP", port) in egress_ports, f"egress to {url} is not allowed"
+
+
+async def test_probe_paths_mean_first_tokens_then_serving(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory
+) -> None:
+    """The manifests' own probe paths against a running sidecar: the startup probe fails until
+    the first tokens; readiness then stays up through an IdP outage (only /readyz?strict
+    follows it) and goes down when draining."""
+    container = sidecar_container()
+    startup = container["startupProbe"]["httpGet"]["path"]
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    sandbox.idp.access_ttl = 2
+    sandbox.idp.latency = 0.5  # the first login takes a while: both say 503 meanwhile
+    sidecar = await make_sidecar()
+    admin = f"http://127.0.0.1:{sidecar.admin_port}"
+    async with aiohttp.ClientSession() as session:
+
+        async def probe(path: str) -> tuple[int, dict[str, Any]]:
+            async with session.get(admin + path) as resp:
+                return resp.status, await resp.json()
+
+        assert (await probe(startup))[0] == 503
+        assert (await probe(readiness))[0] == 503
+        for _ in range(50):
+            if (await probe(startup))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await probe(readiness))[0] == 200
+
+        sandbox.idp.latency = 0
+        sandbox.idp.fail_with(503)  # the IdP goes down; the 2 s token runs out
+        await asyncio.sleep(2.2)
+        status, body = await probe(startup)
+        assert status == 503 and body["missing"][0]["upstream"] == "moex-ntb"
+        status, body = await probe(readiness)
+        assert status == 200 and body["without_token"][0]["upstream"] == "moex-ntb"
+        async with session.get("http://api.moex.com/ntb/hello", proxy=proxy_url(sidecar)) as r:
+            assert r.status == 503 and (await r.json())["error"] == "no_token"
+
+        drain = asyncio.create_task(sidecar.drain(delay=0.5, grace=0.5))
+        await asyncio.sleep(0.1)
+        assert (await probe(readiness)) == (503, {"status": "shutting down"})
+        await drain
 
 
 # -- alerts ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 FLOOD = 64 * 1024 * 1024
 HEAD = (b"POST http://api.moex.com/orders HTTP/1.1\r\nHost: api.moex.com\r\n"

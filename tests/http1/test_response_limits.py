@@ -23,7 +23,7 @@ from sidecar.config.auth import ClientCredentialsAuth
 from sidecar.http1.wire import MAX_FIELD, MAX_FIELDS, MAX_HEAD
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 Writer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 FLOOD = 64 * 1024 * 1024  # what a hostile peer offers; the sidecar must stop reading early

@@ -14,8 +14,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
-from tests.http1.test_wire import GET, ok
+from tests.helpers.scripted import GET, ok, read_body, start_upstream
 
 
 @dataclass

@@ -1,75 +1,89 @@
-"""The app-facing connection driven directly, byte by byte, with a recording transport:
-flow control that must end with the exchange that started it."""
+"""The HTTP/1.1 server over its connections (``sidecar.http1.server``): a graceful shutdown
+that answers what is owed, draining that closes after each answer, and shedding connections
+past ``max_connections``."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from multidict import CIMultiDict
 
 from sidecar.http1.request import ServerRequest
-from sidecar.http1.server import HttpServer
-from sidecar.http1.server_connection import ServerConnection
-from sidecar.http1.wire import HIGH_WATER
+from tests.helpers.served import Served
+from tests.helpers.transport import settle
 
 
-class Transport(asyncio.Transport):
-    """Records writes and whether reading is paused."""
+async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answer(
+) -> None:
+    gate = asyncio.Event()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.paused = False
-        self.closed = False
+    async def answer(request: ServerRequest) -> None:
+        if request.raw_path == "/slow":
+            await gate.wait()
+        await request.respond(200, CIMultiDict(), b"done")
 
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+    served = Served(answer)
+    idle_conn, idle = served.connect()
+    idle_conn.data_received(b"GET /quick HTTP/1.1\r\n\r\n")
+    busy_conn, busy = served.connect()
+    busy_conn.data_received(b"GET /slow HTTP/1.1\r\n\r\n")
+    fresh_conn, fresh = served.connect()
+    await settle()
+    stopping = asyncio.create_task(served.server.shutdown(2.0))
+    await settle()
+    assert idle.closed and not busy.closed
+    assert not fresh.closed  # no request begun yet: its first one may be on the way
+    fresh_conn.data_received(b"GET /quick HTTP/1.1\r\n\r\n")
+    await settle()
+    assert fresh.take().endswith(b"Connection: close\r\n\r\ndone") and fresh.closed
+    gate.set()
+    await asyncio.wait_for(stopping, 1)
+    assert busy.take().endswith(b"Connection: close\r\n\r\ndone")
+    assert busy.closed and not busy.aborted
 
 
-async def test_a_body_left_unread_does_not_keep_the_socket_paused() -> None:
-    """The handler answers without reading a body whose last bytes filled its queue past
-    the high-water mark (the socket was paused for it). The exchange is over and the body
-    was complete, so the socket must be read again: else the next request stalls until
-    the idle timeout."""
-    seen: list[str] = []
+async def test_while_draining_every_answer_closes_its_connection() -> None:
+    served = Served()
+    conn, transport = served.connect()
+    conn.data_received(b"GET /a HTTP/1.1\r\n\r\n")
+    await settle()
+    assert b"Connection: close" not in transport.take()
+    served.server.draining = True
+    conn.data_received(b"GET /b HTTP/1.1\r\n\r\n")
+    await settle()
+    assert transport.take().endswith(b"Connection: close\r\n\r\n/b:")
+    assert transport.closed
 
-    async def handler(request: ServerRequest) -> None:
-        seen.append(request.raw_path)
-        await request.respond(200, CIMultiDict(), b"ok")  # never reads request.content
 
-    server = HttpServer(handler, 75.0, lambda _: None)
-    conn = ServerConnection(server)
-    transport = Transport()
-    conn.connection_made(transport)
-    size = HIGH_WATER + 1000
-    conn.data_received(b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b"
-                       % (size, b"x" * size))
-    assert transport.paused  # the body queue is over its high-water mark
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert seen == ["/first"] and transport.written.endswith(b"ok")
-    assert not transport.paused and not transport.closed
-    conn.data_received(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert seen == ["/first", "/second"]
-    conn.connection_lost(None)
+async def test_past_max_connections_the_longest_idle_connection_makes_room() -> None:
+    served = Served(max_connections=2)
+    older_conn, older = served.connect()
+    older_conn.data_received(b"GET /a HTTP/1.1\r\n\r\n")
+    await settle()
+    await asyncio.sleep(0.01)
+    newer_conn, newer = served.connect()
+    newer_conn.data_received(b"GET /b HTTP/1.1\r\n\r\n")
+    await settle()
+    _, newest = served.connect()
+    await settle()
+    assert older.closed and not newer.closed and not newest.closed
+    assert served.shed == 1 and len(served.server.connections) == 2
+
+
+async def test_past_max_connections_with_none_idle_the_newcomer_goes() -> None:
+    gate = asyncio.Event()
+
+    async def answer(request: ServerRequest) -> None:
+        await gate.wait()
+        await request.respond(200, CIMultiDict(), b"")
+
+    served = Served(answer, max_connections=1)
+    busy_conn, busy = served.connect()
+    busy_conn.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    await settle()
+    _, newcomer = served.connect()
+    await settle()
+    assert newcomer.closed and not busy.closed and served.shed == 1
+    gate.set()
+    await settle()
+    assert busy.take().startswith(b"HTTP/1.1 200 OK")

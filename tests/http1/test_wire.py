@@ -1,6 +1,7 @@
 """HTTP/1.1 framing on both sides of the hot path, against a scripted TLS upstream that
 answers with exact bytes: chunked and close-delimited bodies, HEAD, 1xx, 304, pipelining,
-HTTP/1.0 clients, keep-alive reuse and the read timeout."""
+HTTP/1.0 clients, keep-alive reuse and the read timeout; and the framing pieces of
+``sidecar.http1.wire`` on their own (heads, chunks, the body queue, write flow)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from sidecar.app import Sidecar
+from sidecar.http1.wire import HIGH_WATER, BodyQueue, WriteFlow, chunk, head
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import GET, ok, read_body, start_upstream
 
 
 @dataclass
@@ -82,14 +84,6 @@ async def exchange(sidecar: Sidecar, data: bytes, *, until_close: bool = False) 
             return head
     finally:
         writer.close()
-
-
-def ok(body: bytes, *extra: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (
-        len(body), b"".join(h + b"\r\n" for h in extra), body)
-
-
-GET = b"GET http://api.moex.com/%b HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
 
 
 async def test_chunked_upstream_answer_is_rechunked_for_the_app(
@@ -225,3 +219,94 @@ async def test_curl_http10_and_keepalive_through_the_proxy(
     assert proc.returncode == 0, err
     assert out == b"A"
 
+
+
+# -- sidecar.http1.wire on its own -------------------------------------------------------------
+
+
+def test_a_head_is_crlf_framed_and_keeps_latin1_bytes() -> None:
+    assert head("HTTP/1.1 200 OK", [("X-A", "1"), ("X-Name", "caf\u00e9")]) == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-Name: caf\xe9\r\n\r\n")
+    assert head("GET / HTTP/1.1", []) == b"GET / HTTP/1.1\r\n\r\n"
+
+
+def test_a_chunk_is_sized_in_hex() -> None:
+    assert chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+
+
+class Source:
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def test_the_body_queue_pauses_its_source_above_high_water_until_below_low_water() -> None:
+    source = Source()
+    queue = BodyQueue(source)
+    queue.feed(b"a" * HIGH_WATER)
+    assert not source.paused  # at the mark, not above it
+    queue.feed(b"b")
+    assert source.paused and source.pauses == 1
+    queue.feed(b"c")
+    assert source.pauses == 1  # paused once, not once per piece
+    assert await queue.readany() == b"a" * HIGH_WATER + b"bc"  # pieces handed on as one
+    assert not source.paused
+
+
+async def test_read_with_a_limit_leaves_the_rest_queued() -> None:
+    queue = BodyQueue(Source())
+    queue.feed(b"abc")
+    queue.feed(b"defg")
+    queue.feed_eof()
+    assert await queue.read(2) == b"ab"
+    assert await queue.read(3) == b"cde"
+    assert await queue.read(10) == b"fg"
+    assert await queue.read(10) == b""
+
+
+async def test_the_body_queue_wakes_a_reader_and_ends_with_eof_or_the_error() -> None:
+    queue = BodyQueue(Source())
+    reading = asyncio.create_task(queue.readany())
+    await asyncio.sleep(0)
+    assert queue.read_nowait() is None and not reading.done()
+    queue.feed(b"one")
+    assert await reading == b"one"
+    queue.feed(b"two")
+    queue.feed_eof()
+    assert queue.read_nowait() == b"two"
+    assert await queue.readany() == b""
+    queue.set_exception(ConnectionResetError())  # after the end: changes nothing
+    assert await queue.readany() == b""
+
+    broken = BodyQueue(Source())
+    broken.feed(b"part")
+    broken.set_exception(ConnectionResetError("cut"))
+    assert await broken.readany() == b"part"  # what arrived is still read first
+    with pytest.raises(ConnectionResetError, match="cut"):
+        await broken.readany()
+    with pytest.raises(ConnectionResetError):
+        broken.read_nowait()
+
+
+async def test_write_flow_holds_writers_while_paused_and_passes_an_error_on() -> None:
+    flow = WriteFlow()
+    await asyncio.wait_for(flow.drain(), 1)  # not paused: no wait
+    flow.pause()
+    waiting = asyncio.create_task(flow.drain())
+    await asyncio.sleep(0)
+    assert flow.paused and not waiting.done()
+    flow.resume()
+    await asyncio.wait_for(waiting, 1)
+    flow.pause()
+    waiting = asyncio.create_task(flow.drain())
+    await asyncio.sleep(0)
+    flow.resume(ConnectionResetError("gone"))
+    with pytest.raises(ConnectionResetError, match="gone"):
+        await waiting

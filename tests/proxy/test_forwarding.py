@@ -16,7 +16,7 @@ import requests
 from sidecar.app import Sidecar
 from sidecar.sandbox.ntb import download_sha256
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb"
 

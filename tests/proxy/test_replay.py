@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 
 class EarlyRefusingApi:

@@ -25,7 +25,7 @@ from sidecar.http1.retry_after import (
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 HUGE = "9" * 400

@@ -10,14 +10,19 @@ from sidecar.proxy.router import BadTarget, Router, Target, request_target
 @pytest.mark.parametrize(
     ("raw", "host_header", "expected"),
     [
-        ("http://api.moex.com/ntb/x?a=1", None, Target("api.moex.com", 80, "/ntb/x?a=1")),
-        ("HTTP://API.MOEX.COM:8080/a%2Fb", "ignored", Target("api.moex.com", 8080, "/a%2Fb")),
-        ("http://api.moex.com", None, Target("api.moex.com", 80, "/")),
-        ("http://api.moex.com?q=1", None, Target("api.moex.com", 80, "/?q=1")),
-        ("https://api.moex.com/x", None, Target("api.moex.com", 443, "/x")),
-        ("/ntb/x", "Api.Moex.Com", Target("api.moex.com", 80, "/ntb/x")),
-        ("/ntb/x", "api.moex.com:8080", Target("api.moex.com", 8080, "/ntb/x")),
-        ("http://[::1]:8080/p", None, Target("::1", 8080, "/p")),
+        ("http://api.moex.com/ntb/x?a=1", None,
+         Target("api.moex.com", 80, "/ntb/x?a=1", "http://api.moex.com")),
+        ("HTTP://API.MOEX.COM:8080/a%2Fb", "ignored",
+         Target("api.moex.com", 8080, "/a%2Fb", "http://API.MOEX.COM:8080")),
+        ("http://api.moex.com", None, Target("api.moex.com", 80, "/", "http://api.moex.com")),
+        ("http://api.moex.com?q=1", None,
+         Target("api.moex.com", 80, "/?q=1", "http://api.moex.com")),
+        ("https://api.moex.com/x", None,
+         Target("api.moex.com", 443, "/x", "https://api.moex.com")),
+        ("/ntb/x", "Api.Moex.Com", Target("api.moex.com", 80, "/ntb/x", "http://Api.Moex.Com")),
+        ("/ntb/x", "api.moex.com:8080",
+         Target("api.moex.com", 8080, "/ntb/x", "http://api.moex.com:8080")),
+        ("http://[::1]:8080/p", None, Target("::1", 8080, "/p", "http://[::1]:8080")),
     ],
 )
 def test_request_target(raw: str, host_header: str | None, expected: Target) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
-from tests.http1.scripted import read_body, start_upstream
+from tests.helpers.scripted import read_body, start_upstream
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import structlog.testing
 
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.servers import SandboxStack
-from tests.conftest import SidecarFactory, proxy_url
+from tests.helpers.sidecars import SidecarFactory, proxy_url
 
 NTB = "http://api.moex.com/ntb/x"
 

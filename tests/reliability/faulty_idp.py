@@ -41,7 +41,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.sandbox.servers import TlsServer
-from tests.test_app import SidecarProcess
+from tests.helpers.process import SidecarProcess
 
 TTL = 6.0  # seconds every sandbox token lives in these tests
 IDP_TIMEOUT = 1.0  # auth.timeout: one IdP call may take this long
@@ -275,7 +275,10 @@ class Matrix:
         if case.idp not in case.proxies:
             case.proxies.append(case.idp)
         case.upstream.setdefault("timeouts", {})["token_wait"] = TOKEN_WAIT
-        case.upstream["auth"].update(timeout=IDP_TIMEOUT, backoff_cap=case.fault.backoff_cap)
+        # refused_backoff: a refused login (401, 403, invalid_grant) waits 30 s by default;
+        # 1 s lets the recovery show within the test.
+        case.upstream["auth"].update(timeout=IDP_TIMEOUT, backoff_cap=case.fault.backoff_cap,
+                                     refused_backoff=1)
         self.cases.append(case)
 
     async def run(self) -> None:

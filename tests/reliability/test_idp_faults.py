@@ -17,7 +17,7 @@ from aiohttp import web
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
 from sidecar.sandbox.servers import SandboxStack, TlsServer
-from tests.conftest import proxy_url
+from tests.helpers.sidecars import proxy_url
 
 NTB = "http://api.moex.com/ntb"
 
@@ -77,7 +77,9 @@ async def faulty(sandbox: SandboxStack) -> AsyncIterator[tuple[FaultyIdp, str]]:
 
 
 def _auth(kind: str, token_url: str, sandbox: SandboxStack, base: dict[str, Any]) -> dict[str, Any]:
-    common = {"token_url": token_url, "backoff_cap": 1, "timeout": 1}
+    # A refused login (the invalid_grant fault) waits refused_backoff (30 s by default)
+    # before the next try; 1 s lets the recovery show within the test.
+    common = {"token_url": token_url, "backoff_cap": 1, "timeout": 1, "refused_backoff": 1}
     if kind == "client_credentials":
         sandbox.idp.clients["svc"] = "svc-secret"
         return {"type": "client_credentials", "client_id": "svc", "client_secret": "svc-secret",

@@ -55,7 +55,7 @@ from sidecar.sandbox.ntb import download_sha256
 from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
 from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
-from tests.test_app import SidecarProcess
+from tests.helpers.process import SidecarProcess
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 WARMUP = 5.0

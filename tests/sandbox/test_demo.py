@@ -26,6 +26,7 @@ BANNER_PORTS = {
     "MOEX Passport": "passport",
     "MOEX registration": "registration",
     "MPT true API": "mpt",
+    "MPT xTrace": "xtrace",
 }
 EPHEMERAL = [
     arg for f in dataclasses.fields(Ports) for arg in (f"--{f.name}-port", "0")

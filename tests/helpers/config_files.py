@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 # Secret values used in the YAML and in secret files; none may ever be printed.
 PASSWORD = "Pw-from-file-7f3a"
@@ -120,3 +124,15 @@ upstreams:
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+UP = "upstreams.moex-ntb"
+
+
+def base() -> dict[str, Any]:
+    """A minimal valid config as data; tests change a copy of it."""
+    return copy.deepcopy(yaml.safe_load(MINIMAL_YAML))
+
+
+def upstream(data: dict[str, Any]) -> dict[str, Any]:
+    return data["upstreams"]["moex-ntb"]

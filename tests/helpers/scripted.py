@@ -1,4 +1,5 @@
-"""Pieces of the scripted TLS upstreams the wire tests answer from."""
+"""Pieces of the scripted TLS upstreams the wire tests answer from, and the exact bytes
+they exchange: a proxy-form GET to the MOEX upstream and a sized 200 answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from collections.abc import Awaitable, Callable
 from sidecar.sandbox.servers import SandboxStack
 
 Handle = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+# A request from the app, in proxy form; ``GET % b"path"`` names the path.
+GET = b"GET http://api.moex.com/%b HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    """A 200 answer with a Content-Length, ``extra`` header lines and ``body``."""
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (
+        len(body), b"".join(h + b"\r\n" for h in extra), body)
 
 
 async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
