@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two stamps: `make run` installs only what running needs (the package and uvloop);
+# everything else (tests, lint, bench) also installs the dev tools.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint system-deps clean bench bench-smoke
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[fast]'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
@@ -29,7 +36,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/sidecar sandbox
 
 lint: $(STAMP)

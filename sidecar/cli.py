@@ -20,7 +20,7 @@ import yaml
 from sidecar import __version__, logs
 from sidecar.config import Config, ConfigError, config_warnings, load_config, redacted
 from sidecar.config.errors import SetupError
-from sidecar.sandbox.ports import Ports
+from sidecar.sandbox.ports import ROLES, Ports
 
 EXIT_USAGE = 2
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for field in dataclasses.fields(Ports):
         sandbox.add_argument(
             f"--{field.name}-port", type=int, default=field.default,
-            help=f"port of the {field.name} listener (0: any free port)",
+            help=f"{ROLES[field.name]} (default: %(default)s; 0: any free port)",
         )
     args = parser.parse_args(argv)
 

@@ -44,8 +44,10 @@ def _json_logs() -> None:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxStack]:
-    stack = await start_sandbox(tmp_path / "pki")
+async def sandbox(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SandboxStack]:
+    # MOEX asks no client certificate for NTB; tests of mTLS opt in with @pytest.mark.ntb_mtls.
+    mtls = request.node.get_closest_marker("ntb_mtls") is not None
+    stack = await start_sandbox(tmp_path / "pki", require_client_cert=mtls)
     try:
         yield stack
     finally:

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -84,6 +85,7 @@ async def test_an_upstream_that_logs_in_lazily_does_not_hold_readiness(
         sandbox.idp.hang(False)
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_status_shows_each_upstream_and_no_secret(
     sandbox: SandboxStack, make_sidecar: SidecarFactory
 ) -> None:

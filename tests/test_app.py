@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from sidecar.sandbox.servers import SandboxStack
 from tests.helpers.process import SidecarProcess
@@ -65,6 +66,7 @@ async def test_readyz_before_token_and_after_sigterm_with_inflight_requests_fini
         await proc.kill()
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_request_id_is_kept_or_made_and_status_shows_each_upstream(
     sandbox: SandboxStack, make_sidecar: Any
 ) -> None:

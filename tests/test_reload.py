@@ -40,6 +40,7 @@ def _secret_volume(root: Path, version: str, files: dict[str, Path]) -> None:
             link.symlink_to(f"..data/{name}")
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_client_certificate_rotation_under_load(
     sandbox: SandboxStack, sidecar_config: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -34,6 +34,7 @@ def _clear_key_forms(p12_file: Path, password: str) -> list[bytes]:
     return forms
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_p12_key_is_never_in_a_file_in_clear_and_mtls_works(
     sandbox: SandboxStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,4 @@
-"""``oidc_password``: the OAuth2 password grant against Keycloak (MOEX NTB, PROTOCOLS §1, §3).
+"""``oidc_password``: the OAuth2 password grant against Keycloak (MOEX NTB, docs/protocols.md).
 
 Client credentials go in the form (Keycloak's public clients have no secret)."""
 

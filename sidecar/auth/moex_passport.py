@@ -1,4 +1,4 @@
-"""``moex_passport``: MOEX Passport two-factor login (PROTOCOLS §2; seed moex-passport-oauth).
+"""``moex_passport``: MOEX Passport two-factor login (docs/protocols.md, "MOEX Passport").
 
 1. ``GET passport_url`` with Basic auth → the Passport token in cookie ``MicexPassportCert``
    (from a 200, or a 302 that is not followed);

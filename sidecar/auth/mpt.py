@@ -1,4 +1,4 @@
-"""``mpt_signin``: ИС МПТ, Kazakhstan's marking system, "true API" login (PROTOCOLS §4).
+"""``mpt_signin``: ИС МПТ, Kazakhstan's marking system, "true API" login (docs/protocols.md, "MPT").
 
 1. ``GET {base_url}/auth/key`` → ``{"uuid", "data"}`` (a one-time challenge);
 2. an ATTACHED CMS over the UTF-8 bytes of ``data``, signer certificate included;
@@ -49,7 +49,10 @@ class MptSigninFlow:
 
     async def login(self) -> Grant:
         challenge = await self._call("GET", "/auth/key")
-        uuid, data = challenge.get("uuid"), challenge.get("data")
+        # "uuid" in any case: MPT's guide spells it "UUID" in its tables, "uuid" in its text;
+        # it goes back to simpleSignIn spelled as the server spelled it.
+        uuid_key = next((k for k in challenge if k.lower() == "uuid"), "uuid")
+        uuid, data = challenge.get(uuid_key), challenge.get("data")
         if not isinstance(uuid, str) or not isinstance(data, str) or not uuid or not data:
             raise AuthError("MPT auth/key answer lacks uuid or data")
         if len(data) > MAX_CHALLENGE:
@@ -65,7 +68,7 @@ class MptSigninFlow:
                 f"signing the MPT challenge failed: {exc.reason}", kind=Failure.LOCAL
             ) from None
         logs.secrets.add(signature, dynamic=True)
-        body = {"uuid": uuid, "data": signature, **self._cfg.extra_fields}
+        body = {uuid_key: uuid, "data": signature, **self._cfg.extra_fields}
         answer = await self._call("POST", "/auth/simpleSignIn", body)
         token = answer.get(self._cfg.token_field)
         if not isinstance(token, str) or not token:

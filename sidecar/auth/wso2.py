@@ -1,4 +1,4 @@
-"""``wso2_password``: WSO2 API Manager as KISC runs it (PROTOCOLS §6).
+"""``wso2_password``: WSO2 API Manager as KISC runs it (docs/protocols.md, "KISC").
 
 Login: HTTP Basic ``consumer_key:consumer_secret`` + password grant, over mutual TLS. Renewal
 must use the refresh grant: WSO2 hands back the *same* still-valid token on a repeated login,

@@ -159,7 +159,7 @@ SignerConfig = Annotated[
 
 
 class MoexPassportAuth(TokenEndpointAuth):
-    """MOEX Passport two-factor login (PROTOCOLS §2): Passport token, detached signature."""
+    """MOEX Passport two-factor login (docs/protocols.md): Passport token, detached signature."""
 
     type: Literal["moex_passport"]
     passport_url: HttpUrlStr
@@ -173,7 +173,8 @@ class MoexPassportAuth(TokenEndpointAuth):
 
 
 class MptSigninAuth(AuthBase):
-    """ИС МПТ (Kazakhstan marking): sign the server's challenge as an attached CMS (PROTOCOLS §4).
+    """ИС МПТ (Kazakhstan marking): sign the server's challenge as an attached CMS
+    (docs/protocols.md, "MPT").
 
     The token's lifetime is its JWT ``exp`` when it is a JWT, else ``token_ttl``."""
 

@@ -1,1 +1,1 @@
-"""The request path: listener → router → upstream pipeline → client (DESIGN.md)."""
+"""The request path: listener → router → upstream pipeline → client."""

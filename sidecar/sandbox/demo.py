@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ from sidecar.sandbox.mpt import start_mpt
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.ports import Ports
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
-from sidecar.sandbox.wso2 import Wso2Gateway, issue_kisc_client, start_wso2
+from sidecar.sandbox.wso2 import (
+    SANDBOX_SYSTEM_PREFIX,
+    Wso2Gateway,
+    issue_kisc_client,
+    start_wso2,
+)
 from sidecar.sandbox.xtrace import XTRACE_HOST, start_xtrace, xtrace_upstream
 
 log = structlog.get_logger("sidecar.sandbox")
@@ -106,6 +112,16 @@ def moex_registration_upstream(
     }
 
 
+def _ntb_tls(stack: SandboxStack) -> dict[str, str]:
+    """The NTB leg's TLS: the sandbox CA, plus the client certificate only when the API was
+    started as an mTLS server (MOEX asks for none on NTB)."""
+    tls = {"ca_file": str(stack.pki.ca_file)}
+    if stack.ntb_mtls:
+        tls["cert_file"] = str(stack.client_cert.cert_file)
+        tls["key_file"] = str(stack.client_cert.key_file)
+    return tls
+
+
 def sandbox_config(
     stack: SandboxStack,
     secrets_dir: Path,
@@ -123,11 +139,7 @@ def sandbox_config(
             "moex-ntb": {
                 "match": [NTB_HOST],
                 "target": stack.api_url,
-                "tls": {
-                    "ca_file": str(stack.pki.ca_file),
-                    "cert_file": str(stack.client_cert.cert_file),
-                    "key_file": str(stack.client_cert.key_file),
-                },
+                "tls": _ntb_tls(stack),
                 "auth": {
                     "type": "oidc_password",
                     "token_url": stack.token_url,
@@ -144,6 +156,7 @@ def sandbox_config(
 async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> None:
     """Run until ``stop`` is set; ``directory`` (absolute) receives the PKI and the config."""
     from sidecar.app import Sidecar
+    from sidecar.reload import Reloader
 
     secrets_dir = directory / "secrets"
     stack = await start_sandbox(directory / "pki", idp_port=ports.idp, api_port=ports.api)
@@ -165,7 +178,12 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
         )
         upstreams = data["upstreams"]
         upstreams["kisc"] = kisc_upstream(
-            gateway, gateway_server.url, stack.pki, issue_kisc_client(stack.pki), secrets_dir
+            gateway,
+            gateway_server.url,
+            stack.pki,
+            # CN "PS.bank-user", portal user "bank-user": the CN without its system prefix.
+            issue_kisc_client(stack.pki, system_prefix=SANDBOX_SYSTEM_PREFIX),
+            secrets_dir,
         )
         upstreams["moex-registration"] = moex_registration_upstream(
             moex, stack.token_url, stack.pki, secrets_dir
@@ -177,12 +195,22 @@ async def run_sandbox(directory: Path, stop: asyncio.Event, ports: Ports) -> Non
         )
         config_file = directory / "sidecar.yaml"
         config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        sidecar = Sidecar(validate_config(data))
+        config = validate_config(data)
+        sidecar = Sidecar(config)
         running.push_async_callback(sidecar.stop)
         await sidecar.start()
+        # Like `sidecar run`: SIGHUP (and, when configured, a change of the file) reloads
+        # the config the sandbox wrote, so a user can edit it and try the result.
+        reloader = Reloader(sidecar, config_file, interval=config.reload.interval)
+        if config.reload.watch:
+            reloader.start()
+        running.push_async_callback(reloader.stop)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: reloader.trigger("SIGHUP"))
+        running.callback(loop.remove_signal_handler, signal.SIGHUP)
         urls = {
             "MOEX SSO (IdP)": f"{stack.idp_server.url}   realm {stack.idp.realm}",
-            "MOEX NTB API": f"{stack.api_url}   (mTLS, client certificate required)",
+            "MOEX NTB API": f"{stack.api_url}   (Bearer token, no client certificate)",
             "MOEX Passport": moex.passport_url,
             "MOEX registration": f"{moex.api_url}   (1 request/s, 11:00-16:00 MSK)",
             "KISC gateway": f"{gateway_server.url}   (WSO2, mTLS on /token and the API)",
@@ -228,7 +256,7 @@ def _banner(urls: dict[str, str], proxy_port: int, admin_port: int, config_file:
             *(f"  {name:<18} {url}" for name, url in urls.items()),
             f"  {'config written':<18} {config_file}",
             "",
-            "Try it (the sidecar logs in, adds the Bearer token and the client certificate):",
+            "Try it (the sidecar logs in and adds the Bearer token):",
             f"  curl -x http://127.0.0.1:{proxy_port} http://{NTB_HOST}/ntb/hello",
             "",
             "More:",

@@ -1,15 +1,16 @@
 """A Keycloak-like OpenID Connect token endpoint for the sandbox.
 
-It reproduces the parts of Keycloak the sidecar depends on (docs: PROTOCOLS sections 1
-and 3): the password, refresh_token and client_credentials grants, refresh-token
-rotation with optional reuse revocation, SSO session idle/max limits and Keycloak's
-exact error bodies. Tokens are HS256-signed JWTs with a per-instance random key, so
-clients can decode them like real ones, while only this emulator can validate them.
+It reproduces the parts of Keycloak the sidecar depends on (docs/protocols.md,
+"MOEX NTB" and "Keycloak token endpoint"): the password, refresh_token and
+client_credentials grants, refresh-token rotation with optional reuse revocation, SSO
+session idle/max limits and Keycloak's exact error bodies. Tokens are HS256-signed JWTs
+with a per-instance random key, so clients can decode them like real ones, while only this
+emulator can validate them.
 
-It also speaks MOEX's two-factor extension (PROTOCOLS section 2): ``grant_type=password``
-with ``grant_type_moex=passport`` logs a MOEX Passport user in by a detached CMS signature
-over their Passport token, checked by the real ``openssl cms`` against ``ca_file`` and the
-signing certificate registered for that user in ``passport``.
+It also speaks MOEX's two-factor extension (docs/protocols.md, "MOEX Passport"):
+``grant_type=password`` with ``grant_type_moex=passport`` logs a MOEX Passport user in by a
+detached CMS signature over their Passport token, checked by the real ``openssl cms``
+against ``ca_file`` and the signing certificate registered for that user in ``passport``.
 
 Fault injection (failures, hangs, latency) applies to the token calls; it and statistics
 are available both as Python methods and over HTTP under ``/_sandbox/`` so a user can drive
@@ -390,10 +391,15 @@ class KeycloakEmulator(TokenEndpoint):
         return self._issue(request, session, with_refresh=True)
 
     async def _passport_grant(
-        self, request: web.Request, form: Mapping[str, str], client_id: str
+        self, request: web.Request, form: Mapping[str, str]
     ) -> dict[str, Any]:
-        """MOEX two-factor login. Past client authentication (Keycloak's own 401s), every
-        failure is a 403, the only answer MOEX documents."""
+        """MOEX two-factor login. Every failure is a 403, the only answer MOEX documents
+        for it: a bad ``client_id`` or ``client_secret`` as much as a bad signature (not
+        Keycloak's usual 401 ``invalid_client``)."""
+        try:
+            client_id = self._authenticate_client(request, form)
+        except OAuthError as exc:
+            raise _passport_denied(exc.description) from None
         if self.clients.get(client_id) is None:
             raise _passport_denied("Passport login requires a confidential client")
         try:
@@ -432,10 +438,11 @@ class KeycloakEmulator(TokenEndpoint):
                 raise OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
             if grant not in _SUPPORTED_GRANTS:
                 raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
-            client_id = self._authenticate_client(request, form)
             if grant == "password" and form.get("grant_type_moex") == "passport":
-                body = await self._passport_grant(request, form, client_id)
-            elif grant == "password":
+                body = await self._passport_grant(request, form)
+                return web.json_response(body, headers=NO_STORE)
+            client_id = self._authenticate_client(request, form)
+            if grant == "password":
                 body = self._password_grant(request, form, client_id)
             elif grant == "refresh_token":
                 body = self._refresh_grant(request, form, client_id)

@@ -1,16 +1,22 @@
-"""The KISC transport API behind the WSO2 gateway (PROTOCOLS sections 0 and 6): messages
+"""The KISC transport API behind the WSO2 gateway (docs/protocols.md, "KISC"): messages
 under ``/etsfo/1.0.0/messages/``.
 
-``POST`` stores an XML message under its ``x-idempotency-key`` (202; a repeated key is
-accepted and not stored again), ``GET`` lists messages in the SOAP-wrapped data-service
-format and ``GET /messages/{id}`` returns one message. Bodies are read in chunks and kept
-only up to ``max_message_bytes``; the store is bounded and starts with KISC's two seeded
-inbound messages. Authentication and gateway faults are the gateway's business.
+``POST`` hands an XML message to KISC under its ``x-idempotency-key`` (202; a repeated key
+is accepted and not stored again). ``GET /messages/`` lists the **unread incoming**
+messages, in the SOAP-wrapped data-service format of KISC's portal guide (section 4.4.2);
+the bank's own POSTs are outgoing and never listed. ``GET /messages/{id}`` returns one
+incoming message and marks it read, so it leaves the list; fetching it again still works
+(an assumption: the guide does not say, and a client whose answer was lost must be able
+to retry). Bodies are read in chunks and kept only up to ``max_message_bytes``; the store
+is bounded and starts with KISC's two sample incoming messages. ``deliver`` (and
+``POST /_sandbox/deliver``) adds an incoming message, as a counterparty would. Authentication
+and gateway faults are the gateway's business.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,7 +55,8 @@ class _Message:
     sender: str
     interaction_id: str
     content_type: str = "application/xml"
-    inbound: bool = False  # seeded by the sandbox rather than posted by a client
+    inbound: bool = False  # incoming to the bank (seeded or delivered), not posted by it
+    read: bool = False  # an incoming message fetched by GET /messages/{id}
 
 
 @dataclass
@@ -79,6 +86,7 @@ async def _read_message(request: web.Request, keep_limit: int) -> _Body:
     return _Body(digest.hexdigest(), length, b"".join(chunks) if chunks is not None else None)
 
 
+_BIZ_MSG_RE = re.compile(rb"<(?:[\w.-]+:)?BizMsgIdr>\s*([^<\s]+)\s*<")
 _MSG_DEF_RE = re.compile(rb"<(?:[\w.-]+:)?MsgDefIdr?>\s*([^<\s]+)\s*<")
 _SENDER_RE = re.compile(
     rb"<(?:[\w.-]+:)?Fr>.*?<(?:[\w.-]+:)?Id>\s*([^<\s]+)\s*<.*?"
@@ -147,7 +155,7 @@ def _seed_message(key: str, to: str, message_type: str, document: str) -> _Messa
 
 
 def _seeded_messages() -> list[_Message]:
-    """The two inbound messages of the KISC seed (typos fixed), so the list is never empty."""
+    """Two incoming messages as in KISC's guide (typos fixed), unread at start."""
     camt = (
         '<Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.054.001.07">\n'
         "<BkToCstmrDbtCdtNtfctn>\n"
@@ -195,6 +203,7 @@ class KiscMessages:
         self._seen_keys: OrderedDict[str, None] = OrderedDict()
         self.missing_idempotency = 0
         self.duplicate_posts = 0
+        self._delivered = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -204,9 +213,46 @@ class KiscMessages:
         self.duplicate_posts = 0
 
     def message(self, key: str) -> bytes | None:
-        """The stored bytes of message ``key`` (posted or seeded), if any."""
+        """The stored bytes of message ``key`` (posted or incoming), if any."""
         found = self._messages.get(key)
         return found.body if found is not None else None
+
+    @property
+    def unread(self) -> int:
+        return sum(1 for m in self._messages.values() if m.inbound and not m.read)
+
+    def read(self, key: str) -> bytes | None:
+        """``GET /messages/{id}``: an incoming message, marked read; None for an unknown
+        key or one the bank posted itself (that is KISC's to read, not the bank's)."""
+        found = self._messages.get(key)
+        if found is None or not found.inbound:
+            return None
+        found.read = True
+        return found.body
+
+    def deliver(self, body: bytes, key: str | None = None) -> str:
+        """Add an incoming message (what a counterparty sends the bank); returns its key.
+
+        The key defaults to the ISO 20022 ``BizMsgIdr`` of the message, else a new one.
+        """
+        if key is None:
+            found = _BIZ_MSG_RE.search(body[:_SNIFF_BYTES])
+            key = found.group(1).decode("utf-8", "replace") if found else None
+        if not key or key in self._messages:
+            key = f"SANDBOX{next(self._delivered):09d}"
+        message_type, sender = _sniff(body, "KZGRO.SGROSS00")
+        incoming = [k for k, m in self._messages.items() if m.inbound]
+        while len(incoming) >= MAX_STORED_MESSAGES:  # bounded like the posted ones
+            del self._messages[incoming.pop(0)]
+        self._messages[key] = _Message(
+            key=key,
+            body=body,
+            message_type=message_type,
+            sender=sender,
+            interaction_id="",
+            inbound=True,
+        )
+        return key
 
     def _store(self, message: _Message) -> None:
         self._messages[message.key] = message
@@ -226,6 +272,8 @@ class KiscMessages:
     def _list_xml(self) -> str:
         items = []
         for m in self._messages.values():
+            if not m.inbound or m.read:
+                continue  # the list is of unread incoming messages only
             items.append(
                 f'      <MESSAGES xmlns="{_DATASERVICE_NS}">\n'
                 f"        {_element('IDEMPOTENCY_KEY', m.key)}\n"

@@ -1,6 +1,6 @@
 """The whole MOEX client registration stack of the sandbox: MOEX Passport, the
 registration API over TLS, and the wiring that lets the Keycloak emulator log Passport
-users in (PROTOCOLS section 2)."""
+users in (docs/protocols.md, "MOEX Passport")."""
 
 from __future__ import annotations
 

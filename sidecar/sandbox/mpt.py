@@ -1,9 +1,11 @@
-"""A Kazakhstan ИС МПТ "true API" for the sandbox (PROTOCOLS section 4).
+"""A Kazakhstan ИС МПТ "true API" for the sandbox (docs/protocols.md, "MPT").
 
 The login is CRPT's challenge-response, as in Russia's Честный знак:
 
-1. ``GET {base}/auth/key`` → ``{"uuid", "data"}``: a random 30-character challenge that
-   lives ``challenge_ttl`` seconds and may be used once.
+1. ``GET {base}/auth/key`` → ``{"uuid", "data"}``: ``data`` is a random string in base64
+   (32 random bytes, as MPT's guide describes it), living ``challenge_ttl`` seconds and
+   usable once. MPT's guide spells the id ``UUID`` in its tables and ``uuid`` in its text:
+   ``uuid_field`` sets the spelling of the answer, and sign-in takes it in any case.
 2. The client signs the UTF-8 bytes of ``data`` as an **attached** CMS (content
    encapsulated, signer certificate included).
 3. ``POST {base}/auth/simpleSignIn`` ``{"uuid", "data": "<base64 CMS>", ...}`` →
@@ -41,9 +43,9 @@ are available as Python methods and over HTTP under ``/_sandbox/``.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import ssl
-import string
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -67,8 +69,7 @@ from sidecar.sandbox.servers import TlsServer
 __all__ = ["DEFAULT_BASE_PATH", "REJECTIONS", "MptApi", "Rejection", "start_mpt"]
 
 DEFAULT_BASE_PATH = "/api/v3/true-api"
-_CHALLENGE_ALPHABET = string.ascii_uppercase + string.digits
-_CHALLENGE_LENGTH = 30
+_CHALLENGE_BYTES = 32  # base64: 44 characters, "=" at the end, often "+" or "/" inside
 _FORGET_AFTER = 600.0  # seconds a spent or expired challenge is remembered, to name the reason
 _MAX_CHALLENGES = 100_000  # bound memory if a client fetches keys and never signs in
 _PRUNE_INTERVAL = 1.0  # seconds between sweeps of dead challenges and tokens
@@ -154,6 +155,7 @@ class MptApi(Emulator):
         "challenge_ttl": controls.finite_number,
         "token_ttl": controls.finite_number,
         "token_field": _token_field,
+        "uuid_field": _token_field,
         "latency": controls.finite_number,
     }
 
@@ -165,6 +167,7 @@ class MptApi(Emulator):
         challenge_ttl: float = 60,
         token_ttl: float = 36000,
         token_field: str = "token",
+        uuid_field: str = "uuid",
         latency: float = 0.0,
     ) -> None:
         if not token_field:
@@ -175,6 +178,7 @@ class MptApi(Emulator):
         self.challenge_ttl = challenge_ttl
         self.token_ttl = token_ttl
         self.token_field = token_field  # the response field holding the token
+        self.uuid_field = uuid_field  # the /auth/key field holding the challenge id
         self.latency = latency
 
         self._key = secrets.token_bytes(32)
@@ -311,12 +315,12 @@ class MptApi(Emulator):
         now = time.monotonic()
         self._prune(now)
         challenge_id = str(uuid.uuid4())
-        data = "".join(secrets.choice(_CHALLENGE_ALPHABET) for _ in range(_CHALLENGE_LENGTH))
+        data = base64.b64encode(secrets.token_bytes(_CHALLENGE_BYTES)).decode("ascii")
         self._challenges[challenge_id] = _Challenge(data, now + float(self.challenge_ttl))
         while len(self._challenges) > _MAX_CHALLENGES:
             self._challenges.popitem(last=False)
         self._keys_issued += 1
-        return {"uuid": challenge_id, "data": data}
+        return {self.uuid_field: challenge_id, "data": data}
 
     def _spend_challenge(self, challenge_id: str) -> _Challenge:
         """Check the uuid is known, unused and unexpired, and mark it used."""
@@ -343,10 +347,12 @@ class MptApi(Emulator):
             return _error(400, "Некорректный запрос", "The body is not valid JSON")
         if not isinstance(payload, dict):
             return _error(400, "Некорректный запрос", "The body must be a JSON object")
-        challenge_id, signature = payload.get("uuid"), payload.get("data")
+        # "uuid" in any case: MPT's guide writes both "UUID" and "uuid".
+        uuid_key = next((k for k in payload if k.lower() == "uuid"), "uuid")
+        challenge_id, signature = payload.get(uuid_key), payload.get("data")
         if not isinstance(challenge_id, str) or not isinstance(signature, str):
             return _error(400, "Некорректный запрос", "uuid and data are required strings")
-        fields = {k: v for k, v in payload.items() if k not in ("uuid", "data")}
+        fields = {k: v for k, v in payload.items() if k not in (uuid_key, "data")}
         inn = fields.get("inn")
         event.update(uuid=challenge_id, fields=fields)
 
@@ -400,7 +406,7 @@ class MptApi(Emulator):
     async def _answer_key(self, request: web.Request, event: dict[str, Any]) -> web.Response:
         await request.read()
         challenge = self._new_challenge()
-        event["uuid"] = challenge["uuid"]
+        event["uuid"] = challenge[self.uuid_field]
         return web.json_response(challenge)
 
     # -- HTTP handlers ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""An NCANode-like signing service for the sandbox (PROTOCOLS section 5).
+"""An NCANode-like signing service for the sandbox (docs/protocols.md).
 
 NCANode (malikzh/NCANode) signs with Kazakh GOST keys through Kalkan. This emulator speaks
 the same HTTP APIs but signs RSA and EC PKCS#12 keys with ``cryptography``: the CMS is

@@ -1,4 +1,4 @@
-"""A MOEX Passport-like ``/authenticate`` endpoint for the sandbox (PROTOCOLS section 2).
+"""A MOEX Passport-like ``/authenticate`` endpoint for the sandbox (docs/protocols.md).
 
 ``GET /authenticate`` with HTTP Basic answers the Passport token in cookie
 ``MicexPassportCert``. The token is deliberately awkward (base64 with ``+``, ``/`` and
@@ -231,7 +231,7 @@ def _plus_hint(value: str) -> str:
 async def check_passport_login(
     passport: MoexPassport | None, ca_file: Path | None, form: Mapping[str, str]
 ) -> str:
-    """The user of a MOEX two-factor login (PROTOCOLS section 2): a live Passport token in
+    """The user of a MOEX two-factor login (docs/protocols.md): a live Passport token in
     ``certificate`` and an RSA detached CMS ``signature`` over its exact bytes, by the
     certificate registered for that user and issued by ``ca_file``. Raises PassportDenied.
     """

@@ -18,3 +18,17 @@ class Ports:
     registration: int = 8446
     mpt: int = 8447
     xtrace: int = 8448
+
+
+# What listens on each port, for ``sidecar sandbox --help`` and the banner.
+ROLES: dict[str, str] = {
+    "proxy": "the sidecar's proxy (HTTP_PROXY for your app)",
+    "admin": "the sidecar's admin endpoints (/status, /metrics)",
+    "idp": "MOEX SSO emulator (Keycloak token endpoint)",
+    "api": "MOEX NTB API emulator",
+    "kisc": "KISC gateway emulator (WSO2, mTLS)",
+    "passport": "MOEX Passport emulator",
+    "registration": "MOEX client registration API emulator",
+    "mpt": "MPT true API emulator",
+    "xtrace": "MPT xTrace emulator",
+}

@@ -1,9 +1,10 @@
-"""A MOEX online client registration API for the sandbox (PROTOCOLS section 2).
+"""A MOEX online client registration API for the sandbox (docs/protocols.md).
 
 ``POST /client/v1/applications/`` takes a registration document (``application/xml``)
 and answers 202 with the status URL in ``Location``; ``GET
-/client/v1/applications/{DOC_DATE}/{DOC_NUM}`` reports the status. The test stand's
-limits are enforced as MOEX publishes them, because they are what a client must cope with:
+/client/v1/applications/{DOC_DATE}/{DOC_NUM}`` reports the status, in the registration
+file format (the document received, its status as root attributes). The test stand's
+limits are enforced as MOEX publishes them, because a client must cope with them:
 
 * at most one request per second per client (the token's ``azp``), else 429 with
   ``Retry-After: 30``. The rule is strict: a request less than ``min_interval`` after the
@@ -363,7 +364,12 @@ class RegistrationApi(Emulator):
             if found is None:
                 response = self._error(404, "not_found", f"no document {key[0]}/{key[1]}")
             else:
-                response = web.json_response(found.status(self.processing_delay))
+                # In the registration file format, as MOEX documents: XML, not JSON.
+                response = web.Response(
+                    body=found.status_xml(self.processing_delay),
+                    content_type="application/xml",
+                    charset="utf-8",
+                )
         else:
             response = refusal
         summary["status"] = response.status

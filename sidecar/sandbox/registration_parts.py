@@ -82,15 +82,20 @@ class Application:
     received_at: datetime  # by the API's clock, in MSK
     accepted_at: float  # time.monotonic(); drives accepted -> processed
 
-    def status(self, processing_delay: float) -> dict[str, Any]:
+    def state(self, processing_delay: float) -> str:
         done = time.monotonic() - self.accepted_at >= processing_delay
-        return {
-            "doc_date": self.doc_date,
-            "doc_num": self.doc_num,
-            "status": "processed" if done else "accepted",
-            "received_at": self.received_at.isoformat(),
-            "client_id": self.client_id,
-            "root": self.root_tag,
-            "body_sha256": self.sha256,
-            "body_length": len(self.body),
-        }
+        return "processed" if done else "accepted"
+
+    def status_xml(self, processing_delay: float) -> bytes:
+        """The status answer. MOEX says only that it is "in the registration file format"
+        (the format of the document sent, moex.com/a3361, not in the public text), so the
+        sandbox answers the document it received with the processing status added as
+        attributes of its root element: ``DOC_DATE``, ``DOC_NUM``, ``STATUS``
+        (``accepted`` then ``processed``) and ``RECEIVED_AT``. A client must read it as
+        XML; which fields the real answer carries is not documented."""
+        root = ET.fromstring(self.body)
+        root.set("DOC_DATE", self.doc_date)
+        root.set("DOC_NUM", self.doc_num)
+        root.set("STATUS", self.state(processing_delay))
+        root.set("RECEIVED_AT", self.received_at.isoformat())
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -88,6 +88,9 @@ class SandboxStack:
     client_cert: IssuedCert  # the sidecar's client certificate, CN "sidecar"
     token_url: str
     api_url: str
+    # Whether the NTB API demands a client certificate. MOEX publishes no such requirement
+    # for NTB, so it is off by default; tests of mTLS turn it on.
+    ntb_mtls: bool = False
 
     def client_ssl_context(self, *, with_client_cert: bool = True) -> ssl.SSLContext:
         """A client context trusting the sandbox CA, presenting the sidecar cert if asked."""
@@ -97,13 +100,17 @@ class SandboxStack:
 async def start_sandbox(
     directory: Path,
     *,
-    require_client_cert: bool = True,
+    require_client_cert: bool = False,
     access_ttl: float = 300,
     refresh_ttl: float = 1800,
     idp_port: int = 0,
     api_port: int = 0,
 ) -> SandboxStack:
-    """Create the PKI in ``directory`` and start the IdP and the NTB API over TLS."""
+    """Create the PKI in ``directory`` and start the IdP and the NTB API over TLS.
+
+    ``require_client_cert`` makes the NTB API an mTLS server (a test option: MOEX asks no
+    client certificate for NTB); the client certificate is issued either way.
+    """
     pki = Pki(Path(directory))
     idp_cert = pki.issue_server("idp", _LOOPBACK_HOSTS)
     api_cert = pki.issue_server("api", _LOOPBACK_HOSTS)
@@ -132,6 +139,7 @@ async def start_sandbox(
         client_cert=client_cert,
         token_url=idp_server.url + idp.token_path,
         api_url=api_server.url,
+        ntb_mtls=require_client_cert,
     )
 
 

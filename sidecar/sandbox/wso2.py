@@ -1,4 +1,4 @@
-"""A KISC-like WSO2 API Manager 2.x gateway for the sandbox (PROTOCOLS sections 0 and 6).
+"""A KISC-like WSO2 API Manager 2.x gateway for the sandbox (docs/protocols.md).
 
 One TLS port that demands a client certificate from the sandbox CA on every connection,
 exactly as KISC runs it, serving:
@@ -39,7 +39,14 @@ from sidecar.sandbox.wso2_faults import (
 )
 from sidecar.sandbox.wso2_token import Wso2KeyManager
 
-__all__ = ["FAULTS", "Fault", "Wso2Gateway", "issue_kisc_client", "start_wso2"]
+__all__ = [
+    "FAULTS",
+    "SANDBOX_SYSTEM_PREFIX",
+    "Fault",
+    "Wso2Gateway",
+    "issue_kisc_client",
+    "start_wso2",
+]
 
 
 class Wso2Gateway(Wso2KeyManager):
@@ -79,6 +86,7 @@ class Wso2Gateway(Wso2KeyManager):
         self.last_request: dict[str, Any] | None = None
 
         self._app.router.add_post("/_sandbox/fault", self._fault_handler)
+        self._app.router.add_post("/_sandbox/deliver", self._deliver_handler)
         self.add_sandbox_routes()
         # Everything else is an API call through the gateway (unknown ones get 900906).
         self._app.router.add_route("*", "/{tail:.*}", self._api_handler)
@@ -100,6 +108,7 @@ class Wso2Gateway(Wso2KeyManager):
             "missing_idempotency": self._messages.missing_idempotency,
             "duplicate_posts": self._messages.duplicate_posts,
             "messages": len(self._messages),
+            "unread": self._messages.unread,
             "forced_fault": self._forced.state(),
             "last_request": self.last_request,
         }
@@ -112,8 +121,12 @@ class Wso2Gateway(Wso2KeyManager):
         self.last_request = None
 
     def message(self, key: str) -> bytes | None:
-        """The stored bytes of message ``key`` (posted or seeded), if any."""
+        """The stored bytes of message ``key`` (posted or incoming), if any."""
         return self._messages.message(key)
+
+    def deliver(self, body: bytes, key: str | None = None) -> str:
+        """Add an unread incoming message for the bank; returns its key (``/messages/{id}``)."""
+        return self._messages.deliver(body, key)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -173,12 +186,21 @@ class Wso2Gateway(Wso2KeyManager):
         summary["body_sha256"], summary["body_length"] = await hash_body(request)
         if kind == "messages":
             return self._messages.list_response()
-        found = self._messages.message(key)
+        found = self._messages.read(key)
         if found is None:
             return not_found_response(key, self.fault_format)
         return web.Response(body=found, content_type="application/xml")
 
     # -- /_sandbox -------------------------------------------------------------------------
+
+    async def _deliver_handler(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/deliver`` with an XML body (``?key=`` optional): a new incoming
+        message for the bank, listed by ``GET /messages/`` until it is read."""
+        body = await request.read()
+        if not body:
+            return web.json_response({"error": "send the message as the body"}, status=400)
+        key = self.deliver(body, request.query.get("key") or None)
+        return web.json_response({"key": key, "unread": self._messages.unread})
 
     async def _fault_handler(self, request: web.Request) -> web.Response:
         try:
@@ -192,10 +214,18 @@ class Wso2Gateway(Wso2KeyManager):
         return web.json_response({"code": self._forced.code, "count": self._forced.remaining})
 
 
-def issue_kisc_client(pki: Pki, username: str = "bank-user") -> IssuedCert:
-    """A KISC-style client certificate: RSA 2048, clientAuth, CN = the system user name."""
+# The sandbox's stand-in for the system prefix of a KISC CN (KISC does not publish the
+# real spelling): the certificate says "PS.bank-user", the portal user is "bank-user".
+SANDBOX_SYSTEM_PREFIX = "PS."
+
+
+def issue_kisc_client(
+    pki: Pki, username: str = "bank-user", *, system_prefix: str = ""
+) -> IssuedCert:
+    """A KISC-style client certificate: RSA 2048, clientAuth, CN = the system prefix (if
+    any) and the system user name; the portal user name is the CN without the prefix."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", username).lstrip(".") or "user"
-    return pki.issue_client(f"kisc-client-{safe}", common_name=username)
+    return pki.issue_client(f"kisc-client-{safe}", common_name=system_prefix + username)
 
 
 async def start_wso2(pki: Pki, *, port: int = 0, **settings: Any) -> tuple[Wso2Gateway, TlsServer]:

@@ -1,6 +1,6 @@
-"""The WSO2 API Manager 2.x gateway's fault dialect, as KISC's gateway answers (PROTOCOLS
-section 6): the fault codes (900901, 900902, ...) with their statuses and wording, in JSON or
-APIM 2.x XML form, and the API faults a user can force on the next calls.
+"""The WSO2 API Manager 2.x gateway's fault dialect, as KISC's gateway answers
+(docs/protocols.md, "KISC"): the fault codes (900901, 900902, ...) with their statuses and
+wording, in JSON or APIM 2.x XML form, and the API faults a user can force on the next calls.
 """
 
 from __future__ import annotations

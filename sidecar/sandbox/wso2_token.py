@@ -1,11 +1,11 @@
 """The token side of the KISC WSO2 emulator: WSO2 API Manager 2.x's key manager
-(PROTOCOLS sections 0 and 6).
+(docs/protocols.md, "KISC").
 
 * ``POST /token``: the password and refresh_token grants with opaque UUID tokens and
   WSO2's token semantics. A repeated password grant hands back the *same* still-valid
   token pair with less ``expires_in`` left; refresh tokens are single-use and rotate
-  (RenewRefreshTokenForRefreshGrant=true); the password grant also checks that the TLS
-  client certificate's CN is the user name, as KISC requires.
+  (RenewRefreshTokenForRefreshGrant=true); the password grant also checks that the user
+  name is the TLS client certificate's CN without its system prefix, as KISC requires.
 * ``POST /revoke``: RFC 7009 revocation as WSO2 implements it.
 
 The controlled calls of the fault injection are the ``/token`` calls.
@@ -71,6 +71,26 @@ def _normalize_scope(scope: str | None) -> str:
 def _scope_key(scope: str) -> str:
     # WSO2 matches an existing token by a hash of the sorted scope set.
     return " ".join(sorted(set(scope.split())))
+
+
+# What may end the system prefix of a KISC certificate's CN. KISC says the portal user
+# name is the CN "without the system prefix" and does not publish its spelling, so any
+# leading run of letters, digits and "_" ending in one of these is taken for one.
+_PREFIX_ENDS = ".:_"
+
+
+def cn_matches_user(common_name: str | None, username: str) -> bool:
+    """Whether ``username`` is the CN, or the CN without a leading system prefix."""
+    if not common_name or not username:
+        return False
+    if common_name == username:
+        return True
+    prefix = common_name[: -len(username)] if common_name.endswith(username) else ""
+    return (
+        len(prefix) > 1
+        and prefix[-1] in _PREFIX_ENDS
+        and all(c.isalnum() or c == "_" for c in prefix[:-1])
+    )
 
 
 def _peer_common_name(request: web.Request) -> str | None:
@@ -279,8 +299,8 @@ class Wso2KeyManager(TokenEndpoint):
     ) -> dict[str, Any]:
         username = form["username"]
         password = form["password"]
-        # KISC: the client certificate's CN is the system user name.
-        if _peer_common_name(request) != username:
+        # KISC: the user name is the client certificate's CN, without the system prefix.
+        if not cn_matches_user(_peer_common_name(request), username):
             raise OAuthError(400, "invalid_grant", "Certificate CN does not match the user")
         expected = self.users.get(username)
         if expected is None or not hmac.compare_digest(password.encode(), expected.encode()):

@@ -1,4 +1,5 @@
-"""NCANode (malikzh/NCANode, Kalkan inside) for Kazakh GOST keys (PROTOCOLS §5).
+"""NCANode (malikzh/NCANode, Kalkan inside) for Kazakh GOST keys (docs/protocols.md,
+"Signing backends").
 
 v3: ``POST /cms/sign`` REST; v2: JSON-RPC ``cms.sign`` on ``POST /``. NCANode has no auth of
 its own, so it must listen on loopback or a private network only.

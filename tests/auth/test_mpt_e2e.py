@@ -107,6 +107,22 @@ async def test_get_and_post_reach_the_api_with_a_token_from_a_verified_signature
     assert stats["signins"] == 1 and stats["keys_issued"] == 1 and not stats["rejected"]
 
 
+async def test_challenge_id_spelled_uuid_in_capitals_is_accepted(
+    sandbox: SandboxStack, mpt: Mpt, make_sidecar: SidecarFactory
+) -> None:
+    # MPT's guide writes the field "UUID" in its tables: the flow takes any case.
+    mpt.api.uuid_field = "UUID"
+    upstream = mpt_upstream(sandbox, mpt, pkcs7_signer(sandbox))
+    sidecar = await make_sidecar(upstreams={"mpt": upstream})
+    async with aiohttp.ClientSession() as session:
+        status, _ = await _call(session, proxy_url(sidecar), "GET", f"{API}/cises/info")
+    assert status == 200
+    assert mpt.api.stats()["signins"] == 1
+    assert mpt.api.last_signin is not None and mpt.api.last_signin["fields"] == {
+        "inn": "123456789012"
+    }
+
+
 async def test_jwt_exp_drives_renewal_under_load(
     sandbox: SandboxStack, mpt: Mpt, make_sidecar: SidecarFactory
 ) -> None:

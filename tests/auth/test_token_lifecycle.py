@@ -1,4 +1,5 @@
-"""The token rules of DESIGN.md, end to end: sandbox Keycloak over TLS, sidecar, real clients."""
+"""The token rules (docs/protocols.md, "Token manager rules"), end to end: sandbox Keycloak
+over TLS, sidecar, real clients."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ async def scripted(sandbox: SandboxStack) -> AsyncIterator[Scripted]:
     recorder = Recorder()
     state = Scripted(
         TlsServer(idp_app, sandbox.pki.server_ssl_context(cert)),
-        TlsServer(recorder.app, sandbox.pki.server_ssl_context(cert, require_client_cert=True)),
+        TlsServer(recorder.app, sandbox.pki.server_ssl_context(cert)),
         recorder,
         answer,
     )

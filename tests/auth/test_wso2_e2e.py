@@ -55,13 +55,14 @@ async def test_pacs008_reaches_kisc_with_token_cert_fapi_headers_and_exact_body(
         assert headers["x-idempotency-key"] == "GRO2026112200001"
         assert seen["body_sha256"] == hashlib.sha256(PACS_008).hexdigest()
 
-        async with session.get(f"{MESSAGES}GRO2026112200001",
-                               proxy=proxy_url(kisc_sidecar)) as resp:
-            assert resp.status == 200
-            assert await resp.read() == PACS_008 == kisc.gateway.message("GRO2026112200001")
+        assert kisc.gateway.message("GRO2026112200001") == PACS_008
+        # The bank reads its incoming messages: the list (unread ones, not its own POSTs),
+        # then one message by key.
+        kisc.gateway.deliver(PACS_008, "GRO2026112200002")
         async with session.get(MESSAGES, proxy=proxy_url(kisc_sidecar)) as resp:
             listed = await resp.read()
             assert resp.status == 200
+    assert b"GRO2026112200002" in listed and b"GRO2026112200001" not in listed
     # The list through the sidecar is byte for byte what the gateway serves directly.
     client = issue_kisc_client(kisc.pki)
     token = kisc.gateway.stats()["last_request"]["headers"]["authorization"]
@@ -70,7 +71,11 @@ async def test_pacs008_reaches_kisc_with_token_cert_fapi_headers_and_exact_body(
                               ssl=kisc.pki.client_ssl_context(client),
                               headers={"Authorization": token}) as resp:
             assert await resp.read() == listed
-    assert b"GRO2026112200001" in listed
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{MESSAGES}GRO2026112200002",
+                               proxy=proxy_url(kisc_sidecar)) as resp:
+            assert resp.status == 200
+            assert await resp.read() == PACS_008
 
 
 async def test_post_without_idempotency_key_is_refused_locally(

@@ -1,4 +1,4 @@
-"""The configuration contract of DESIGN.md, checked through load_config / validate_config."""
+"""The configuration contract (see the README), checked through load_config / validate_config."""
 
 from __future__ import annotations
 

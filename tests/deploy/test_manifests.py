@@ -282,6 +282,7 @@ def test_alert_set() -> None:
     assert rules["SidecarHigh5xxRatio"]["for"] == "5m"
 
 
+@pytest.mark.ntb_mtls  # a client certificate configured, so its expiry metric is exported
 async def test_alert_expressions_use_metrics_the_sidecar_exports(
     make_sidecar: SidecarFactory,
 ) -> None:

@@ -32,6 +32,7 @@ def failures(steps: list[Step]) -> dict[str, Step]:
     return {s.step: s for s in steps if s.status == "fail"}
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_all_steps_pass_and_nothing_secret_is_printed(
     sidecar_config: dict[str, Any], sandbox: SandboxStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,6 +90,7 @@ async def test_untrusted_ca(sidecar_config: dict[str, Any], tmp_path: Path) -> N
     assert by_step(steps)["login"].status == "skip"
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_client_cert_refused(sidecar_config: dict[str, Any], tmp_path: Path) -> None:
     stranger = Pki(tmp_path / "other-ca", name="some other CA").issue_client("stranger")
     tls = {"cert_file": str(stranger.cert_file), "key_file": str(stranger.key_file)}
@@ -100,6 +102,7 @@ async def test_client_cert_refused(sidecar_config: dict[str, Any], tmp_path: Pat
     assert by_step(steps)["login"].status == "ok"  # the IdP does not ask for one
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_expired_client_cert(sidecar_config: dict[str, Any], sandbox: SandboxStack) -> None:
     expired = sandbox.pki.issue_client("expired", "sidecar", valid_days=-0.001)
     tls = {"cert_file": str(expired.cert_file), "key_file": str(expired.key_file)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from sidecar.sandbox.demo import NTB_HOST
@@ -47,6 +48,7 @@ async def _call(sidecar_port: int, url: str, body: bytes | None = None,
             return resp.status, raw
 
 
+@pytest.mark.ntb_mtls  # checks mutual TLS inside the tunnel
 async def test_ntb_login_and_api_go_through_squid_and_it_sees_only_connect(
     squid: Squid, sandbox: SandboxStack, make_sidecar: SidecarFactory, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ def _bearer(summary: dict[str, object]) -> str:
     return str(headers["authorization"])
 
 
+@pytest.mark.ntb_mtls  # the sandbox NTB API asks for the client certificate
 async def test_curl_reaches_api_with_token_and_client_cert(
     sandbox: SandboxStack, sidecar: Sidecar
 ) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import string
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -43,7 +42,7 @@ class Mpt:
         async with self.http.get(self.url("/auth/key")) as resp:
             assert resp.status == 200
             body = await resp.json()
-        return body["uuid"], body["data"]
+        return body[self.api.uuid_field], body["data"]
 
     async def sign_in(self, challenge_id: str, cms: str, **extra: Any) -> tuple[int, dict]:
         payload = {"uuid": challenge_id, "data": cms, **extra}
@@ -114,10 +113,22 @@ async def mpt(make_mpt: Any) -> Mpt:
     return await make_mpt()
 
 
+async def test_uuid_spelled_as_in_the_guide_tables(mpt: Mpt) -> None:
+    # The guide's tables write "UUID"; the answer can, and sign-in takes either case.
+    mpt.api.uuid_field = "UUID"
+    challenge_id, data = await mpt.key()
+    payload = {"UUID": challenge_id, "data": sign(mpt.signer, data.encode())}
+    async with mpt.http.post(mpt.url("/auth/simpleSignIn"), json=payload) as resp:
+        assert resp.status == 200, await resp.text()
+        assert mpt.api.last_signin is not None and mpt.api.last_signin["fields"] == {}
+
+
 async def test_happy_path_token_and_api(mpt: Mpt) -> None:
     challenge_id, data = await mpt.key()
     assert uuid.UUID(challenge_id).version == 4
-    assert len(data) == 30 and set(data) <= set(string.ascii_letters + string.digits)
+    # A random string in base64, as MPT's guide describes `data` (32 random bytes here).
+    assert len(base64.b64decode(data, validate=True)) == 32
+    assert data.endswith("=")
     status, body = await mpt.sign_in(challenge_id, sign(mpt.signer, data.encode()))
     assert status == 200 and set(body) == {"token"}, body
     token = body["token"]

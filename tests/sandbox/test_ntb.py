@@ -27,8 +27,9 @@ LOGIN = {
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[SandboxStack]:
-    stack = await start_sandbox(tmp_path / "sandbox")
+async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SandboxStack]:
+    mtls = request.node.get_closest_marker("ntb_mtls") is not None
+    stack = await start_sandbox(tmp_path / "sandbox", require_client_cert=mtls)
     yield stack
     await stop_sandbox(stack)
 
@@ -91,6 +92,7 @@ async def test_rejects_missing_bad_and_dead_tokens(
     assert stack.ntb.stats()["requests"] == 1
 
 
+@pytest.mark.ntb_mtls
 async def test_reports_the_request(stack: SandboxStack, http: aiohttp.ClientSession) -> None:
     token = await login(http, stack)
     body = b'{"contract": 42}'
@@ -216,7 +218,8 @@ def test_download_bytes_are_prefix_stable() -> None:
         list(download_bytes(-1))
 
 
-async def test_client_certificate_is_required(
+@pytest.mark.ntb_mtls
+async def test_client_certificate_is_required_as_an_option(
     stack: SandboxStack, http: aiohttp.ClientSession
 ) -> None:
     token = await login(http, stack)
@@ -231,8 +234,9 @@ async def test_client_certificate_is_required(
     assert stack.ntb.requests == 0
 
 
-async def test_without_client_cert_requirement(tmp_path: Path) -> None:
-    stack = await start_sandbox(tmp_path, require_client_cert=False, access_ttl=1)
+async def test_by_default_no_client_certificate_is_asked(tmp_path: Path) -> None:
+    # MOEX publishes no client certificate for NTB: the sandbox must not teach one.
+    stack = await start_sandbox(tmp_path, access_ttl=1)
     try:
         connector = aiohttp.TCPConnector(ssl=stack.client_ssl_context(with_client_cert=False))
         async with aiohttp.ClientSession(connector=connector) as http:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,9 +77,12 @@ class Env:
             assert raw or resp.status == 202
             return resp, payload
 
-    async def get(self, location: str) -> tuple[int, dict[str, Any]]:
+    async def get(self, location: str) -> tuple[int, ET.Element | dict[str, Any]]:
+        """The status answer: XML (the registration file format) or a JSON error."""
         headers = {"Authorization": f"Bearer {self.access_token}"}
         async with self.http.get(self.stack.api_url + location, headers=headers) as resp:
+            if resp.content_type == "application/xml":
+                return resp.status, ET.fromstring(await resp.read())
             return resp.status, await resp.json()
 
 
@@ -137,17 +141,21 @@ async def test_post_accepted_then_status(env: Env) -> None:
     assert location == "/client/v1/applications/2026-11-19/A-17"
     assert api.document("2026-11-19", "A-17") == XML
 
+    # The status comes in the registration file format (XML, like the document sent),
+    # not JSON: the document itself, its status on the root element.
     status, body = await env.get(location)
-    assert status == 200
-    assert body["status"] == "accepted"
-    assert (body["doc_date"], body["doc_num"], body["client_id"]) == (
+    assert status == 200 and isinstance(body, ET.Element)
+    assert body.tag == "{urn:example:registration}REGISTRATION"
+    assert (body.get("DOC_DATE"), body.get("DOC_NUM"), body.get("STATUS")) == (
         "2026-11-19",
         "A-17",
-        "moex_registration",
+        "accepted",
     )
-    assert body["body_sha256"] == hashlib.sha256(XML).hexdigest()
+    client = body.find("{urn:example:registration}CLIENT")
+    assert client is not None and client.get("NAME") == "Иванов И.И."
     await asyncio.sleep(0.35)
-    assert (await env.get(location))[1]["status"] == "processed"
+    processed = (await env.get(location))[1]
+    assert isinstance(processed, ET.Element) and processed.get("STATUS") == "processed"
     assert (await env.get("/client/v1/applications/2026-11-19/nope"))[0] == 404
 
     # No DOC_DATE / DOC_NUM: today's date by the API's (Moscow) clock and a number.

@@ -23,7 +23,13 @@ from multidict import CIMultiDictProxy
 
 from sidecar.sandbox.pki import IssuedCert, Pki
 from sidecar.sandbox.servers import TlsServer
-from sidecar.sandbox.wso2 import FAULTS, Wso2Gateway, issue_kisc_client, start_wso2
+from sidecar.sandbox.wso2 import (
+    FAULTS,
+    SANDBOX_SYSTEM_PREFIX,
+    Wso2Gateway,
+    issue_kisc_client,
+    start_wso2,
+)
 
 KEY = "kisc-consumer-key"
 SECRET = "kisc-consumer-secret"
@@ -248,6 +254,26 @@ async def test_user_checks(kisc: Kisc) -> None:
         assert (status, body["error"]) == (400, "invalid_grant")
 
 
+async def test_user_name_is_the_cn_without_the_system_prefix(kisc: Kisc) -> None:
+    # KISC: the portal user name is the certificate's CN "without the system prefix".
+    prefixed = issue_kisc_client(kisc.pki, USER, system_prefix=SANDBOX_SYSTEM_PREFIX)
+    assert prefixed.cert.subject.rfc4514_string().startswith(f"CN={SANDBOX_SYSTEM_PREFIX}{USER}")
+    connector = aiohttp.TCPConnector(ssl=kisc.pki.client_ssl_context(prefixed))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        status, body = await kisc.token(LOGIN, http=http)
+        assert status == 200, body
+        # The CN as a whole is not the portal user; nor is a name the CN merely ends with.
+        kisc.gw.users["user"] = PASSWORD
+        status, body = await kisc.token({**LOGIN, "username": "user"}, http=http)
+        assert (status, body["error_description"]) == (
+            400,
+            "Certificate CN does not match the user",
+        )
+        form = {**LOGIN, "username": SANDBOX_SYSTEM_PREFIX + USER}
+        status, body = await kisc.token(form, http=http)
+        assert (status, body["error"]) == (400, "invalid_grant")
+
+
 async def test_grant_type_errors(kisc: Kisc) -> None:
     assert_oauth_error(
         await kisc.token({"grant_type": "client_credentials"}),
@@ -386,44 +412,64 @@ async def test_post_list_and_get_message(kisc: Kisc) -> None:
     assert report["client_cert"]["subject"] == kisc.client_cert.cert.subject.rfc4514_string()
     assert report["token_user"] == USER and report["status"] == 202
 
+    assert kisc.gw.message("ID-KEY-007") == message  # handed to KISC as sent
+
+    # The list holds the unread incoming messages only: not the bank's own POST.
     # Without the trailing slash too.
-    status, _, listing, ctype = await kisc.call(
-        "GET", "/etsfo/1.0.0/messages", headers=bearer(token)
-    )
+    assert await unread_keys(kisc, token, "/etsfo/1.0.0/messages") == [
+        "GRO2021051114103",
+        "GRO2021051114106",
+    ]
+    status, _, listing, ctype = await kisc.call("GET", headers=bearer(token))
     assert status == 200 and ctype == "application/xml"
-    root = ET.fromstring(listing)
-    items = root.findall(f"{SOAP}Body/Data/{DS}MESSAGES")
-    by_key = {item.findtext(f"{DS}IDEMPOTENCY_KEY"): item for item in items}
-    assert list(by_key) == ["GRO2021051114103", "GRO2021051114106", "ID-KEY-007"]
-    posted = by_key["ID-KEY-007"]
-    assert posted.findtext(f"{DS}MESSAGE_TYPE") == "pacs.008.001.08"
-    assert posted.findtext(f"{DS}RSENDER") == "KZGRO.K0531900"
-    assert posted.findtext(f"{DS}INTERACTION_ID") == "ID-INT-007"
-    assert posted.findtext(f"{DS}CONTENTTYPE") == "application/xml"
-    assert posted.findtext(f"{DS}RSTATUS") == "0" and posted.findtext(f"{DS}RLASTERR") == "0"
-    seeded = by_key["GRO2021051114103"]
+    seeded = ET.fromstring(listing).findall(f"{SOAP}Body/Data/{DS}MESSAGES")[0]
     assert seeded.findtext(f"{DS}MESSAGE_TYPE") == "camt.054.001.07"
     assert seeded.findtext(f"{DS}RSENDER") == "KZGRO.SGROSS00"
+    assert seeded.findtext(f"{DS}CONTENTTYPE") == "application/xml"
+    assert seeded.findtext(f"{DS}RSTATUS") == "0" and seeded.findtext(f"{DS}RLASTERR") == "0"
     assert seeded.find(f"{DS}INTERACTION_ID") is not None
 
-    status, _, stored, ctype = await kisc.call(
-        "GET", MESSAGES + "ID-KEY-007", headers=bearer(token)
-    )
-    assert (status, ctype) == (200, "application/xml")
-    assert stored == message
+    # Reading one marks it read: it leaves the list, and can still be fetched again.
+    for _ in range(2):
+        status, _, inbound, ctype = await kisc.call(
+            "GET", MESSAGES + "GRO2021051114106", headers=bearer(token)
+        )
+        assert (status, ctype) == (200, "application/xml")
+        assert ET.fromstring(inbound).tag == "Data"
+        assert b"<BizMsgIdr>GRO2021051114106</BizMsgIdr>" in inbound
+    assert await unread_keys(kisc, token) == ["GRO2021051114103"]
+    assert kisc.gw.stats()["unread"] == 1
 
-    status, _, inbound, _ = await kisc.call(
-        "GET", MESSAGES + "GRO2021051114106", headers=bearer(token)
-    )
+    # The bank's own message is not in its inbox.
+    for key in ("ID-KEY-007", "nope"):
+        status, _, body, ctype = await kisc.call("GET", MESSAGES + key, headers=bearer(token))
+        assert status == 404 and ctype == "application/json"
+        assert json.loads(body)["message"] == "Not Found"
+    assert kisc.gw.stats()["requests"] == 8
+
+
+async def unread_keys(kisc: Kisc, token: str, path: str = MESSAGES) -> list[str | None]:
+    status, _, listing, _ = await kisc.call("GET", path, headers=bearer(token))
     assert status == 200
-    document = ET.fromstring(inbound)
-    assert document.tag == "Data"
-    assert b"<BizMsgIdr>GRO2021051114106</BizMsgIdr>" in inbound
+    items = ET.fromstring(listing).findall(f"{SOAP}Body/Data/{DS}MESSAGES")
+    return [item.findtext(f"{DS}IDEMPOTENCY_KEY") for item in items]
 
-    status, _, body, ctype = await kisc.call("GET", MESSAGES + "nope", headers=bearer(token))
-    assert status == 404 and ctype == "application/json"
-    assert json.loads(body)["message"] == "Not Found"
-    assert kisc.gw.stats()["requests"] == 5
+
+async def test_delivered_message_is_listed_until_read(kisc: Kisc) -> None:
+    token = (await kisc.login())["access_token"]
+    incoming = (
+        b"<Data><Envelope><AppHdr><Fr><FIId><FinInstnId><Othr><Id>K0000014</Id><SchmeNm>"
+        b"<Prtry>KZGRO</Prtry></SchmeNm></Othr></FinInstnId></FIId></Fr>"
+        b"<BizMsgIdr>GRO2026000001</BizMsgIdr><MsgDefIdr>pacs.002.001.11</MsgDefIdr>"
+        b"</AppHdr></Envelope></Data>"
+    )
+    async with kisc.http.post(kisc.url("/_sandbox/deliver"), data=incoming) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"key": "GRO2026000001", "unread": 3}
+    assert (await unread_keys(kisc, token))[-1] == "GRO2026000001"
+    status, _, body, _ = await kisc.call("GET", MESSAGES + "GRO2026000001", headers=bearer(token))
+    assert (status, body) == (200, incoming)
+    assert "GRO2026000001" not in await unread_keys(kisc, token)
 
 
 async def test_idempotency_key_rules(kisc: Kisc) -> None:
