@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,41 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Running:
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", *args],
-            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: list[str] = []
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            found = re.search(pattern, line)
-            if found:
-                return found
-        raise AssertionError(f"{pattern!r} not seen; output:\n{''.join(self.lines)}")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+from tests.helpers.running import Running, cli_env
 
 
 @pytest.fixture
@@ -75,7 +37,7 @@ def test_sandbox_prints_a_curl_line_that_works(sandbox_process: Running, tmp_pat
     line = sandbox_process.wait_for(r"^\s+(curl -x http://127\.0\.0\.1:\d+ http://\S+/ntb/\S+)$")
     result = subprocess.run(
         [*shlex.split(line.group(1)), "-sS", "--max-time", "20"],
-        capture_output=True, env=_env(), timeout=30,
+        capture_output=True, env=cli_env(), timeout=30,
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
@@ -86,7 +48,7 @@ def test_sandbox_prints_a_curl_line_that_works(sandbox_process: Running, tmp_pat
     written = tmp_path / "sb" / "sidecar.yaml"
     check = subprocess.run(
         [sys.executable, "-m", "sidecar", "check", "--config", str(written)],
-        capture_output=True, text=True, env=_env(), timeout=30,
+        capture_output=True, text=True, env=cli_env(), timeout=30,
     )
     assert check.returncode == 0, check.stderr
     assert "moex-ntb" in check.stdout
@@ -108,7 +70,7 @@ def test_run_serves_with_written_config_and_stops_on_sigterm(
         running.wait_for(r'"event": "token_obtained"')
         result = subprocess.run(
             ["curl", "-sS", "-x", f"http://{proxy}", "http://api.moex.com/ntb/from-run"],
-            capture_output=True, env=_env(), timeout=30,
+            capture_output=True, env=cli_env(), timeout=30,
         )
         assert json.loads(result.stdout)["path"] == "/ntb/from-run"
         password = (tmp_path / "sb" / "secrets" / "ntb-password").read_text().strip()
@@ -125,7 +87,7 @@ def test_example_configs_are_valid(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     secret = tmp_path / "password"
     secret.write_text("x")
-    env = _env() | {"SIDECAR_UPSTREAMS__MOEX_NTB__AUTH__PASSWORD_FILE": str(secret)}
+    env = cli_env() | {"SIDECAR_UPSTREAMS__MOEX_NTB__AUTH__PASSWORD_FILE": str(secret)}
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "check", "--config", str(repo / "config/moex-ntb.yaml")],
         capture_output=True, text=True, env=env, timeout=30,
@@ -149,7 +111,7 @@ def test_sandbox_example_matches_what_the_sandbox_writes(tmp_path: Path) -> None
         result = subprocess.run(
             [sys.executable, "-m", "sidecar", "check", "--config",
              str(repo / "config/sandbox.yaml")],
-            capture_output=True, text=True, env=_env(), timeout=30, cwd=tmp_path,
+            capture_output=True, text=True, env=cli_env(), timeout=30, cwd=tmp_path,
         )
     finally:
         running.stop()
@@ -177,7 +139,7 @@ def test_kisc_example_is_valid(tmp_path: Path) -> None:
         client.p12_file.read_bytes(), client.p12_password.encode()
     )[0] is not None
     prefix = "SIDECAR_UPSTREAMS__KISC__"
-    env = _env() | {
+    env = cli_env() | {
         f"{prefix}TLS__CA_FILE": str(pki.ca_file),
         f"{prefix}TLS__P12_FILE": str(client.p12_file),
         f"{prefix}TLS__P12_PASSWORD_FILE": str(secret),
@@ -197,7 +159,7 @@ def test_mpt_example_is_valid(tmp_path: Path) -> None:
     secret.write_text("x")
     repo = Path(__file__).resolve().parents[1]
     prefix = "SIDECAR_UPSTREAMS__MPT__AUTH__SIGNER__NCANODE__"
-    env = _env() | {f"{prefix}P12_FILE": str(secret), f"{prefix}P12_PASSWORD_FILE": str(secret)}
+    env = cli_env() | {f"{prefix}P12_FILE": str(secret), f"{prefix}P12_PASSWORD_FILE": str(secret)}
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "check", "--config", str(repo / "config/mpt.yaml")],
         capture_output=True, text=True, env=env, timeout=30,
@@ -214,7 +176,7 @@ def test_moex_passport_example_is_valid(tmp_path: Path) -> None:
     secret.write_text(client.p12_password)
     repo = Path(__file__).resolve().parents[1]
     prefix = "SIDECAR_UPSTREAMS__MOEX_REGISTRATION__AUTH__"
-    env = _env() | {
+    env = cli_env() | {
         f"{prefix}CLIENT_SECRET_FILE": str(secret),
         f"{prefix}PASSWORD_FILE": str(secret),
         f"{prefix}SIGNER__P12_FILE": str(client.p12_file),
@@ -238,7 +200,7 @@ async def test_doctor_command(sidecar_config: dict[str, Any], tmp_path: Path) ->
     async def doctor(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sidecar", "doctor", "--config", str(config), *args,
-            env=_env(), cwd=tmp_path,
+            env=cli_env(), cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from sidecar.sandbox.ports import ROLES, Ports
-from tests.test_cli import Running, _env
+from tests.helpers.running import Running, cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 # Banner line -> the port it shows.
@@ -40,7 +40,7 @@ def start(tmp_path: Path) -> Running:
 def test_help_lists_every_port_with_its_default() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "sandbox", "--help"],
-        capture_output=True, text=True, env=_env() | {"COLUMNS": "200"}, timeout=30,
+        capture_output=True, text=True, env=cli_env() | {"COLUMNS": "200"}, timeout=30,
     )
     assert result.returncode == 0, result.stderr
     # One entry per option, its wrapped help lines joined.
