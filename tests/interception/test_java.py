@@ -33,7 +33,9 @@ async def _java(classes: Path, proxy_port: int, url: str, *jvm: str) -> dict[str
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-async def test_java_with_a_keytool_truststore(intercepting: Intercepting, java_client: Path) -> None:
+async def test_java_with_a_keytool_truststore(
+    intercepting: Intercepting, java_client: Path
+) -> None:
     store = java_client / "trust.p12"
     done = await run(
         "keytool", "-importcert", "-noprompt", "-alias", "authsidecar",
