@@ -123,7 +123,12 @@ class ProxyHandler:
             scheme = "https://" if tls else "http://"
 
             def handle(request: ServerRequest) -> Awaitable[None]:
-                if request.method in ("TRACE", "CONNECT") or "Upgrade" in request.headers:
+                if request.method == "CONNECT":
+                    return self._refuse(
+                        request, 403, "connect_refused",
+                        "CONNECT inside an intercepted tunnel is not served",
+                    ).send(request)
+                if request.method == "TRACE" or "Upgrade" in request.headers:
                     return self._route(request)  # refused there, as outside a tunnel
                 host_header = request.headers.get("Host")
                 try:

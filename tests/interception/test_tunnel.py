@@ -72,6 +72,19 @@ async def test_a_host_of_no_upstream_inside_the_tunnel_is_refused(
     writer.close()
 
 
+async def test_connect_and_trace_inside_a_tunnel_are_refused(
+    intercepting: Intercepting,
+) -> None:
+    reader, writer = await _connect(intercepting.port, f"{HOST}:80")
+    writer.write(f"TRACE /ntb HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    status, body = await _answer(reader)
+    assert status == 405 and body["error"] == "method_not_allowed"
+    writer.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+    status, body = await _answer(reader)
+    assert status == 403 and body["error"] == "connect_refused"
+    writer.close()
+
+
 async def test_unknown_host_connect_is_still_refused(intercepting: Intercepting) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", intercepting.port)
     writer.write(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n")
