@@ -53,6 +53,8 @@ async def serve_tunnel(
 ) -> str:
     """Answer the CONNECT and serve what comes inside; returns "tls", "plain" or why not."""
     conn = request.connection
+    if conn.transport is None or conn.transport.is_closing():
+        return "no_data"  # the app hung up right after its CONNECT
     transport, early = conn.hand_over()
     transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
     request.status = 200

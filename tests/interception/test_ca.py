@@ -21,6 +21,7 @@ from sidecar.interception.intercept import build_interceptor
 from sidecar.interception.leaves import LeafCache, mint_leaf
 from sidecar.metrics import Metrics
 from tests.helpers.config_files import base, write
+from tests.helpers.sidecars import SidecarFactory
 
 
 def test_ca_init_writes_a_secret_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,6 +75,15 @@ def test_unwritable_state_dir_stops_the_start(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(SetupError, match=r"interception\.state_dir .* not writable"):
         build_interceptor(Interception(state_dir=blocker / "state"), Metrics())
+
+
+async def test_sidecar_refuses_to_start_without_a_writable_state_dir(
+    make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SetupError, match="not writable"):
+        await make_sidecar(interception={"state_dir": str(blocker / "state")})
 
 
 def test_mismatched_pair_is_refused(tmp_path: Path) -> None:
