@@ -15,6 +15,7 @@ from prometheus_client import Counter
 from sidecar import logs
 from sidecar.admin import AdminRoutes
 from sidecar.config import Config, parse_host_port
+from sidecar.config.files import files_of
 from sidecar.http1.server import HttpServer
 from sidecar.interception.intercept import build_interceptor
 from sidecar.metrics import Metrics
@@ -129,7 +130,11 @@ class Sidecar:
             self._later(self._retire(runtime))
         if new.listen != self.config.listen:
             log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
-        if new.interception != self.config.interception:  # the CA is read once, at start
+        # The interception CA is read once, at start: a new block or new CA files wait for it.
+        if new.interception != self.config.interception or (
+            new.interception is not None and changed_files
+            and changed_files & files_of(new.interception)
+        ):
             log.warning("interception_change_needs_restart")
         self.config = new
         self.replay_budget.limit = new.replay_budget
