@@ -15,7 +15,9 @@ from prometheus_client import Counter
 from sidecar import logs
 from sidecar.admin import AdminRoutes
 from sidecar.config import Config, parse_host_port
+from sidecar.config.files import files_of
 from sidecar.http1.server import HttpServer
+from sidecar.interception.intercept import build_interceptor
 from sidecar.metrics import Metrics
 from sidecar.proxy.body import ReplayBudget
 from sidecar.proxy.listener import ProxyHandler, start_listener
@@ -48,6 +50,8 @@ class Sidecar:
 
     async def start(self) -> None:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
+        # The interception CA first: an unusable one (or state_dir) stops the start.
+        interceptor = build_interceptor(self.config.interception, self.metrics)
         for name, cfg in self.config.upstreams.items():
             self.upstreams[name] = build_upstream(name, cfg, self.metrics, self.replay_budget)
         for runtime in self.upstreams.values():
@@ -56,7 +60,9 @@ class Sidecar:
         self.check_certificates()
         self._cert_watch = asyncio.get_running_loop().create_task(self._watch_certificates())
 
-        self._handler = ProxyHandler(self.upstreams, list(self.config.passthrough), self.metrics)
+        self._handler = ProxyHandler(
+            self.upstreams, list(self.config.passthrough), self.metrics, interceptor
+        )
         listen = self.config.listen
         host, port = parse_host_port(listen.proxy)
         shed = self.metrics.connections_shed
@@ -124,6 +130,12 @@ class Sidecar:
             self._later(self._retire(runtime))
         if new.listen != self.config.listen:
             log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
+        # The interception CA is read once, at start: a new block or new CA files wait for it.
+        if new.interception != self.config.interception or (
+            new.interception is not None and changed_files
+            and changed_files & files_of(new.interception)
+        ):
+            log.warning("interception_change_needs_restart")
         self.config = new
         self.replay_budget.limit = new.replay_budget
         logs.configure_for(new)  # a new log level, and new secrets to keep out of logs

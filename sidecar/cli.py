@@ -1,4 +1,4 @@
-"""``sidecar run | check | doctor | sandbox``. User mistakes exit 2 with a clear message, no
+"""``sidecar run | check | doctor | ca | sandbox``. User mistakes exit 2 with a clear message, no
 traceback."""
 
 from __future__ import annotations
@@ -46,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--upstream", help="only this upstream (default: all)")
     doctor.add_argument("--probe", metavar="PATH", help="also send GET PATH to the target")
     doctor.add_argument("--json", action="store_true", help="print the results as JSON")
+    ca = commands.add_parser("ca", help="the interception CA: print it, or make one")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True)
+    ca_export = ca_commands.add_parser(
+        "export", help="print the CA certificate (PEM) that apps must trust"
+    )
+    ca_export.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")
+    ca_init = ca_commands.add_parser(
+        "init", help="make a CA for a Kubernetes Secret: DIR/tls.crt and DIR/tls.key (0600)"
+    )
+    ca_init.add_argument("--out", required=True, help="directory to write tls.crt, tls.key")
     sandbox = commands.add_parser(
         "sandbox", help="start local emulators of the APIs with the sidecar in front"
     )
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(
                 run_doctor(config, upstream=args.upstream, probe=args.probe, as_json=args.json)
             )
+        if args.command == "ca":
+            return _ca(args)
         if args.command == "run":
             path = args.config or os.environ.get("SIDECAR_CONFIG", "")
             config = load_config(path)
@@ -121,6 +133,32 @@ def _check(path: str | None, *, as_json: bool) -> int:
     for problem in report.warnings:
         print(f"warning: {problem.line()}", file=sys.stderr)
     return 0 if report.ok else EXIT_USAGE
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from sidecar.interception.ca import generate_ca, load_or_create_ca, write_ca
+
+    if args.ca_command == "init":
+        out = Path(args.out)
+        if (out / "tls.key").exists():
+            print(f"{out / 'tls.key'} exists: not replacing a CA apps may trust",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        cert, key = write_ca(generate_ca(), out)
+        print(f"wrote {cert} and {key}; e.g. kubectl create secret tls sidecar-ca "
+              f"--cert={cert} --key={key}", file=sys.stderr)
+        return 0
+    config = load_config(args.config)
+    block = config.interception
+    if block is None:
+        print("config error:\n  interception: not configured; add an `interception:` block "
+              "(see the README, 'Apps that call https://')", file=sys.stderr)
+        return EXIT_USAGE
+    # The same CA `run` uses: the configured files, else the one in state_dir (made now if
+    # there is none yet, so apps can be given it before the first start).
+    ca = load_or_create_ca(block.ca_cert_file, block.ca_key_file, Path(block.state_dir))
+    sys.stdout.write(ca.cert_pem().decode())
+    return 0
 
 
 class Signals:

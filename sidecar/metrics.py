@@ -87,6 +87,17 @@ class Metrics:
             "Connections closed because a listener was at max_connections, by listener.",
             ["listener"], registry=r,
         )
+        self.interceptions = Counter(
+            "sidecar_interceptions",
+            "CONNECT tunnels to a matched host served by interception, by upstream and "
+            "outcome (tls, plain, handshake_failed, no_data, early_tls).",
+            ["upstream", "outcome"], registry=r,
+        )
+        self.interception_handshake_failures = Counter(
+            "sidecar_interception_handshake_failures",
+            "Intercepted TLS handshakes that failed: mostly an app that does not trust the "
+            "sidecar's CA.", ["upstream"], registry=r,
+        )
         self.rate_limit_wait = Histogram(
             "sidecar_rate_limit_wait_seconds", "Time requests waited in the rate limiter.",
             ["upstream"], buckets=_LATENCY_BUCKETS, registry=r,

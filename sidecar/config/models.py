@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sidecar.config.auth import PLAINTEXT_ERROR, Auth, credential_urls
 from sidecar.config.egress import EgressProxy
 from sidecar.config.fields import HttpUrlStr, MatchHost, Model
+from sidecar.config.interception import Interception
 from sidecar.config.sections import Listen, Log, Reload, Shutdown, Timeouts, Tls
 from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
@@ -121,6 +122,9 @@ class Upstream(Model):
     allow_plaintext: bool = False
     # Not given: the top-level egress_proxy; null: this upstream goes direct.
     egress_proxy: EgressProxy | None = None
+    # With a top-level interception block: false keeps CONNECT to this upstream's hosts
+    # refused (or tunnelled untouched when they are in passthrough).
+    interception: bool = True
 
     @field_validator("set_headers")
     @classmethod
@@ -204,6 +208,8 @@ class Config(BaseSettings):
     replay_budget: int = Field(32 * 1024 * 1024, ge=0)
     # The corporate proxy every upstream's connections leave through, unless it sets its own.
     egress_proxy: EgressProxy | None = None
+    # Present: CONNECT to a matched host is intercepted with the sidecar's own CA.
+    interception: Interception | None = None
 
     @classmethod
     def settings_customise_sources(

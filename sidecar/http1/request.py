@@ -26,6 +26,10 @@ class ServerConnection(Protocol):
 
     def tunnel_to(self, sink: TunnelSink) -> asyncio.Transport: ...
 
+    def hand_over(self) -> tuple[asyncio.Transport, bytes]: ...
+
+    def successor(self, handler: Handler) -> asyncio.Protocol: ...
+
 
 class _BodyPause:
     """Lets one request's body queue stop reading the app's socket, under its own name: the
@@ -223,6 +227,11 @@ class ServerRequest:
     def take_over(self, sink: TunnelSink) -> asyncio.Transport:
         """From now on the app's bytes go to ``sink``; returns the app's transport."""
         return self._conn.tunnel_to(sink)
+
+    @property
+    def connection(self) -> ServerConnection:
+        """The app connection this request came on (for a CONNECT that hands it over)."""
+        return self._conn
 
     async def drain(self) -> None:
         await self._conn.flow.drain()

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from sidecar.http1.answer import error_answer
 from sidecar.http1.errors import HeadRefused, TooManyAhead
+from sidecar.http1.handover import HandOver
 from sidecar.http1.request import ClientGone, Handler, ServerRequest, TunnelSink
 from sidecar.http1.wire import MAX_FIELD, MAX_HEAD, MAX_TARGET, WriteFlow
 from sidecar.inflight import InFlight
@@ -44,9 +45,10 @@ class Server(Protocol):
     def forget(self, conn: ServerConnection) -> None: ...
 
 
-class ServerConnection(asyncio.Protocol):
-    def __init__(self, server: Server) -> None:
+class ServerConnection(HandOver, asyncio.Protocol):
+    def __init__(self, server: Server, handler: Handler | None = None) -> None:
         self._server = server
+        self._handler = handler or server.handler  # a successor (handover.py) has its own
         self._loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.flow = WriteFlow()
@@ -283,7 +285,7 @@ class ServerConnection(asyncio.Protocol):
             request.keep_alive = False  # the app learns from this answer to reconnect
         server.inflight.enter()
         try:
-            await server.handler(request)
+            await self._handler(request)
         except ClientGone:
             return False
         except Exception:

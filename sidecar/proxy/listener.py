@@ -13,8 +13,9 @@ import structlog
 
 from sidecar.config.fields import parse_host_port
 from sidecar.http1.answer import LocalAnswer
-from sidecar.http1.request import ServerRequest
+from sidecar.http1.request import Handler, ServerRequest
 from sidecar.http1.server import HttpServer
+from sidecar.interception.intercept import Interceptor
 from sidecar.metrics import Metrics
 from sidecar.proxy.errors import error_response
 from sidecar.proxy.pipeline import proxy_request
@@ -29,9 +30,14 @@ _MALFORMED_STATUS = {"bad_request": 400, "uri_too_long": 414, "headers_too_large
 
 class ProxyHandler:
     def __init__(
-        self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str], metrics: Metrics
+        self,
+        upstreams: dict[str, UpstreamRuntime],
+        passthrough: list[str],
+        metrics: Metrics,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self._metrics = metrics
+        self._interceptor = interceptor  # None: interception is off (no config block)
         self.update(upstreams, passthrough)
 
     def update(self, upstreams: dict[str, UpstreamRuntime], passthrough: list[str]) -> None:
@@ -93,6 +99,13 @@ class ProxyHandler:
             await self._refuse(request, 400, "bad_request", "CONNECT needs host:port").send(
                 request)
             return
+        name = self._router.resolve(host, port)
+        if (
+            name is not None and self._interceptor is not None
+            and self.upstreams[name].config.interception
+        ):
+            await self._interceptor.serve(request, name, host, self._inside(name, port))
+            return
         if self._passthrough is None or self._passthrough.resolve(host, port) is None:
             log.info("refused_connect", host=host, port=port)
             await self._refuse(
@@ -101,6 +114,48 @@ class ProxyHandler:
             ).send(request)
             return
         await tunnel(request, host, port, connect_timeout=10.0)
+
+    def _inside(self, name: str, port: int) -> Callable[[bool], Handler]:
+        """The handler of requests inside an intercepted tunnel: they go to the upstream the
+        CONNECT matched, and only there (a Host naming another upstream is refused)."""
+
+        def handler_for(tls: bool) -> Handler:
+            scheme = "https://" if tls else "http://"
+
+            def handle(request: ServerRequest) -> Awaitable[None]:
+                if request.method == "CONNECT":
+                    return self._refuse(
+                        request, 403, "connect_refused",
+                        "CONNECT inside an intercepted tunnel is not served",
+                    ).send(request)
+                if request.method == "TRACE" or "Upgrade" in request.headers:
+                    return self._route(request)  # refused there, as outside a tunnel
+                host_header = request.headers.get("Host")
+                try:
+                    if request.raw_path.startswith("/"):
+                        if not host_header:
+                            raise BadTarget("origin-form request without a Host header")
+                        host, inner_port = parse_host_port(host_header, default_port=port)
+                        path_qs, origin = request.raw_path, scheme + host_header
+                    else:
+                        target = request_target(request.raw_path, host_header)
+                        host, inner_port = target.host, target.port
+                        path_qs, origin = target.path_qs, target.origin
+                except (BadTarget, ValueError) as exc:
+                    return self._refuse(request, 400, "bad_request", str(exc)).send(request)
+                upstream = self.upstreams.get(name)
+                if upstream is None or self._router.resolve(host, inner_port) != name:
+                    log.info("refused_host_mismatch", host=host, upstream=name)
+                    return self._refuse(
+                        request, 403, "host_mismatch",
+                        f"{host}:{inner_port} is not a host of upstream {name}, which this "
+                        "tunnel was opened to; open a tunnel to that host instead",
+                    ).send(request)
+                return proxy_request(request, upstream, path_qs, origin)
+
+            return handle
+
+        return handler_for
 
 
 async def start_listener(
