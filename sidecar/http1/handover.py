@@ -5,12 +5,9 @@ parsing, limits, keep-alive and pipelining apply inside the tunnel as outside it
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 from sidecar.http1.request import Handler
-
-if TYPE_CHECKING:
-    from sidecar.http1.server_connection import ServerConnection
 
 
 class HandOver:
@@ -38,12 +35,10 @@ class HandOver:
         self.transport = None
         return transport, early
 
-    def successor(self, handler: Handler) -> ServerConnection:
+    def successor(self, handler: Handler) -> Self:
         """A new connection of the same server (its limits, drain and shutdown apply) whose
         requests go to ``handler``; the caller makes it the socket's protocol."""
-        from sidecar.http1.server_connection import ServerConnection
-
-        return ServerConnection(self._server, handler)
+        return type(self)(self._server, handler)  # type: ignore[call-arg]
 
 
 def adopt(conn: asyncio.Protocol, transport: asyncio.Transport, early: bytes) -> None:
