@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 
 # Tools the tests drive as real programs, installed from Debian when missing: curl and
 # openssl as clients, promtool (package prometheus) to check the metrics exposition, and
-# OpenSSL's GOST engine for the GOST signing test.
+# OpenSSL's GOST engine for the GOST signing test, redis-server for the shared store tests.
 system-deps:
 	@missing=""; \
-	for pair in curl:curl openssl:openssl promtool:prometheus; do \
+	for pair in curl:curl openssl:openssl promtool:prometheus redis-server:redis-server; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
 	openssl engine gost -t >/dev/null 2>&1 || missing="$$missing libengine-gost-openssl"; \

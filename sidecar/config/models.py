@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sidecar.config.auth import PLAINTEXT_ERROR, Auth, credential_urls
 from sidecar.config.fields import HttpUrlStr, MatchHost, Model
 from sidecar.config.sections import Listen, Log, Reload, Shutdown, Timeouts, Tls
+from sidecar.config.store import Store
 from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
 
@@ -157,6 +158,8 @@ class Config(BaseSettings):
     reload: Reload = Reload()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     passthrough: list[MatchHost] = []
+    # Shared token state and rate limits for replicas that share credentials (memory: none).
+    store: Store = Store()
     # Request bodies kept for a replay after a 401, all requests together. Past it a request
     # is still forwarded, only not replayable: memory stays bounded under many large uploads.
     replay_budget: int = Field(32 * 1024 * 1024, ge=0)
@@ -174,6 +177,13 @@ class Config(BaseSettings):
         # environment are read by load_config, which hands its sources in (_build_sources):
         # they need a path and an environment per call, and this hook takes neither.
         return (init_settings,)
+
+    @model_validator(mode="after")
+    def _store_complete(self) -> Config:
+        problem = self.store.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _hosts_unique(self) -> Config:
