@@ -31,6 +31,7 @@ from sidecar.config.auth import (
 )
 from sidecar.config.models import Upstream
 from sidecar.signing import make_signer
+from sidecar.store.base import Coordinator
 from sidecar.tls import client_context
 
 
@@ -39,6 +40,7 @@ def token_source(
     upstream: Upstream,
     upstream_ssl: ssl.SSLContext,
     events: TokenEvents | None = None,
+    shared: Coordinator | None = None,
 ) -> TokenSource:
     auth = upstream.auth
     if isinstance(auth, StaticAuth):
@@ -50,6 +52,7 @@ def token_source(
         token_wait=upstream.timeouts.token_wait,
         backoff_cap=auth.backoff_cap,
         events=events,
+        shared=shared,
     )
 
 

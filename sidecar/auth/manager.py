@@ -35,6 +35,7 @@ from sidecar.auth.base import (
     TokenEvents,
 )
 from sidecar.auth.jwt import expiry as jwt_expiry
+from sidecar.store.base import Coordinator, LocalCoordinator, SharedToken
 
 log = structlog.get_logger("sidecar.auth")
 
@@ -64,8 +65,11 @@ class TokenManager:
         backoff_cap: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         events: TokenEvents | None = None,
+        shared: Coordinator | None = None,
     ) -> None:
         self.upstream = upstream
+        # Replicas sharing this credential (the store): who logs in, and the shared token.
+        self._shared: Coordinator = shared or LocalCoordinator()
         self._events = events
         self._flow = flow
         self._token_wait = token_wait
@@ -116,6 +120,7 @@ class TokenManager:
         if self._token is token:
             self._log.info("token_rejected_by_upstream")
             self._token = None
+            self._shared.rejected(token.value)
             self._wake.set()
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
@@ -125,6 +130,7 @@ class TokenManager:
 
     async def start(self) -> None:
         if self._task is None:
+            self._shared.attach(self._adopt, self._shared_view)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"token-manager-{self.upstream}"
             )
@@ -139,6 +145,7 @@ class TokenManager:
                 AuthError("sidecar is shutting down", kind=Failure.LOCAL)
             )
             self._outcome.exception()
+        self._shared.close()
         await self._flow.close()
 
     @property
@@ -197,6 +204,78 @@ class TokenManager:
                 await asyncio.sleep(1.0)
 
     async def _attempt(self) -> None:
+        # The store's seam: adopt another replica's token, wait for it, or lead (with the
+        # shared refresh token) and publish what came of it.
+        turn = await self._shared.begin()
+        if turn.adopt is not None:
+            self._adopt(turn.adopt)
+            return
+        if turn.busy:
+            self._fail(AuthError(
+                "another replica is renewing the token and has not finished yet",
+                kind=Failure.UNAVAILABLE,
+            ))
+            return
+        if turn.refresh is not None:
+            refresh, deadline = turn.refresh
+            self._refresh_token = refresh
+            self._refresh_deadline = self._from_unix(deadline) if deadline else None
+        try:
+            await self._attempt_alone()
+        finally:
+            await turn.finish(self._shared_view())
+
+    def _from_unix(self, unix: float) -> float:
+        return self._clock() + (unix - time.time())
+
+    def _to_unix(self, deadline: float) -> float:
+        return time.time() + (deadline - self._clock())
+
+    def _adopt(self, shared: SharedToken) -> None:
+        """Take the token another replica obtained (and its refresh token, used only if
+        this replica later holds the lease, or is alone because the store is down)."""
+        if not shared.access_token:
+            return
+        if self._token is not None and self._token.value == shared.access_token:
+            token = self._token  # the same one: keep its identity (invalidate compares it)
+        else:
+            token = Token(shared.access_token, self._from_unix(shared.expires_at),
+                          margin=usable_margin(shared.lifetime))
+        if not token.usable(self._clock()):
+            return
+        logs.secrets.add(shared.access_token, dynamic=True)
+        if shared.refresh_token:
+            logs.secrets.add(shared.refresh_token, dynamic=True)
+        self._refresh_token = shared.refresh_token
+        self._refresh_deadline = (
+            self._from_unix(shared.refresh_deadline) if shared.refresh_deadline else None
+        )
+        self._renew_at = max(self._from_unix(shared.renew_at), self._clock() + MIN_RENEWAL_GAP)
+        if token is not self._token:
+            self._log.info("token_adopted", expires_in=round(token.expires_at - self._clock(), 1))
+        self._settle(token)
+        self._wake.set()  # the renewal time moved
+
+    def _shared_view(self) -> SharedToken | None:
+        """This manager's state as the store shares it (Unix times)."""
+        refresh_deadline = (
+            self._to_unix(self._refresh_deadline) if self._refresh_deadline else None
+        )
+        token = self._token
+        if token is None:
+            if self._refresh_token is None:
+                return None
+            return SharedToken(None, 0.0, 0.0, 0.0, self._refresh_token, refresh_deadline)
+        return SharedToken(
+            access_token=token.value,
+            expires_at=self._to_unix(token.expires_at),
+            lifetime=max(token.expires_at - token.obtained_at, 0.0),
+            renew_at=self._to_unix(self._renew_at),
+            refresh_token=self._refresh_token,
+            refresh_deadline=refresh_deadline,
+        )
+
+    async def _attempt_alone(self) -> None:
         sent_at = self._clock()
         try:
             grant, how = await self._obtain(sent_at)
