@@ -89,7 +89,7 @@ async def test_redis_holds_no_token_secret_or_user_name_in_clear(
     auth = sidecar_config["upstreams"]["moex-ntb"]["auth"]
     secrets = [
         manager.peek().value, manager._refresh_token, auth["username"], auth["client_id"],
-        Path(auth["password_file"]).read_text().strip(),
+        sandbox.idp.users[auth["username"]],
     ]
     assert all(secrets)
     dump = await redis_server.dump()
