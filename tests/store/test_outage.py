@@ -4,6 +4,7 @@ failure while the IdP is healthy), say so in /status and metrics, and share agai
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -79,3 +80,31 @@ async def test_redis_outage_falls_back_to_local_and_sharing_resumes(
     assert (metrics.get_sample_value("sidecar_store_errors_total", {"op": "connect"}) or 0) >= 1
     print(f"requests={len(results)} during_outage={outage} slowest={slowest:.3f}s "
           f"logins={sandbox.idp.stats()['by_grant']}")
+
+
+async def test_a_hung_redis_costs_a_request_at_most_one_store_timeout(
+    sandbox: SandboxStack, make_sidecar: SidecarFactory, store_config: dict[str, Any],
+    redis_server: RedisServer,
+) -> None:
+    sidecar = await make_sidecar(store=store_config)
+    await sidecar.upstreams["moex-ntb"].tokens.get()
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing
+    try:
+        sandbox.idp.revoke_sessions()  # the next request gets a 401: a renewal is needed
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.get(f"{NTB}hung", proxy=proxy_url(sidecar)) as resp:
+                assert resp.status == 200
+            took = time.monotonic() - started
+            statuses = []
+            for i in range(20):
+                async with session.get(f"{NTB}hung/{i}", proxy=proxy_url(sidecar)) as resp:
+                    statuses.append(resp.status)
+        assert statuses == [200] * 20
+        assert sidecar.store.status()["state"] == "down"
+        print(f"401 + renewal with Redis hung took {took:.3f} s (store.timeout 0.2 s)")
+        assert took < 5.0  # one store timeout and a login, never the token wait
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await _until(lambda: sidecar.store.status()["state"] == "up")
