@@ -46,6 +46,7 @@ class RedisCoordinator:
         self._adopt: Callable[[SharedToken], None] | None = None
         self._view: Callable[[], SharedToken | None] | None = None
         self._leading = False
+        self._resyncing = False
         store.subscribe(self._channel, self._on_message)
         store.on_reconnect(self._resync)
 
@@ -173,12 +174,23 @@ class RedisCoordinator:
         if current is not None and token_hash(current.access_token) == th.decode():
             return
         shared = self._open(blob)
-        if shared is not None and self._adopt is not None:
-            self._adopt(shared)
+        if shared is None or self._adopt is None:
+            return
+        newer_here = (
+            current is not None and bool(current.access_token)
+            and current.expires_at > shared.expires_at + 0.001
+        )
+        if newer_here and self._resyncing:
+            return  # after an outage the newer token wins: ours is offered instead
+        self._adopt(shared)
 
     async def _resync(self) -> None:
-        """The store is back: adopt the shared token, or share ours if there is none."""
-        await self._fetch()
+        """The store is back: adopt the shared token, or share ours if it is newer."""
+        self._resyncing = True
+        try:
+            await self._fetch()
+        finally:
+            self._resyncing = False
         view = self._view() if self._view is not None else None
         if view is None or not view.access_token or view.expires_at - time.time() < ADOPT_MARGIN:
             return
@@ -186,7 +198,7 @@ class RedisCoordinator:
         with contextlib.suppress(StoreDown):
             await self._store.run(
                 "OFFER", [self._record, self._lease, self._fence, self._channel],
-                [blob, th, exp, renew, ttl, _ms(ADOPT_MARGIN)],
+                [blob, th, exp, renew, ttl],
             )
 
 

@@ -58,12 +58,12 @@ redis.call('PUBLISH', KEYS[3], ARGV[2])
 return 1
 """
 
-# KEYS: record, lease, fence, channel. ARGV: blob, token hash, expiry ms, renew ms, ttl ms,
-# margin ms. After an outage: share this replica's token unless a usable one is there or a
-# login is under way. -> 1 if offered.
-OFFER = _NOW + """
+# KEYS: record, lease, fence, channel. ARGV: blob, token hash, expiry ms, renew ms, ttl ms.
+# After an outage: share this replica's token unless the shared one lives as long (a replica
+# that renewed alone meanwhile holds the newer one) or a login is under way. -> 1 if offered.
+OFFER = """
 local exp = tonumber(redis.call('HGET', KEYS[1], 'exp')) or 0
-if exp - tonumber(ARGV[6]) > now or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if exp >= tonumber(ARGV[3]) or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local fence = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], 'blob', ARGV[1], 'th', ARGV[2], 'exp', ARGV[3],
            'renew', ARGV[4], 'ver', fence)
