@@ -232,7 +232,6 @@ class _Lead(Turn):
 
     async def finish(self, view: SharedToken | None) -> None:
         self._keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._keeper
+        await asyncio.wait({self._keeper})  # never swallows a cancellation of our own
         self._owner._leading = False
         await self._owner._finish(self._fence, view, self._before)

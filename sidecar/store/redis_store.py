@@ -42,6 +42,14 @@ class StoreEvents(Protocol):
     def store_error(self, op: str) -> None: ...
 
 
+def _keep_cancellation() -> None:
+    """A connection error raised while our task is being cancelled: the client library may
+    have turned the cancellation into that error. Cancelled it stays."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Nowhere:
     def store_up(self, up: bool) -> None:
         pass
@@ -144,6 +152,7 @@ class RedisStore:
         try:
             return await asyncio.wait_for(make(), self.timeout)
         except (RedisError, OSError, TimeoutError) as exc:
+            _keep_cancellation()
             self._failed(op.lower(), exc)
             raise StoreDown(self._last_error or "") from None
 
@@ -187,10 +196,12 @@ class RedisStore:
         }
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        # Cancelled until done: a cancellation that lands as a connection fails can be lost
+        # inside the client library (the task then goes on to its backoff).
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
         for task in list(self._background):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -204,6 +215,7 @@ class RedisStore:
                 await asyncio.wait_for(self.client.ping(), self.timeout)
                 await asyncio.wait_for(pubsub.psubscribe(self.channel("*", "*")), self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
+                _keep_cancellation()
                 self._failed("connect", exc)
                 await self._close_pubsub(pubsub)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.0))
@@ -220,6 +232,7 @@ class RedisStore:
             try:
                 await self._listen(pubsub)
             except (RedisError, OSError) as exc:
+                _keep_cancellation()
                 self._failed("subscribe", exc)
             finally:
                 await self._close_pubsub(pubsub)

@@ -102,3 +102,4 @@ def store_config(redis_server: RedisServer, tmp_path: Path) -> dict[str, Any]:
         "encryption_key_file": str(write_key(tmp_path / "store-key")),
         "timeout": 0.2,
     }
+
