@@ -24,7 +24,7 @@ COPY sidecar ./sidecar
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && python3 -m venv /opt/build \
-    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[fast,redis]"
 
 # ---- install: a virtual environment filled from those wheels only ------------------------
 # Same base as the runtime, so the venv's interpreter links stay valid when it is copied.

@@ -22,10 +22,11 @@ $(STAMP): $(RUN_STAMP)
 # Tools the tests drive as real programs, installed from Debian when missing: curl and
 # openssl as clients, promtool and the prometheus server (package prometheus) to check the
 # metrics exposition, the alert rules and the Grafana dashboard's queries, squid as the
-# corporate egress proxy, and OpenSSL's GOST engine for the GOST signing test.
+# corporate egress proxy, redis-server for the shared store, and OpenSSL's GOST engine for
+# the GOST signing test.
 system-deps:
 	@missing=""; \
-	for pair in curl:curl openssl:openssl promtool:prometheus prometheus:prometheus squid:squid; do \
+	for pair in curl:curl openssl:openssl promtool:prometheus prometheus:prometheus squid:squid redis-server:redis-server; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
 	openssl engine gost -t >/dev/null 2>&1 || missing="$$missing libengine-gost-openssl"; \

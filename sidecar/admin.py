@@ -25,6 +25,7 @@ from sidecar.http1.answer import LocalAnswer, answer_headers, json_answer
 from sidecar.http1.request import ServerRequest
 from sidecar.metrics import Metrics
 from sidecar.proxy.upstream import UpstreamRuntime
+from sidecar.store import Store
 
 
 class Observed(Protocol):
@@ -90,7 +91,14 @@ class AdminRoutes:
                 }
                 for name, u in self._sidecar.upstreams.items()
             },
+            # The shared store (null: memory, nothing shared): while it is down this replica
+            # works alone, as a single sidecar does.
+            "store": self._store_status(),
         })
+
+    def _store_status(self) -> dict[str, object] | None:
+        store: Store | None = getattr(self._sidecar, "store", None)  # observers without one
+        return store.status() if store is not None else None
 
     def metrics(self) -> LocalAnswer:
         body = generate_latest(self._sidecar.metrics.registry)

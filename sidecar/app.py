@@ -23,6 +23,7 @@ from sidecar.proxy.body import ReplayBudget
 from sidecar.proxy.listener import ProxyHandler, start_listener
 from sidecar.proxy.upstream import UpstreamRuntime, build_upstream
 from sidecar.reload import plan_reload
+from sidecar.store import build_store
 from sidecar.tls import CERT_WARNING_DAYS, client_context
 
 log = structlog.get_logger("sidecar")
@@ -35,6 +36,7 @@ class Sidecar:
         self.metrics = Metrics()
         self.replay_budget = ReplayBudget(config.replay_budget)  # one for the whole process
         self.metrics.replay_kept_bytes.set_function(lambda: self.replay_budget.used)
+        self.store = build_store(config.store, self.metrics)  # shared with other replicas
         self._listener: asyncio.Server | None = None
         self._server: HttpServer | None = None
         self._admin: asyncio.Server | None = None
@@ -52,8 +54,11 @@ class Sidecar:
         """Build upstreams (TLS errors surface here), then listen. Eager logins start now."""
         # The interception CA first: an unusable one (or state_dir) stops the start.
         interceptor = build_interceptor(self.config.interception, self.metrics)
+        await self.store.start()  # connected (or down) before the first login
         for name, cfg in self.config.upstreams.items():
-            self.upstreams[name] = build_upstream(name, cfg, self.metrics, self.replay_budget)
+            self.upstreams[name] = build_upstream(
+                name, cfg, self.metrics, self.replay_budget, store=self.store
+            )
         for runtime in self.upstreams.values():
             if runtime.config.eager:
                 await runtime.tokens.start()
@@ -102,7 +107,7 @@ class Sidecar:
             for name, rebuild in plan.rebuild.items():
                 built[name] = build_upstream(
                     name, rebuild.config, self.metrics, self.replay_budget, rebuild.tokens,
-                    rebuild.limiter,
+                    rebuild.limiter, self.store,
                 )
             for runtime in plan.renew_tls:
                 ctx = client_context(runtime.config.tls)
@@ -128,6 +133,8 @@ class Sidecar:
         for runtime in retired:
             self._retired.add(runtime)
             self._later(self._retire(runtime))
+        if new.store != self.config.store:
+            log.warning("store_change_needs_restart", running=self.config.store.type)
         if new.listen != self.config.listen:
             log.warning("listen_change_needs_restart", running=self.config.listen.model_dump())
         # The interception CA is read once, at start: a new block or new CA files wait for it.
@@ -224,6 +231,7 @@ class Sidecar:
         for runtime in self.upstreams.values():
             await runtime.close()
         self._retired.clear()
+        await self.store.close()
         logs.access_log.flush()
         log.info("stopped")
 

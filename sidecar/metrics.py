@@ -129,6 +129,11 @@ class Metrics:
         _count(self.request_stats.add(NO_UPSTREAM), method, status, 0.0, 0, 0)
         self.local_rejections.labels(NO_UPSTREAM, reason).inc()
 
+    def store_events(self) -> StoreMetrics:
+        """The shared store's metrics, registered only when a store other than memory runs
+        (a memory store has no health to report)."""
+        return StoreMetrics(self.registry)
+
     def for_upstream(self, name: str) -> UpstreamMetrics:
         # One per name for the process's life: a reloaded upstream keeps counting in-flight
         # requests of the runtime it replaced until they finish.
@@ -196,6 +201,26 @@ class UpstreamMetrics:
     def token_state(self, expires_at_unix: float, consecutive_failures: int) -> None:
         self._m.token_expiry.labels(self.name).set(expires_at_unix)
         self.refresh_failures.set(consecutive_failures)
+
+
+class StoreMetrics:
+    """The shared store's health (``sidecar.store.redis_store.StoreEvents``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge(
+            "sidecar_store_up",
+            "1 while the shared store answers; 0: this replica works alone.", registry=registry,
+        )
+        self.errors = Counter(
+            "sidecar_store_errors", "Calls to the shared store that failed or timed out, by op.",
+            ["op"], registry=registry,
+        )
+
+    def store_up(self, up: bool) -> None:
+        self.up.set(1 if up else 0)
+
+    def store_error(self, op: str) -> None:
+        self.errors.labels(op).inc()
 
 
 class _Breaker(Protocol):

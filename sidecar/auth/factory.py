@@ -35,6 +35,7 @@ from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
 from sidecar.http1.dial import Dialer
 from sidecar.signing import make_signer
+from sidecar.store.base import Coordinator
 from sidecar.tls import client_context
 
 
@@ -43,6 +44,7 @@ def token_source(
     upstream: Upstream,
     upstream_ssl: ssl.SSLContext,
     events: TokenEvents | None = None,
+    shared: Coordinator | None = None,
 ) -> TokenSource:
     auth = upstream.auth
     if isinstance(auth, StaticAuth):
@@ -56,6 +58,7 @@ def token_source(
         refused_backoff=auth.refused_backoff,
         refused_backoff_cap=auth.refused_backoff_cap,
         events=events,
+        shared=shared,
     )
 
 

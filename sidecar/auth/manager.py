@@ -41,28 +41,20 @@ from sidecar.auth.base import (
     TokenEvents,
 )
 from sidecar.auth.jwt import expiry as jwt_expiry
+from sidecar.auth.shared_state import SharedState
+from sidecar.auth.timing import MIN_RENEWAL_GAP, renew_ahead, usable_margin
+from sidecar.store.base import Coordinator, LocalCoordinator
 
 log = structlog.get_logger("sidecar.auth")
 
 DEFAULT_LIFETIME = 300.0  # when the IdP states no expires_in and the token is not a JWT
-MIN_RENEWAL_GAP = 0.5  # two successful renewals are never closer than this: no busy loop
 MIN_ATTEMPT_GAP = 0.5  # nor are any two IdP attempts, whatever the IdP answers
 REFRESH_FAILURES_BEFORE_LOGIN = 2  # refreshes failed on the way in a row; then a full login
 REFUSED_BACKOFF = 30.0  # first wait after the IdP refused the credentials of a full login
 REFUSED_BACKOFF_CAP = 600.0  # ... doubling up to this
 
 
-def renew_ahead(lifetime: float) -> float:
-    """How long before expiry to renew: a 300 s token at 60 s left, a 2 s token at 1 s left."""
-    return min(max(0.2 * lifetime, 30.0), 0.5 * lifetime)
-
-
-def usable_margin(lifetime: float) -> float:
-    """A token is not sent in its last second (DESIGN), or last half for tokens under 2 s."""
-    return min(1.0, 0.5 * lifetime)
-
-
-class TokenManager:
+class TokenManager(SharedState):
     def __init__(
         self,
         upstream: str,
@@ -75,8 +67,11 @@ class TokenManager:
         refused_backoff_cap: float | None = None,  # None: REFUSED_BACKOFF_CAP
         clock: Callable[[], float] = time.monotonic,
         events: TokenEvents | None = None,
+        shared: Coordinator | None = None,
     ) -> None:
         self.upstream = upstream
+        # Replicas sharing this credential (the store): who logs in, and the shared token.
+        self._shared: Coordinator = shared or LocalCoordinator()
         self._events = events
         self._flow = flow
         self._token_wait = token_wait
@@ -145,6 +140,7 @@ class TokenManager:
             self._log.info("token_rejected_by_upstream")
             self._token = None
             self._replacing_rejected = True
+            self._shared.rejected(token.value)
             self._wake.set()
 
     def renew_tls(self, ssl_context: ssl.SSLContext) -> None:
@@ -160,6 +156,7 @@ class TokenManager:
 
     async def start(self) -> None:
         if self._task is None:
+            self._shared.attach(self._adopt, self._shared_view)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"token-manager-{self.upstream}"
             )
@@ -174,6 +171,7 @@ class TokenManager:
                 AuthError("sidecar is shutting down", kind=Failure.LOCAL)
             )
             self._outcome.exception()
+        self._shared.close()
         await self._flow.close()
 
     @property
@@ -235,7 +233,7 @@ class TokenManager:
                 self._log.exception("token_loop_error")
                 await asyncio.sleep(1.0)
 
-    async def _attempt(self) -> None:
+    async def _attempt_alone(self) -> None:
         sent_at = self._clock()
         try:
             grant, how = await self._obtain(sent_at)

@@ -25,6 +25,7 @@ from sidecar.config.egress import EgressProxy
 from sidecar.config.fields import HttpUrlStr, MatchHost, Model
 from sidecar.config.interception import Interception
 from sidecar.config.sections import Listen, Log, Reload, Shutdown, Timeouts, Tls
+from sidecar.config.store import Store
 from sidecar.http1.retry_after import DEFAULT_RETRY_AFTER
 
 
@@ -203,6 +204,8 @@ class Config(BaseSettings):
     reload: Reload = Reload()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     passthrough: list[MatchHost] = []
+    # Shared token state and rate limits for replicas that share credentials (memory: none).
+    store: Store = Store()
     # Request bodies kept for a replay after a 401, all requests together. Past it a request
     # is still forwarded, only not replayable: memory stays bounded under many large uploads.
     replay_budget: int = Field(32 * 1024 * 1024, ge=0)
@@ -238,6 +241,13 @@ class Config(BaseSettings):
             for name, upstream in self.upstreams.items()
         }
         object.__setattr__(self, "upstreams", upstreams)  # frozen: set once, while validating
+        return self
+
+    @model_validator(mode="after")
+    def _store_complete(self) -> Config:
+        problem = self.store.problem()
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -1,6 +1,9 @@
 """Per-upstream rate limit: requests queue in arrival order and leave at most ``rps`` a second
 (a token bucket of ``burst``). One that would wait longer than ``max_wait`` is refused at once
 with 429 and a ``Retry-After``. An upstream 429 pauses the queue for the time it asks.
+
+With a shared store the slots and pauses are the account's, across replicas (``share``);
+while the store cannot answer, each replica paces alone as here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 
 from sidecar.config.models import RateLimit
 from sidecar.http1.retry_after import clamp_retry_after
+from sidecar.store.base import SharedLimit, StoreDown
 
 
 class RateLimited(Exception):
@@ -49,10 +53,20 @@ class RateLimiter:
         self._queue: deque[tuple[asyncio.Future[None], float]] = deque()  # (turn, queued at)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._shared: SharedLimit | None = None
+        self._shared_waiting = 0
+        self._pauses = 0  # pauses so far: a request that slept through one takes a new slot
+
+    def share(self, slots: SharedLimit) -> None:
+        self._shared = slots
+
+    def shared_interval(self) -> float:
+        """The spacing of send slots (burst aside), the same on every replica."""
+        return 1.0 / self._rate
 
     @property
     def queue_length(self) -> int:
-        return sum(1 for f, _ in self._queue if not f.done())
+        return sum(1 for f, _ in self._queue if not f.done()) + self._shared_waiting
 
     def expected_wait(self) -> float:
         """How long a request arriving now would wait (an estimate, for the max_wait check)."""
@@ -66,6 +80,10 @@ class RateLimiter:
 
     async def acquire(self) -> float:
         """Wait for this request's turn; the seconds waited. Raises RateLimited past max_wait."""
+        shared = self._shared
+        if shared is not None and shared.available:
+            with contextlib.suppress(StoreDown):  # the store is gone: pace alone
+                return await self._acquire_shared(shared)
         now = self._clock()
         self._refill(now)
         if not self._queue and self._tokens >= 1 and now >= self._paused_until:
@@ -81,11 +99,38 @@ class RateLimiter:
         await turn  # a cancelled waiter is skipped by the scheduler
         return self._clock() - now
 
+    async def _acquire_shared(self, shared: SharedLimit) -> float:
+        started = self._clock()
+        self._shared_waiting += 1
+        try:
+            while True:
+                budget = max(0.0, self.cfg.max_wait - (self._clock() - started))
+                granted, wait = await shared.reserve(budget)
+                if not granted:
+                    raise RateLimited(wait)
+                pauses = self._pauses
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self._pauses == pauses:
+                    return self._clock() - started
+                # A 429 came while this request slept: its slot may fall in the pause.
+        finally:
+            self._shared_waiting -= 1
+
     def pause(self, seconds: float) -> None:
         """The upstream said 429: nothing leaves before ``seconds`` from now (at most
         ``MAX_RETRY_AFTER``: no one answer stops an upstream for good)."""
         seconds = clamp_retry_after(seconds)
+        if self._shared is not None:
+            self._shared.pause(seconds)
+        self.pause_here(seconds)
+
+    def pause_here(self, seconds: float) -> None:
+        """A pause in this replica only (another replica's 429, learned from the store)."""
         now = self._clock()
+        if self._shared is not None and now + seconds <= self._paused_until + 0.05:
+            return  # our own pause, back from the store
+        self._pauses += 1
         self._refill(now)
         self._paused_until = max(self._paused_until, now + seconds)
         # Tokens do not accrue while paused: one request may go when it ends, then the rate.
@@ -140,3 +185,5 @@ class RateLimiter:
                 await self._task
         for turn, _ in self._queue:
             turn.cancel()
+        if self._shared is not None:
+            self._shared.close()

@@ -17,6 +17,7 @@ from sidecar.proxy.breaker import Breaker
 from sidecar.proxy.location import TargetUrls
 from sidecar.proxy.ratelimit import RateLimiter
 from sidecar.proxy.upstream_client import UpstreamClient
+from sidecar.store import Store
 from sidecar.tls import ClientIdentity, client_context, client_identity
 
 # How long a replaced upstream may take to finish its requests before it is closed anyway.
@@ -77,25 +78,36 @@ def build_upstream(
     replay_budget: ReplayBudget,
     tokens: TokenSource | None = None,
     limiter: RateLimiter | None = None,
+    store: Store | None = None,
 ) -> UpstreamRuntime:
     """An upstream from its config (TLS files load here: errors surface as ``SetupError``).
     ``tokens``/``limiter`` hand over live ones from the runtime this one replaces."""
     ctx = client_context(cfg.tls)
     upstream_metrics = metrics.for_upstream(name)
+    if tokens is None:
+        shared = store.coordinator(cfg) if store is not None else None
+        tokens = token_source(name, cfg, ctx, upstream_metrics, shared)
+    if limiter is None and cfg.rate_limit is not None:
+        limiter = RateLimiter(cfg.rate_limit)
+        slots = store.shared_limit(
+            cfg, limiter.shared_interval(), cfg.rate_limit.burst, limiter.pause_here
+        ) if store is not None else None
+        if slots is not None:
+            limiter.share(slots)
     runtime = UpstreamRuntime(
         name=name,
         config=cfg,
         client=UpstreamClient(
             ctx, cfg.timeouts, cfg.max_connections, egress_dialer(cfg.egress_proxy)
         ),
-        tokens=tokens or token_source(name, cfg, ctx, upstream_metrics),
+        tokens=tokens,
         rejection=rejection_policy(cfg),
         metrics=upstream_metrics,
         replay_budget=replay_budget,
         # A rebuilt upstream starts closed: its config (target, timeouts) may have changed.
         breaker=Breaker(name, cfg.circuit_breaker),
         target_urls=TargetUrls(cfg.target),
-        limiter=limiter or (RateLimiter(cfg.rate_limit) if cfg.rate_limit else None),
+        limiter=limiter,
     )
     runtime.token_header, runtime.token_prefix = token_header(cfg)
     runtime.set_client_cert(client_identity(cfg.tls))

@@ -21,18 +21,8 @@ from sidecar.sandbox.demo import moex_registration_upstream
 from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
+from tests.helpers.samples import APPLICATIONS, document
 from tests.helpers.sidecars import SidecarFactory, proxy_url
-
-APPLICATIONS = "http://play-apim.moex.com/client/v1/applications/"
-
-
-def document(n: int) -> bytes:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<CLIENT_REGISTRATION DOC_DATE="2026-11-20" DOC_NUM="{n}">\n'
-        '  <CLIENT TYPE="UL" INN="7701234567" NAME="ООО &quot;Ромашка&quot;"/>\n'
-        "</CLIENT_REGISTRATION>\n"
-    ).encode()
 
 
 @pytest.fixture

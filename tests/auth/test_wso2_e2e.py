@@ -16,18 +16,8 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.sandbox.pki import Pki
 from sidecar.sandbox.wso2 import issue_kisc_client
+from tests.helpers.samples import MESSAGES, PACS_008
 from tests.helpers.sidecars import Kisc, SidecarFactory, proxy_url
-
-MESSAGES = "http://ax.kisc.kz/etsfo/1.0.0/messages/"
-PACS_008 = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n'
-    b'<Envelope xmlns="urn:iso:std:iso:20022:tech:xsd:head.001.001.01">\r\n'
-    b"  <AppHdr><Fr>BANKKZKA</Fr><To>KISCKZKA</To><BizMsgIdr>GRO2026112200001</BizMsgIdr>"
-    b"<MsgDefIdr>pacs.008.001.08</MsgDefIdr></AppHdr>\n"
-    b"  <Document><FIToFICstmrCdtTrf><GrpHdr><MsgId>GRO2026112200001</MsgId><NbOfTxs>1"
-    b"</NbOfTxs></GrpHdr><CdtTrfTxInf><IntrBkSttlmAmt Ccy=\"KZT\">150000.00"
-    b"</IntrBkSttlmAmt></CdtTrfTxInf></FIToFICstmrCdtTrf></Document>\n</Envelope>\n"
-)
 
 
 async def _post(session: aiohttp.ClientSession, sidecar: Sidecar, body: bytes,

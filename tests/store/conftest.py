@@ -1,0 +1,105 @@
+"""A real redis-server (Debian's) on an ephemeral port in a temp dir, and the store config
+that points sidecars at it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """``redis-server`` as a child process; ``kill`` and ``start`` again keep the port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is missing: `make system-deps` installs it (Debian "
+                        "package redis-server)")
+        self.proc = await asyncio.create_subprocess_exec(
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            str(self.directory), "--save", "", "--appendonly", "no",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        client = self.client()
+        try:
+            for _ in range(200):
+                try:
+                    await client.ping()
+                    return
+                except (OSError, aioredis.ConnectionError):
+                    await asyncio.sleep(0.02)
+            raise AssertionError("redis-server did not answer")
+        finally:
+            await client.aclose()
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def client(self) -> aioredis.Redis:
+        return aioredis.Redis(host="127.0.0.1", port=self.port)
+
+    async def dump(self) -> dict[bytes, Any]:
+        """Every key and its value (strings and hashes), for the scan test."""
+        client = self.client()
+        out: dict[bytes, Any] = {}
+        try:
+            async for key in client.scan_iter():
+                kind = (await client.type(key)).decode()
+                out[key] = await client.hgetall(key) if kind == "hash" else await client.get(key)
+        finally:
+            await client.aclose()
+        return out
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+def write_key(path: Path) -> Path:
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return path
+
+
+@pytest.fixture
+def store_config(redis_server: RedisServer, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "type": "redis",
+        "url": redis_server.url,
+        "encryption_key_file": str(write_key(tmp_path / "store-key")),
+        "timeout": 0.2,
+    }
+
