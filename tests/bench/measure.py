@@ -29,6 +29,7 @@ __all__ = [
     "curl_transfer",
     "descendants",
     "rss_bytes",
+    "run_hey",
     "run_wrk",
 ]
 
@@ -205,6 +206,79 @@ def run_wrk(
         max_ms=data["max_us"] / 1000,
         non2xx=data["status"],
         socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+    )
+
+
+def run_hey(
+    procs: Procs,
+    *,
+    url: str,
+    proxy: str | None,
+    host: str | None,
+    connections: int,
+    duration: float | None,
+    taskset: Sequence[str],
+    requests: int = 0,
+) -> WrkResult:
+    """Drive ``url`` with hey (Go's HTTP client, one CPU) for ``duration`` seconds.
+
+    The rows whose app speaks TLS use it: wrk cannot send a CONNECT, and hey (Go's
+    transport) tunnels an ``https://`` URL through ``proxy`` with CONNECT the way Java and
+    Node clients do, keeping each tunnel alive. ``host`` sets the Host header and the SNI
+    (hey does not verify the server's certificate, so the leaf's SAN does not matter to it;
+    the handshake costs the server the same). With ``requests`` instead of ``duration``,
+    that many requests on one connection (the readiness probe).
+    """
+    argv = [*taskset, "hey", "-cpus", "1", "-disable-compression", "-t", "10"]
+    if duration is not None:
+        argv += ["-c", str(connections), "-z", f"{max(1, round(duration))}s"]
+    else:
+        argv += ["-c", "1", "-n", str(requests)]
+    if proxy:
+        argv += ["-x", proxy]
+    if host:
+        argv += ["-host", host]
+    done = procs.run([*argv, url], timeout=(duration or 10) + 60)
+    if done.returncode != 0 or "Summary:" not in done.stdout:
+        raise RuntimeError(f"hey failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_hey(done.stdout, connections if duration is not None else 1)
+
+
+def parse_hey(text: str, connections: int) -> WrkResult:
+    """hey's summary as a :class:`WrkResult` (statuses >= 400 count as non-2xx, as in wrk).
+
+    hey stops at the deadline by cancelling the requests in flight; those (at most one per
+    connection, reported as "request canceled") are not errors of the server.
+    """
+
+    def seconds(label: str) -> float:
+        match = re.search(rf"^\s*{re.escape(label)}\s+([\d.]+) secs", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    def percentile(p: int) -> float:
+        match = re.search(rf"^\s*{p}% in ([\d.]+) secs", text, re.MULTILINE)
+        return float(match.group(1)) * 1000 if match else 0.0
+
+    statuses = {int(code): int(count) for code, count in
+                re.findall(r"^\s*\[(\d{3})\]\s+(\d+) responses", text, re.MULTILINE)}
+    errors = 0
+    for count, message in re.findall(r"^\s*\[(\d+)\]\s+(.*)$", text.split(
+            "Error distribution:", 1)[1] if "Error distribution:" in text else "", re.MULTILINE):
+        if "request canceled" not in message and "context deadline" not in message:
+            errors += int(count)
+    total = seconds("Total:")
+    answered = sum(statuses.values())
+    return WrkResult(
+        connections=connections,
+        duration_s=round(total, 3),
+        requests=answered,
+        rps=answered / total if total else 0.0,
+        p50_ms=percentile(50),
+        p90_ms=percentile(90),
+        p99_ms=percentile(99),
+        max_ms=seconds("Slowest:") * 1000,
+        non2xx=sum(n for code, n in statuses.items() if code >= 400),
+        socket_errors=errors,
     )
 
 

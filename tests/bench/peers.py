@@ -16,6 +16,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.bench.services import CLIENT_ID, CLIENT_SECRET
 __all__ = [
     "HOST",
     "SMALL_BODY",
+    "HeyLoad",
     "Layout",
     "Peer",
     "Services",
@@ -242,9 +244,18 @@ def start_upstream(
     return Upstream(proc, plain_port, tls_port)
 
 
+@dataclass(frozen=True)
+class HeyLoad:
+    """How hey drives a row whose app speaks TLS (see ``measure.run_hey``)."""
+
+    url: str
+    proxy: str | None  # URL of the forward proxy that gets the CONNECT
+    host: str | None  # Host header and SNI
+
+
 @dataclass
 class Peer:
-    """One row's server: ``url`` is where wrk and curl connect."""
+    """One row's server: ``url`` is where wrk and curl connect (or ``hey`` says how)."""
 
     name: str
     url: str
@@ -253,12 +264,17 @@ class Peer:
     measured_pid: int | None  # whose process tree the CPU and RSS columns are
     authorization: str = ""  # what the client sends itself (the direct row only)
     expect: str = SMALL_BODY  # the body of a good answer to GET /small
+    hey: HeyLoad | None = None  # loaded by hey instead of wrk
+    transfers: bool = True  # the upload and download rows (the main rows only)
+    probe: Callable[[], tuple[int | None, str]] | None = None  # replaces ``get`` when set
 
     def target(self, path: str) -> str:
         """The request target wrk and curl use: absolute-form through a proxy."""
         return f"http://{HOST}{path}" if self.forward else path
 
     def get(self, path: str) -> tuple[int | None, str]:
+        if self.probe is not None:
+            return self.probe()
         if self.forward:
             return fetch(self.target(path), proxy=self.url)
         return fetch(self.url + path, authorization=self.authorization)
@@ -321,13 +337,16 @@ def start_nginx_proxy(
 def start_envoy(
     procs: Procs, layout: Layout, tools: Tools, pinning: Pinning, services: Services,
     api_port: int, name: str = "envoy", expect: str = SMALL_BODY,
+    listener_tls: str = "null", shape: Callable[[Peer], None] | None = None,
 ) -> Peer:
+    """Envoy as a forward proxy; with ``listener_tls`` (a transport_socket in flow YAML) it
+    terminates the app's TLS, and ``shape`` says how that row is loaded and probed."""
     port = free_port()
     conf = render(
         "envoy.yaml", layout.configs / f"{name}.yaml",
         pki=layout.pki, port=port, admin_port=free_port(), api_port=api_port,
         idp_port=services.idp_port, token_url=services.token_url, client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
+        client_secret=CLIENT_SECRET, listener_tls=listener_tls,
     )
     proc = procs.start(
         name,
@@ -335,6 +354,8 @@ def start_envoy(
          "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"],
     )
     peer = Peer(name, f"http://127.0.0.1:{port}", True, proc, proc.pid, expect=expect)
+    if shape is not None:
+        shape(peer)
     return _serving(procs, peer, layout)
 
 
@@ -361,13 +382,17 @@ def start_proxypy(
 
 def start_sidecar(
     procs: Procs, layout: Layout, pinning: Pinning, services: Services, api_port: int,
-    name: str = "sidecar", expect: str = SMALL_BODY,
+    name: str = "sidecar", expect: str = SMALL_BODY, extra: str = "",
+    shape: Callable[[Peer], None] | None = None,
 ) -> Peer:
+    """``sidecar run``; ``extra`` is top-level YAML added to its config (a store, an
+    interception CA), ``shape`` says how a variant row is loaded and probed."""
     port, admin_port = free_port(), free_port()
     conf = render(
         "sidecar.yaml", layout.configs / f"{name}.yaml",
         pki=layout.pki, port=port, admin_port=admin_port, api_port=api_port,
         token_url=services.token_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+        extra=extra,
     )
     sidecar = Path(sys.executable).parent / "sidecar"
     proc = procs.start(
@@ -381,6 +406,8 @@ def start_sidecar(
         return http_status(f"http://127.0.0.1:{admin_port}/readyz") == 200
 
     peer = Peer(name, f"http://127.0.0.1:{port}", True, proc, proc.pid, expect=expect)
+    if shape is not None:
+        shape(peer)
     try:
         wait_until(ready, _START_TIMEOUT, f"{name} /readyz")
     except BaseException:

@@ -11,7 +11,11 @@ Rows, each with one process or worker:
   the bench IdP, mTLS (the peer that does the same job);
 - **proxy.py:** forward proxy with a plugin that sets the header (the Python peer; no TLS
   to the upstream, see plugins/proxypy_bench.py);
-- **sidecar:** ``sidecar run``, forward proxy, client_credentials, mTLS.
+- **sidecar:** ``sidecar run``, forward proxy, client_credentials, mTLS;
+- **sidecar, redis store:** the same with the shared store on a real ``redis-server``;
+- **sidecar, interception** and **envoy, TLS from the app:** the app speaks TLS (through a
+  CONNECT to the sidecar, straight to Envoy), with leaves from one CA; hey loads these two,
+  as wrk cannot CONNECT (see variants.py).
 
 All of them run at once (the idle ones cost nothing) and take the c=32 and the c=1 load in
 interleaved rounds, so that on a shared machine every row meets the same disturbances.
@@ -49,6 +53,7 @@ from tests.bench.measure import (
     curl_transfer,
     descendants,
     rss_bytes,
+    run_hey,
     run_wrk,
 )
 from tests.bench.peers import (
@@ -66,6 +71,7 @@ from tests.bench.peers import (
     start_upstream,
 )
 from tests.bench.procs import Pinning, Procs
+from tests.bench.variants import Redis, TlsRows, start_sidecar_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -114,6 +120,11 @@ class Bench:
     # -- one measurement ---------------------------------------------------------------
 
     def wrk(self, peer: Peer, connections: int, duration: float) -> WrkResult:
+        """One load run: wrk, or hey for the rows whose app speaks TLS."""
+        if peer.hey is not None:
+            return run_hey(self.procs, url=peer.hey.url, proxy=peer.hey.proxy,
+                           host=peer.hey.host, connections=connections, duration=duration,
+                           taskset=self.pinning.taskset(self.pinning.load))
         return run_wrk(
             self.procs,
             script=self.script,
@@ -211,6 +222,7 @@ class Bench:
                     self._fail(rows[name], exc)
                     continue
                 peers[name] = peer
+                rows[name]["load_tool"] = "hey" if peer.hey else "wrk"
                 if peer.measured_pid is not None:
                     # Idle: after start and the first token, before any load.
                     rows[name]["rss_idle"] = rss_bytes(descendants(peer.measured_pid))
@@ -225,7 +237,7 @@ class Bench:
             self.interleaved(peers, rows, "c1", 1, self.s.c1_duration, upstream)
             for name, peer in peers.items():
                 row = rows[name]
-                for direction in ("upload", "download"):
+                for direction in ("upload", "download") if peer.transfers else ():
                     _log(f"{name}: {direction} of {self.s.transfer_size // MIB} MiB")
                     try:
                         row[direction] = self.transfer(peer, direction)
@@ -243,7 +255,7 @@ class Bench:
         base = rows.get("direct", {}).get("c1")
         for row in rows.values():
             c1 = row.get("c1")
-            if base and c1:
+            if base and c1 and row.get("load_tool") == "wrk":  # the same load tool as direct
                 row["c1_added_p50_ms"] = c1["p50_ms"] - base["p50_ms"]
                 row["c1_added_p99_ms"] = c1["p99_ms"] - base["p99_ms"]
         return list(rows.values())
@@ -280,6 +292,8 @@ class Bench:
         upstream = start_upstream(procs, layout, tools, pin, services.sink_port)
         authorization = f"Bearer {services.fetch_token()}"
         layout.transfer_file(self.s.transfer_size)
+        redis = Redis(procs, layout, tools, pin)
+        tls = TlsRows(procs, layout, tools, pin, services, upstream.tls_port)
 
         starters: list[tuple[str, Callable[[], Peer]]] = [
             ("direct", lambda: direct(upstream, authorization, layout)),
@@ -290,6 +304,10 @@ class Bench:
             ("proxy.py", lambda: start_proxypy(procs, layout, tools, pin, upstream,
                                                authorization)),
             ("sidecar", lambda: start_sidecar(procs, layout, pin, services, upstream.tls_port)),
+            ("sidecar, redis store", lambda: start_sidecar_redis(
+                procs, layout, pin, services, upstream.tls_port, redis)),
+            ("sidecar, interception", tls.sidecar),
+            ("envoy, TLS from the app", tls.envoy),
         ]
         rows = self.rows(starters, upstream)
 
@@ -425,6 +443,9 @@ def _versions(tools: install.Tools) -> dict[str, str]:
         "envoy": _version(_output([str(tools.envoy), "--version"]), r"/(\d+\.\d+\.\d+)/"),
         "proxy.py": proxypy.strip() or "unknown",
         "wrk": _version(_output([tools.wrk, "-v"]), r"wrk (\S+)"),
+        "hey": _version(_output(["dpkg-query", "-W", "-f", "${Version}", "hey"]),
+                        r"(\d+\.\d+\.\d+)"),
+        "redis": _version(_output([tools.redis_server, "--version"]), r"v=(\S+)"),
         "curl": _version(_output([tools.curl, "--version"]), r"curl (\S+)"),
         "python": platform.python_version(),
         "aiohttp": _dist_version("aiohttp"),

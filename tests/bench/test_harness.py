@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from tests.bench.measure import parse_hey
 from tests.bench.report import markdown, targets
 from tests.bench.services import UploadSink
 
@@ -46,16 +47,22 @@ def test_targets_are_ratios_of_the_same_run_and_skip_failed_transfers() -> None:
     rows = [
         _row("nginx", 10, 1.0, upload={"mb_per_s": 400.0, "rss_growth": 0, "error": None},
              download={"mb_per_s": 800.0, "rss_growth": 0, "error": None}),
-        _row("envoy", 20, 2.0),
+        _row("envoy", 20, 2.0, c1_added_p50_ms=0.1),
         _row("proxy.py", 100, 5.0),
-        _row("sidecar", 40, 6.0, rss_idle=50 * mib,
+        _row("sidecar, redis store", 44, 6.0),
+        _row("sidecar, interception", 50, 6.0),
+        _row("envoy, TLS from the app", 40, 6.0),
+        _row("sidecar", 40, 6.0, rss_idle=50 * mib, c1_added_p50_ms=0.15,
              upload={"mb_per_s": 100.0, "rss_growth": 8 * mib, "error": None},
              download={"mb_per_s": 900.0, "rss_growth": 99 * mib, "error": "HTTP 502"}),
     ]
     verdicts = {t["target"]: (t["value"], t["met"]) for t in targets(rows)}
     assert verdicts["CPU per request / proxy.py's"] == (0.4, True)
-    assert verdicts["CPU per request / Envoy's"] == (2.0, True)
-    assert verdicts["p99 at c=32 / proxy.py's"] == (1.2, False)
+    assert verdicts["CPU per request / Envoy's"] == (2.0, False)
+    assert verdicts["p99 at c=32 / Envoy's"] == (3.0, False)
+    assert verdicts["added latency at c=1 (p50) / Envoy's"][1] is False  # 1.5
+    assert verdicts["CPU per request, redis store / memory store"][1] is True  # 1.1
+    assert verdicts["CPU per request, interception / Envoy terminating TLS"] == (1.25, False)
     assert verdicts["upload: peak RSS growth, MiB"] == (8.0, True)
     assert verdicts["upload: MB/s / nginx's"] == (0.25, False)
     # A failed transfer gives no numbers at all, not a good-looking RSS or speed.
@@ -89,3 +96,41 @@ def test_markdown_marks_failed_rows_and_transfers() -> None:
     assert "failed: HTTP 502" in text
     assert "| sidecar | failed: RuntimeError: wrk failed |" in text
     assert "- sidecar: load saw 3 non-2xx responses" in text
+
+
+_HEY = """
+Summary:
+  Total:\t2.0040 secs
+  Slowest:\t0.0310 secs
+  Fastest:\t0.0004 secs
+  Average:\t0.0060 secs
+  Requests/sec:\t5000.1234
+
+Response time histogram:
+  0.000 [1]\t|
+  0.003 [9000]\t|■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■
+
+Latency distribution:
+  10% in 0.0020 secs
+  25% in 0.0040 secs
+  50% in 0.0055 secs
+  75% in 0.0070 secs
+  90% in 0.0090 secs
+  95% in 0.0100 secs
+  99% in 0.0200 secs
+
+Status code distribution:
+  [200]\t9990 responses
+  [502]\t10 responses
+
+Error distribution:
+  [32]\tGet "https://api.bench.test/small": net/http: request canceled
+  [3]\tGet "https://api.bench.test/small": EOF
+"""
+
+
+def test_hey_summary_reads_like_wrk_and_ignores_the_requests_cut_at_the_deadline() -> None:
+    result = parse_hey(_HEY, 32)
+    assert (result.requests, result.non2xx, result.socket_errors) == (10_000, 10, 3)
+    assert result.duration_s == 2.004 and round(result.rps) == 4990
+    assert (result.p50_ms, result.p90_ms, result.p99_ms, result.max_ms) == (5.5, 9.0, 20.0, 31.0)
