@@ -85,6 +85,9 @@ class Store(SecretFiles):
             )
         if self.tls is not None and not self.url.startswith("rediss://"):
             return "store.tls: only for rediss:// URLs; use rediss:// or drop tls"
+        if self.tls is not None and self.tls.p12_file is not None:
+            return ("store.tls.p12_file: Redis TLS takes PEM files; give cert_file and "
+                    "key_file (`openssl pkcs12 -in F -nodes` splits a PKCS#12 file)")
         for field, path in [("encryption_key_file", self.encryption_key_file)] + [
             (f"previous_key_files[{i}]", p) for i, p in enumerate(self.previous_key_files)
         ]:

@@ -147,7 +147,9 @@ class RedisStore:
         self._events.store_error(op)
         reason = f"{op}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
         self._last_error = reason[:200]
-        if self.state == "up":
+        # Also the first failure at start: a replica that never reaches Redis (a wrong URL,
+        # a refused client certificate) must say so once, not stay "connecting" silently.
+        if self.state != "down":
             log.warning("store_down", reason=self._last_error, fallback="local")
             self.state, self._since = "down", time.time()
             self._up.clear()

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,38 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """``redis-server`` as a child process; ``kill`` and ``start`` again keep the port."""
+@dataclass(frozen=True)
+class RedisTls:
+    """The server side of ``rediss://``: its certificate, and the CA its clients must show."""
 
-    def __init__(self, directory: Path) -> None:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    client_cert_file: Path  # for the test's own client
+    client_key_file: Path
+
+
+class RedisServer:
+    """``redis-server`` as a child process; ``kill`` and ``start`` again keep the port.
+    With ``tls`` it speaks TLS only and requires a client certificate of the CA."""
+
+    def __init__(self, directory: Path, tls: RedisTls | None = None) -> None:
         self.directory = directory
         self.port = _free_port()
+        self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return ["--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert_file),
+                "--tls-key-file", str(self.tls.key_file),
+                "--tls-ca-cert-file", str(self.tls.ca_file), "--tls-auth-clients", "yes"]
 
     async def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -40,7 +62,7 @@ class RedisServer:
             pytest.fail("redis-server is missing: `make system-deps` installs it (Debian "
                         "package redis-server)")
         self.proc = await asyncio.create_subprocess_exec(
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            binary, *self._listen(), "--bind", "127.0.0.1", "--dir",
             str(self.directory), "--save", "", "--appendonly", "no",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
@@ -62,7 +84,13 @@ class RedisServer:
             await self.proc.wait()
 
     def client(self) -> aioredis.Redis:
-        return aioredis.Redis(host="127.0.0.1", port=self.port)
+        if self.tls is None:
+            return aioredis.Redis(host="127.0.0.1", port=self.port)
+        return aioredis.Redis(
+            host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.tls.ca_file),
+            ssl_certfile=str(self.tls.client_cert_file),
+            ssl_keyfile=str(self.tls.client_key_file),
+        )
 
     async def dump(self) -> dict[bytes, Any]:
         """Every key and its value (strings and hashes), for the scan test."""

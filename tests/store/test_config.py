@@ -82,3 +82,12 @@ def test_errors_name_the_field_and_the_fix(
     assert expected in message
     if "SHORT" in str(store) or str(short) in str(store):
         assert "openssl rand -base64 32" in message
+
+
+def test_redis_tls_takes_pem_files_not_pkcs12(tmp_path: Path, key: Path) -> None:
+    p12 = tmp_path / "client.p12"
+    p12.write_bytes(b"\x30\x82")
+    message = _error({"type": "redis", "url": "rediss://redis:6380/0",
+                      "encryption_key_file": str(key),
+                      "tls": {"p12_file": str(p12), "p12_password": "x"}})
+    assert "store.tls.p12_file" in message and "cert_file" in message
