@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from sidecar import logs
 from sidecar.app import Sidecar
 from sidecar.config import validate_config
 from sidecar.sandbox.demo import kisc_upstream, sandbox_config
+from sidecar.sandbox.moex import MoexStack, start_moex_registration
+from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
 from sidecar.sandbox.wso2 import issue_kisc_client, start_wso2
 from tests.helpers.sidecars import Kisc, SidecarFactory, deep_merge
@@ -83,6 +86,18 @@ async def make_sidecar(sidecar_config: dict[str, Any]) -> AsyncIterator[SidecarF
 @pytest.fixture
 async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
     return await make_sidecar()
+
+
+@pytest.fixture
+async def moex(sandbox: SandboxStack) -> AsyncIterator[MoexStack]:
+    """The MOEX registration API behind Passport, its clock in business hours. Modules that
+    need another MOEX stand define their own ``moex``."""
+    stack = await start_moex_registration(sandbox.pki, sandbox.idp)
+    stack.registration.set_clock(datetime(2026, 11, 20, 12, 0, tzinfo=MSK))  # business hours
+    try:
+        yield stack
+    finally:
+        await stack.stop()
 
 
 @pytest.fixture

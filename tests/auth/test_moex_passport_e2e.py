@@ -8,7 +8,6 @@ import itertools
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,21 +17,11 @@ import pytest
 
 from sidecar.sandbox import registration
 from sidecar.sandbox.demo import moex_registration_upstream
-from sidecar.sandbox.moex import MoexStack, start_moex_registration
+from sidecar.sandbox.moex import MoexStack
 from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack
 from tests.helpers.samples import APPLICATIONS, document
 from tests.helpers.sidecars import SidecarFactory, proxy_url
-
-
-@pytest.fixture
-async def moex(sandbox: SandboxStack) -> AsyncIterator[MoexStack]:
-    stack = await start_moex_registration(sandbox.pki, sandbox.idp)
-    stack.registration.set_clock(datetime(2026, 11, 20, 12, 0, tzinfo=MSK))  # business hours
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +16,11 @@ from sidecar.config import validate_config
 from sidecar.config.models import RateLimit
 from sidecar.proxy.ratelimit import RateLimited, RateLimiter
 from sidecar.sandbox.demo import moex_registration_upstream
-from sidecar.sandbox.moex import MoexStack, start_moex_registration
-from sidecar.sandbox.registration import MSK
+from sidecar.sandbox.moex import MoexStack
 from sidecar.sandbox.servers import SandboxStack
 from sidecar.store.shared import SharedRedisStore
 from tests.helpers.samples import APPLICATIONS, document
 from tests.helpers.sidecars import SidecarFactory, proxy_url
-
-
-@pytest.fixture
-async def moex(sandbox: SandboxStack) -> AsyncIterator[MoexStack]:
-    stack = await start_moex_registration(sandbox.pki, sandbox.idp)
-    stack.registration.set_clock(datetime(2026, 11, 20, 12, 0, tzinfo=MSK))  # business hours
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 async def test_three_replicas_keep_one_registration_a_second_between_them(
