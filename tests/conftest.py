@@ -21,6 +21,7 @@ from sidecar.sandbox.moex import MoexStack, start_moex_registration
 from sidecar.sandbox.registration import MSK
 from sidecar.sandbox.servers import SandboxStack, start_sandbox, stop_sandbox
 from sidecar.sandbox.wso2 import issue_kisc_client, start_wso2
+from tests.helpers.scripted import ScriptedServers
 from tests.helpers.sidecars import Kisc, SidecarFactory, deep_merge
 from tests.helpers.sidecars import proxy_url as proxy_url  # kept for older imports
 
@@ -86,6 +87,13 @@ async def make_sidecar(sidecar_config: dict[str, Any]) -> AsyncIterator[SidecarF
 @pytest.fixture
 async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
     return await make_sidecar()
+
+
+@pytest.fixture
+async def scripted_upstreams(sandbox: SandboxStack) -> AsyncIterator[ScriptedServers]:
+    """Starts scripted TLS upstreams (sandbox CA); stops them after the test."""
+    async with ScriptedServers(sandbox.pki) as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -6,65 +6,25 @@ HTTP/1.0 clients, keep-alive reuse and the read timeout; and the framing pieces 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from sidecar.app import Sidecar
 from sidecar.http1.wire import HIGH_WATER, BodyQueue, WriteFlow, chunk, head
-from sidecar.sandbox.servers import SandboxStack
-from tests.helpers.scripted import GET, ok, read_body, start_upstream
-
-
-@dataclass
-class RawUpstream:
-    """A TLS server (mTLS, sandbox CA) that records request heads and answers from a script."""
-
-    answers: dict[str, bytes] = field(default_factory=dict)
-    close_after: set[str] = field(default_factory=set)  # close the connection after answering
-    silent: set[str] = field(default_factory=set)  # never answer
-    requests: list[bytes] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-    connections: int = 0
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.requests.append(head)
-                self.bodies.append(await read_body(reader, head))
-                path = head.split(b" ", 2)[1].decode()
-                if path in self.silent:
-                    await asyncio.sleep(30)
-                    return
-                writer.write(self.answers[path])
-                await writer.drain()
-                if path in self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+from tests.helpers.scripted import GET, ScriptedServers, ok
+from tests.helpers.scripted import ScriptedUpstream as RawUpstream  # the name its tests use
 
 
 @pytest.fixture
-async def raw(sandbox: SandboxStack) -> AsyncIterator[RawUpstream]:
-    upstream = RawUpstream()
-    server = await start_upstream(sandbox, upstream.handle, "raw")
-    upstream.port = server.sockets[0].getsockname()[1]
-    yield upstream
-    server.close()
-    await server.wait_closed()
+async def raw(scripted_upstreams: ScriptedServers) -> RawUpstream:
+    return await scripted_upstreams.start(RawUpstream(), "raw")
 
 
 @pytest.fixture
 async def proxy(make_sidecar: Any, raw: RawUpstream) -> Sidecar:
     sidecar: Sidecar = await make_sidecar(
-        {"target": f"https://127.0.0.1:{raw.port}", "timeouts": {"read": 1.0}}
+        {"target": raw.url, "timeouts": {"read": 1.0}}
     )
     return sidecar
 
