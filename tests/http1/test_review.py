@@ -6,94 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from sidecar.app import Sidecar
-from sidecar.sandbox.servers import SandboxStack
-from tests.helpers.scripted import GET, ok, read_body, start_upstream
-
-
-@dataclass
-class Scripted:
-    """A TLS upstream (mTLS, sandbox CA) answering from a script, one request at a time.
-
-    ``delay``: seconds to wait before answering that path. ``early``: answer right after the
-    head, without reading the body (the body is then left unread on the connection)."""
-
-    answers: dict[str, bytes] = field(default_factory=dict)
-    delay: dict[str, float] = field(default_factory=dict)
-    early: set[str] = field(default_factory=set)
-    close_after: set[str] = field(default_factory=set)
-    paths: list[str] = field(default_factory=list)
-    heads: list[bytes] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-    connections: int = 0
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                path = head.split(b" ", 2)[1].decode()
-                self.paths.append(path)
-                self.heads.append(head)
-                if path not in self.early:
-                    self.bodies.append(await read_body(reader, head))
-                if path in self.delay:
-                    await asyncio.sleep(self.delay[path])
-                writer.write(self.answers.get(path, ok(b"unscripted")))
-                await writer.drain()
-                if path in self.close_after:
-                    break
-                if path in self.early:
-                    await asyncio.sleep(30)  # keep the connection, never read the body
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
+from tests.helpers.scripted import (
+    GET,
+    ScriptedServers,
+    ScriptedUpstream,
+    answer_of,
+    ok,
+    read_answer,
+)
 
 
 @pytest.fixture
-async def up(sandbox: SandboxStack) -> AsyncIterator[Scripted]:
-    upstream = Scripted()
-    server = await start_upstream(sandbox, upstream.handle, "scripted")
-    upstream.port = server.sockets[0].getsockname()[1]
-    yield upstream
-    server.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), 2)
+async def up(scripted_upstreams: ScriptedServers) -> ScriptedUpstream:
+    return await scripted_upstreams.start(ScriptedUpstream(default=ok(b"unscripted")))
 
 
 @pytest.fixture
-async def proxy(make_sidecar: Any, up: Scripted) -> Sidecar:
-    sidecar: Sidecar = await make_sidecar(
-        {"target": f"https://127.0.0.1:{up.port}", "timeouts": {"read": 2.0}}
-    )
+async def proxy(make_sidecar: Any, up: ScriptedUpstream) -> Sidecar:
+    sidecar: Sidecar = await make_sidecar({"target": up.url, "timeouts": {"read": 2.0}})
     return sidecar
 
 
 async def _open(sidecar: Sidecar) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """One answer framed by Content-Length or chunked; (head, body)."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    lower = head.lower()
-    if b"transfer-encoding: chunked" in lower:
-        body = b""
-        while True:
-            size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).strip(), 16)
-            body += (await asyncio.wait_for(reader.readexactly(size + 2), 5))[:-2]
-            if size == 0:
-                return head, body
-    length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0])
-    return head, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
 def _post(path: bytes, body: bytes, *extra: bytes) -> bytes:
@@ -110,24 +50,24 @@ def _post_head(path: bytes, length: int) -> bytes:
 
 
 async def test_app_listing_content_length_in_connection_cannot_smuggle_a_request(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
     up.answers["/up"] = ok(b"up")
     reader, writer = await _open(proxy)
     writer.write(_post(b"/up", smuggled, b"Connection: Content-Length"))
-    _, body = await _read_answer(reader)
+    _, body = await read_answer(reader)
     writer.close()
     await asyncio.sleep(0.2)
     assert body == b"up"
-    for head in up.heads:
+    for head in up.requests:
         assert b"authorization: bearer " in head.lower(), f"sent without a token: {head!r}"
     assert up.paths == ["/up"], "the app's body reached the upstream as a request of its own"
     assert up.bodies == [smuggled]
 
 
 async def test_a_smuggled_answer_is_not_given_to_the_next_app(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     up.answers["/up"] = ok(b"up")
     up.answers["/victim"] = ok(b"victim")
@@ -136,18 +76,18 @@ async def test_a_smuggled_answer_is_not_given_to_the_next_app(
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
     attacker_r, attacker_w = await _open(proxy)
     attacker_w.write(_post(b"/up", smuggled, b"Connection: Content-Length"))
-    await _read_answer(attacker_r)
+    await read_answer(attacker_r)
     attacker_w.close()
     # Another app, on its own connection: the sidecar reuses the pooled upstream connection.
     victim_r, victim_w = await _open(proxy)
     victim_w.write(GET % b"victim")
-    _, body = await _read_answer(victim_r)
+    _, body = await read_answer(victim_r)
     victim_w.close()
     assert body == b"victim"
 
 
 async def test_upstream_listing_content_length_in_connection_still_frames_the_answer(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     up.answers["/u"] = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Content-Length"
                         b"\r\n\r\nhello")
@@ -166,19 +106,19 @@ async def test_upstream_listing_content_length_in_connection_still_frames_the_an
 
 
 async def test_a_malformed_pipelined_request_does_not_answer_for_the_valid_one_before_it(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     up.answers["/p1"] = ok(b"p1")
     reader, writer = await _open(proxy)
     writer.write(GET % b"p1" + b"BOGUS LINE\r\n\r\n")  # one segment: both parsed in one read
-    head, body = await _read_answer(reader)
+    head, body = await read_answer(reader)
     writer.close()
     assert head.startswith(b"HTTP/1.1 200 "), head + body
     assert body == b"p1"
 
 
 async def test_pipelined_requests_before_a_half_close_are_all_answered(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     for name in ("a", "b"):
         up.answers[f"/{name}"] = ok(name.encode())
@@ -191,7 +131,7 @@ async def test_pipelined_requests_before_a_half_close_are_all_answered(
     answers = []
     with contextlib.suppress(asyncio.IncompleteReadError):
         for _ in range(2):
-            answers.append((await _read_answer(reader))[1])
+            answers.append((await read_answer(reader))[1])
     writer.close()
     assert answers == [b"a", b"b"]
 
@@ -200,7 +140,7 @@ async def test_pipelined_requests_before_a_half_close_are_all_answered(
 
 
 async def test_an_answer_cut_mid_body_does_not_look_complete_to_an_http10_app(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     # A chunked answer that breaks off after its first chunk (no last chunk, then a close).
     up.answers["/cut"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -235,7 +175,7 @@ def _queued(sidecar: Sidecar) -> int:
 
 
 async def test_a_waiting_pipelined_upload_stays_bounded(
-    make_sidecar: Any, up: Scripted
+    make_sidecar: Any, up: ScriptedUpstream
 ) -> None:
     sidecar: Sidecar = await make_sidecar({
         "target": f"https://127.0.0.1:{up.port}",
@@ -255,7 +195,7 @@ async def test_a_waiting_pipelined_upload_stays_bounded(
             await writer.drain()
 
     sender = asyncio.create_task(upload())
-    _, body = await _read_answer(reader)  # /a, after 0.5 s; /up waits for its slot
+    _, body = await read_answer(reader)  # /a, after 0.5 s; /up waits for its slot
     assert body == b"a"
     most = 0
     for _ in range(10):  # /up still waits for the rate limiter for about 1.5 s
@@ -267,7 +207,7 @@ async def test_a_waiting_pipelined_upload_stays_bounded(
 
 
 async def test_a_lone_upload_waiting_for_its_slot_stays_bounded(
-    make_sidecar: Any, up: Scripted
+    make_sidecar: Any, up: ScriptedUpstream
 ) -> None:
     """The same wait without a pipelined request ahead: the body queue keeps the app paused."""
     sidecar: Sidecar = await make_sidecar({
@@ -276,7 +216,7 @@ async def test_a_lone_upload_waiting_for_its_slot_stays_bounded(
     })
     up.answers["/a"] = ok(b"a")
     up.answers["/up"] = ok(b"up")
-    _, body = await _read_answer_of(sidecar, GET % b"a")  # takes the only slot
+    _, body = await answer_of(sidecar.proxy_port, GET % b"a")  # takes the only slot
     assert body == b"a"
     size = 48 * 1024 * 1024
     _, writer = await _open(sidecar)
@@ -298,17 +238,8 @@ async def test_a_lone_upload_waiting_for_its_slot_stays_bounded(
     assert 0 < most < 4 * 1024 * 1024
 
 
-async def _read_answer_of(sidecar: Sidecar, data: bytes) -> tuple[bytes, bytes]:
-    reader, writer = await _open(sidecar)
-    writer.write(data)
-    try:
-        return await _read_answer(reader)
-    finally:
-        writer.close()
-
-
 async def test_requests_parsed_ahead_stay_within_the_pipelining_limit(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     from sidecar.http1.server_connection import MAX_PARSED_AHEAD
 
@@ -345,7 +276,7 @@ async def test_requests_parsed_ahead_stay_within_the_pipelining_limit(
 
 
 async def test_an_answer_with_a_non_chunked_transfer_coding_ends_at_the_close(
-    proxy: Sidecar, up: Scripted
+    proxy: Sidecar, up: ScriptedUpstream
 ) -> None:
     up.answers["/gz"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n"
                          b"not really gzip")
@@ -353,7 +284,7 @@ async def test_an_answer_with_a_non_chunked_transfer_coding_ends_at_the_close(
     reader, writer = await _open(proxy)
     writer.write(GET % b"gz")
     try:
-        head, body = await _read_answer(reader)
+        head, body = await read_answer(reader)
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.1 200 ")
@@ -364,14 +295,14 @@ async def test_an_answer_with_a_non_chunked_transfer_coding_ends_at_the_close(
 
 
 async def test_a_configured_header_outside_latin1_does_not_fail_every_request(
-    make_sidecar: Any, up: Scripted
+    make_sidecar: Any, up: ScriptedUpstream
 ) -> None:
     sidecar: Sidecar = await make_sidecar({
         "target": f"https://127.0.0.1:{up.port}",
         "headers": {"X-Client-Name": "Касса №1"},
     })
     up.answers["/h"] = ok(b"h")
-    head, body = await _read_answer_of(sidecar, GET % b"h")
+    head, body = await answer_of(sidecar.proxy_port, GET % b"h")
     assert not head.startswith(b"HTTP/1.1 500 "), body
     if not head.startswith(b"HTTP/1.1 200 "):  # refused: then the app learns where and why
         assert b'"upstream": "moex-ntb"' in body
@@ -382,7 +313,7 @@ async def test_a_configured_header_outside_latin1_does_not_fail_every_request(
 
 @pytest.mark.parametrize("size", [300_000, 262_200, 1_000_000])
 async def test_an_early_answer_to_an_upload_does_not_stall_the_next_request(
-    proxy: Sidecar, up: Scripted, size: int
+    proxy: Sidecar, up: ScriptedUpstream, size: int
 ) -> None:
     """The upstream answers before reading the upload, whose last bytes filled the body
     queue past its high-water mark: that pause ends with the exchange, and the next request
@@ -394,11 +325,11 @@ async def test_an_early_answer_to_an_upload_does_not_stall_the_next_request(
     writer.write(b"POST http://api.moex.com/early HTTP/1.1\r\nHost: api.moex.com\r\n"
                  b"Content-Length: %d\r\n\r\n%b" % (size, b"u" * size))
     await writer.drain()
-    head, body = await _read_answer(reader)
+    head, body = await read_answer(reader)
     assert body == b"early"
     if b"connection: close" not in head.lower():  # kept alive: the next request must flow
         writer.write(GET % b"next")
         await writer.drain()
-        _, body = await _read_answer(reader)  # within 5 s; the idle timeout is 75 s
+        _, body = await read_answer(reader)  # within 5 s; the idle timeout is 75 s
         assert body == b"next", body
     writer.close()
