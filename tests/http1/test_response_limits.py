@@ -5,10 +5,9 @@ headers; a head over the limits is a 502 for the app and a failed login with a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +21,28 @@ from sidecar.auth.oauth import TokenEndpoint
 from sidecar.config.auth import ClientCredentialsAuth
 from sidecar.http1.wire import MAX_FIELD, MAX_FIELDS, MAX_HEAD
 from sidecar.sandbox.pki import Pki
-from sidecar.sandbox.servers import SandboxStack
-from tests.helpers.scripted import read_body, start_upstream
+from tests.helpers.scripted import (
+    GET,
+    ScriptedServers,
+    ScriptedUpstream,
+    Writer,
+    answer_of,
+    ok,
+)
 
-Writer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 FLOOD = 64 * 1024 * 1024  # what a hostile peer offers; the sidecar must stop reading early
 
 
-def ok(body: bytes, *extra: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (
-        len(body), b"".join(h + b"\r\n" for h in extra), body)
-
-
-GET = b"GET http://api.moex.com/%b HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
 TRAILED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Leaked, Set-Cookie\r\n"
            b"\r\n5\r\nfirst\r\n0\r\nX-Leaked: yes\r\nSet-Cookie: session=stolen\r\n\r\n")
 
 
 @dataclass
-class Flooding:
-    """A TLS upstream (mTLS, sandbox CA) answering each path with bytes or a writer coroutine;
-    ``sent`` counts what the writers got onto the connection before it broke."""
+class Flooding(ScriptedUpstream):
+    """A scripted upstream whose answers can be writer coroutines; ``sent`` counts what its
+    flood writers got onto the connection before it broke."""
 
-    answers: dict[str, bytes | Writer] = field(default_factory=dict)
-    connections: int = 0
     sent: int = 0
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                await read_body(reader, head)
-                answer = self.answers[head.split(b" ", 2)[1].decode()]
-                if isinstance(answer, bytes):
-                    writer.write(answer)
-                    await writer.drain()
-                else:
-                    await answer(writer)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
 
     def flood(self, start: bytes, line: bytes) -> Writer:
         """A writer sending ``start`` then ``line`` over and over, up to FLOOD bytes, then
@@ -82,42 +60,14 @@ class Flooding:
 
 
 @pytest.fixture
-async def up(sandbox: SandboxStack) -> AsyncIterator[Flooding]:
-    upstream = Flooding()
-    server = await start_upstream(sandbox, upstream.handle, "flooding")
-    upstream.port = server.sockets[0].getsockname()[1]
-    yield upstream
-    server.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), 2)
+async def up(scripted_upstreams: ScriptedServers) -> Flooding:
+    return await scripted_upstreams.start(Flooding(), "flooding")
 
 
 @pytest.fixture
 async def proxy(make_sidecar: Any, up: Flooding) -> Sidecar:
-    sidecar: Sidecar = await make_sidecar(
-        {"target": f"https://127.0.0.1:{up.port}", "timeouts": {"read": 3.0}}
-    )
+    sidecar: Sidecar = await make_sidecar({"target": up.url, "timeouts": {"read": 3.0}})
     return sidecar
-
-
-async def _exchange(sidecar: Sidecar, request: bytes) -> tuple[bytes, bytes]:
-    """One request on a new app connection; (head, body) of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
-    try:
-        writer.write(request)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        lower = head.lower()
-        if b"transfer-encoding: chunked" in lower:
-            body = b""
-            while True:
-                size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).strip(), 16)
-                body += (await asyncio.wait_for(reader.readexactly(size + 2), 5))[:-2]
-                if size == 0:
-                    return head, body
-        length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0])
-        return head, await asyncio.wait_for(reader.readexactly(length), 5)
-    finally:
-        writer.close()
 
 
 def _rss() -> int:
@@ -130,10 +80,10 @@ async def test_trailers_never_become_the_next_answers_headers(
 ) -> None:
     up.answers["/trailed"] = TRAILED
     up.answers["/next"] = ok(b"next")
-    head, body = await _exchange(proxy, GET % b"trailed")
+    head, body = await answer_of(proxy.proxy_port, GET % b"trailed", 10)
     assert body == b"first"
     # Another app connection: the pooled upstream connection is lent to it.
-    head, body = await _exchange(proxy, GET % b"next")
+    head, body = await answer_of(proxy.proxy_port, GET % b"next", 10)
     assert body == b"next" and up.connections == 1
     assert b"x-leaked" not in head.lower() and b"session=stolen" not in head
 
@@ -143,7 +93,7 @@ async def test_a_huge_upstream_head_is_a_502_and_memory_stays_bounded(
 ) -> None:
     up.answers["/huge"] = up.flood(b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * 1000 + b"\r\n")
     before = _rss()
-    head, body = await _exchange(proxy, GET % b"huge")
+    head, body = await answer_of(proxy.proxy_port, GET % b"huge", 10)
     assert head.startswith(b"HTTP/1.1 502 ")
     answer = json.loads(body)
     assert answer["error"] == "upstream_error" and "headers" in answer["message"]
@@ -164,14 +114,14 @@ async def test_each_head_limit_is_a_502(
     proxy: Sidecar, up: Flooding, name: str, answer: bytes
 ) -> None:
     up.answers["/" + name] = answer
-    head, body = await _exchange(proxy, GET % name.encode())
+    head, body = await answer_of(proxy.proxy_port, GET % name.encode(), 10)
     assert head.startswith(b"HTTP/1.1 502 ")
     assert json.loads(body)["error"] == "upstream_error"
 
 
 async def test_a_head_just_under_the_limits_passes(proxy: Sidecar, up: Flooding) -> None:
     up.answers["/full"] = ok(b"x", *(b"X-%d: %b" % (i, b"a" * 7000) for i in range(4)))
-    head, body = await _exchange(proxy, GET % b"full")
+    head, body = await answer_of(proxy.proxy_port, GET % b"full", 10)
     assert head.startswith(b"HTTP/1.1 200 ") and body == b"x"
 
 
@@ -202,14 +152,9 @@ async def test_endless_trailers_break_the_answer_off(proxy: Sidecar, up: Floodin
 async def idp(tmp_path: Path) -> AsyncIterator[tuple[str, Pki, Flooding]]:
     """A scripted HTTPS token endpoint (no client certificate asked)."""
     pki = Pki(tmp_path / "idp-pki")
-    scripted = Flooding()
-    ctx = pki.server_ssl_context(pki.issue_server("idp", ["127.0.0.1"]))
-    server = await asyncio.start_server(scripted.handle, "127.0.0.1", 0, ssl=ctx)
-    port = server.sockets[0].getsockname()[1]
-    yield f"https://127.0.0.1:{port}/token", pki, scripted
-    server.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), 2)
+    async with ScriptedServers(pki) as servers:
+        scripted = await servers.start(Flooding(), "idp")
+        yield f"{scripted.url}/token", pki, scripted
 
 
 async def test_an_idp_with_a_huge_head_fails_the_login_with_a_reason(
