@@ -31,8 +31,6 @@ from tests.helpers.scripted import (
 )
 
 FLOOD = 64 * 1024 * 1024  # what a hostile peer offers; the sidecar must stop reading early
-
-
 TRAILED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Leaked, Set-Cookie\r\n"
            b"\r\n5\r\nfirst\r\n0\r\nX-Leaked: yes\r\nSet-Cookie: session=stolen\r\n\r\n")
 

@@ -4,71 +4,18 @@ upstream connection is ever left lent out; a clean answer's connection is reused
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
-
 from sidecar.app import Sidecar
-from sidecar.sandbox.servers import SandboxStack
-from tests.helpers.scripted import read_body, start_upstream
+from tests.helpers.scripted import ScriptedServers, ScriptedUpstream, answer_of
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 DENIED = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied"
 BUSY = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 4\r\n\r\nbusy"
 
 
-class Upstream:
-    """Answers in turn from ``script`` (then 200), noting each request's Authorization."""
-
-    def __init__(self, script: list[bytes]) -> None:
-        self.script = script
-        self.tokens: list[str] = []
-        self.connections = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                await read_body(reader, head)
-                for line in head.decode("latin-1").split("\r\n"):
-                    if line.lower().startswith("authorization:"):
-                        self.tokens.append(line.split(":", 1)[1].strip())
-                writer.write(self.script.pop(0) if self.script else OK)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def scripted(sandbox: SandboxStack) -> AsyncIterator[Callable[[list[bytes]], Any]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(script: list[bytes]) -> tuple[Upstream, int]:
-        upstream = Upstream(script)
-        server = await start_upstream(sandbox, upstream.handle, "scripted")
-        servers.append(server)
-        return upstream, server.sockets[0].getsockname()[1]
-
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2)
-
-
 async def _call(sidecar: Sidecar, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
-    writer.write(request)
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    body = await asyncio.wait_for(reader.readexactly(length), 5)
-    writer.close()
+    head, body = await answer_of(sidecar.proxy_port, request)
     return head.split(b"\r\n", 1)[0] + b" " + body
 
 
@@ -78,10 +25,10 @@ POST = (b"POST http://api.moex.com/x HTTP/1.1\r\nHost: api.moex.com\r\n"
 
 
 async def test_a_rejected_token_is_replayed_and_the_401_answer_is_not_left_open(
-    make_sidecar: Any, scripted: Any
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
 ) -> None:
-    upstream, port = await scripted([DENIED])
-    sidecar: Sidecar = await make_sidecar({"target": f"https://127.0.0.1:{port}"})
+    upstream = await scripted_upstreams.start(ScriptedUpstream(turns=[DENIED], default=OK))
+    sidecar: Sidecar = await make_sidecar({"target": upstream.url})
     assert await _call(sidecar, POST) == b"HTTP/1.1 200 OK ok"
     runtime = sidecar.upstreams["moex-ntb"]
     assert len(upstream.tokens) == 2 and upstream.tokens[0] != upstream.tokens[1]
@@ -89,11 +36,11 @@ async def test_a_rejected_token_is_replayed_and_the_401_answer_is_not_left_open(
     assert runtime.inflight.count == 0
 
 
-async def test_a_429_retried_closes_the_first_answer(make_sidecar: Any, scripted: Any) -> None:
-    upstream, port = await scripted([BUSY])
-    sidecar: Sidecar = await make_sidecar(
-        {"target": f"https://127.0.0.1:{port}", "retry_on_429": True}
-    )
+async def test_a_429_retried_closes_the_first_answer(
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
+) -> None:
+    upstream = await scripted_upstreams.start(ScriptedUpstream(turns=[BUSY], default=OK))
+    sidecar: Sidecar = await make_sidecar({"target": upstream.url, "retry_on_429": True})
     assert await _call(sidecar, GET) == b"HTTP/1.1 200 OK ok"
     runtime = sidecar.upstreams["moex-ntb"]
     assert len(upstream.tokens) == 2
@@ -101,10 +48,10 @@ async def test_a_429_retried_closes_the_first_answer(make_sidecar: Any, scripted
 
 
 async def test_clean_answers_reuse_one_upstream_connection(
-    make_sidecar: Any, scripted: Any
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
 ) -> None:
-    upstream, port = await scripted([])
-    sidecar: Sidecar = await make_sidecar({"target": f"https://127.0.0.1:{port}"})
+    upstream = await scripted_upstreams.start(ScriptedUpstream(default=OK))
+    sidecar: Sidecar = await make_sidecar({"target": upstream.url})
     for request in (GET, POST, GET):
         assert await _call(sidecar, request) == b"HTTP/1.1 200 OK ok"
     assert upstream.connections == 1
@@ -112,12 +59,10 @@ async def test_clean_answers_reuse_one_upstream_connection(
 
 
 async def test_a_refusal_before_sending_touches_no_connection(
-    make_sidecar: Any, scripted: Any
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
 ) -> None:
-    upstream, port = await scripted([])
-    sidecar: Sidecar = await make_sidecar(
-        {"target": f"https://127.0.0.1:{port}", "max_body": 2}
-    )
+    upstream = await scripted_upstreams.start(ScriptedUpstream(default=OK))
+    sidecar: Sidecar = await make_sidecar({"target": upstream.url, "max_body": 2})
     answer = await _call(sidecar, POST)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"error": "body_too_large"' in answer
