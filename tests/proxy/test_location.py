@@ -4,8 +4,7 @@ app called (as nginx's ``proxy_redirect default``); every other value is left al
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,8 +12,7 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.proxy.headers import downstream_headers
 from sidecar.proxy.location import TargetUrls
-from sidecar.sandbox.servers import SandboxStack
-from tests.helpers.scripted import read_body, start_upstream
+from tests.helpers.scripted import ScriptedServers, ScriptedUpstream
 
 APP = "http://api.moex.com"
 
@@ -86,50 +84,24 @@ def test_downstream_headers_rewrite_both_headers_and_nothing_else() -> None:
 # -- through a running sidecar -----------------------------------------------------------------
 
 
-class Redirecting:
-    """Answers every request with ``status`` and the given headers (``{target}`` is the
-    upstream's own origin, ``{authority}`` its host and port)."""
-
-    def __init__(self, status: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        self.status, self.headers, self.origin = status, headers, b""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                await read_body(reader, head)
-                lines = b"".join(
-                    name + b": " + value.replace(b"{target}", self.origin).replace(
-                        b"{authority}", self.origin.removeprefix(b"https://")) + b"\r\n"
-                    for name, value in self.headers
-                )
-                writer.write(b"HTTP/1.1 " + self.status + b"\r\n" + lines
-                             + b"Content-Length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.fixture
-async def redirecting(
-    sandbox: SandboxStack,
-) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[asyncio.Server] = []
+def redirecting(scripted_upstreams: ScriptedServers) -> Callable[..., Awaitable[str]]:
+    """Starts an upstream answering every request with ``status`` and the given headers
+    (``{target}`` is the upstream's own origin, ``{authority}`` its host and port)."""
 
     async def start(status: bytes, headers: list[tuple[bytes, bytes]]) -> str:
-        upstream = Redirecting(status, headers)
-        server = await start_upstream(sandbox, upstream.handle, "redirecting")
-        servers.append(server)
-        upstream.origin = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}".encode()
-        return upstream.origin.decode()
+        upstream = await scripted_upstreams.start(ScriptedUpstream(), "redirecting")
+        origin = upstream.url.encode()
+        lines = b"".join(
+            name + b": " + value.replace(b"{target}", origin).replace(
+                b"{authority}", origin.removeprefix(b"https://")) + b"\r\n"
+            for name, value in headers
+        )
+        upstream.default = (b"HTTP/1.1 " + status + b"\r\n" + lines
+                            + b"Content-Length: 0\r\n\r\n")
+        return upstream.url
 
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2)
+    return start
 
 
 async def _head(sidecar: Sidecar, request: bytes) -> dict[str, str]:
