@@ -9,7 +9,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,10 +19,10 @@ from sidecar.config import validate_config
 from sidecar.config.models import CircuitBreaker
 from sidecar.proxy import breaker as breaker_module
 from sidecar.proxy.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from sidecar.sandbox.servers import SandboxStack
-from tests.helpers.scripted import read_body, start_upstream
+from tests.helpers.scripted import ScriptedServers, ScriptedUpstream, answer_of, ok
 
 GET = b"GET http://api.moex.com/x HTTP/1.1\r\nHost: api.moex.com\r\n\r\n"
+OK = ok(b"ok")
 
 # -- the state machine, on a clock the test moves ------------------------------------------
 
@@ -129,14 +129,7 @@ class Answer:
 
 async def _call(port: int, request: bytes = GET) -> Answer:
     started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        body = await asyncio.wait_for(reader.readexactly(length), 10)
-    finally:
-        writer.close()
+    head, body = await answer_of(port, request, 10)
     return Answer(head, body, time.monotonic() - started)
 
 
@@ -145,49 +138,6 @@ async def _admin(sidecar: Sidecar, path: str) -> str:
         sidecar.admin_port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     )
     return answer.body.decode()
-
-
-class Recorder:
-    """An upstream that answers 200 (or never, when ``silent``) and notes each token."""
-
-    def __init__(self, silent: bool = False, answer: bytes = b"") -> None:
-        self.silent = silent
-        self.answer = answer or b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        self.tokens: list[str] = []
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                await read_body(reader, head)
-                for line in head.decode("latin-1").split("\r\n"):
-                    if line.lower().startswith("authorization:"):
-                        self.tokens.append(line.split(":", 1)[1].strip())
-                if self.silent:
-                    await reader.read()  # until the sidecar gives up and closes
-                    return
-                writer.write(self.answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[list[asyncio.Server]]:
-    started: list[asyncio.Server] = []
-    yield started
-    for server in started:
-        server.close()
-
-
-async def _serve_on(
-    sandbox: SandboxStack, sock: socket.socket, recorder: Recorder
-) -> asyncio.Server:
-    cert = sandbox.pki.issue_server("recovered", ["127.0.0.1"])
-    ctx = sandbox.pki.server_ssl_context(cert)  # like NTB: no client certificate asked
-    return await asyncio.start_server(recorder.handle, sock=sock, ssl=ctx)
 
 
 async def _until_answered(port: int, limit: float = 10.0) -> Answer:
@@ -200,7 +150,7 @@ async def _until_answered(port: int, limit: float = 10.0) -> Answer:
 
 
 async def test_nothing_listening_opens_the_breaker_then_the_api_comes_back(
-    make_sidecar: Any, sandbox: SandboxStack, servers: list[asyncio.Server]
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
 ) -> None:
     # A bound socket that does not listen: every connection is refused, and the port
     # stays ours for when the API "comes back".
@@ -227,9 +177,8 @@ async def test_nothing_listening_opens_the_breaker_then_the_api_comes_back(
     assert ('sidecar_local_rejections_total{reason="upstream_unavailable",upstream="moex-ntb"}'
             in metrics)
 
-    recorder = Recorder()
     sock.listen()
-    servers.append(await _serve_on(sandbox, sock, recorder))
+    recorder = await scripted_upstreams.start(ScriptedUpstream(default=OK), "recovered", sock)
     answer = await _until_answered(sidecar.proxy_port)
     assert answer.status == 200
     assert runtime.breaker.status() == {"state": "closed", "failures": 0, "open_for": 0.0}
@@ -281,13 +230,11 @@ async def test_a_listener_that_never_accepts_fails_fast_after_the_timeouts(
 
 
 async def test_a_read_timeout_counts_and_never_costs_the_token(
-    make_sidecar: Any, sandbox: SandboxStack, servers: list[asyncio.Server]
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
 ) -> None:
-    recorder = Recorder(silent=True)
-    server = await start_upstream(sandbox, recorder.handle, "silent")
-    servers.append(server)
+    recorder = await scripted_upstreams.start(ScriptedUpstream(silent={"/x"}), "silent")
     sidecar: Sidecar = await make_sidecar({
-        "target": f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+        "target": recorder.url,
         "timeouts": {"read": 0.3},
         "circuit_breaker": {"failures": 2},
     })
@@ -301,13 +248,12 @@ async def test_a_read_timeout_counts_and_never_costs_the_token(
 
 
 async def test_http_error_answers_never_open_it(
-    make_sidecar: Any, sandbox: SandboxStack, servers: list[asyncio.Server]
+    make_sidecar: Any, scripted_upstreams: ScriptedServers
 ) -> None:
-    recorder = Recorder(answer=b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown")
-    server = await start_upstream(sandbox, recorder.handle, "failing")
-    servers.append(server)
+    down = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
+    recorder = await scripted_upstreams.start(ScriptedUpstream(default=down), "failing")
     sidecar: Sidecar = await make_sidecar({
-        "target": f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+        "target": recorder.url,
         "circuit_breaker": {"failures": 1},
     })
     for _ in range(4):
