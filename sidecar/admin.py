@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import __version__
+from sidecar import __version__, hotpath
 from sidecar.config import Config
 from sidecar.http1.answer import LocalAnswer, answer_headers, json_answer
 from sidecar.http1.request import ServerRequest
@@ -77,6 +77,7 @@ class AdminRoutes:
     def status(self) -> LocalAnswer:
         return json_answer(200, {
             "version": __version__,
+            "hot_path": hotpath.describe(),  # compiled modules, or pure Python
             "upstreams": {
                 name: {
                     "target": u.config.target,

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from sidecar import logs
+from sidecar import hotpath, logs
 from sidecar.admin import AdminRoutes
 from sidecar.config import Config, parse_host_port
 from sidecar.config.files import files_of
@@ -91,6 +91,7 @@ class Sidecar:
             proxy=f"{host}:{self.proxy_port}",
             admin=f"{ahost}:{self.admin_port}",
             upstreams=sorted(self.upstreams),
+            hot_path=hotpath.describe(),
         )
 
     @property

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 import yaml
 
-from sidecar import __version__, logs
+from sidecar import __version__, hotpath, logs
 from sidecar.config import Config, ConfigError, config_warnings, load_config, redacted
 from sidecar.config.errors import SetupError
 from sidecar.sandbox.ports import ROLES, Ports
@@ -25,9 +25,20 @@ from sidecar.sandbox.ports import ROLES, Ports
 EXIT_USAGE = 2
 
 
+class _Version(argparse.Action):
+    """``--version``: also says which hot path runs (see sidecar/hotpath.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"authsidecar {__version__}\nhot path: {hotpath.describe()}")
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"authsidecar {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0,
+        help="show the version and whether the hot path runs compiled, and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the sidecar")
     run.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG)")

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import __version__
+from sidecar import __version__, hotpath
 from sidecar.app import Sidecar
 from sidecar.sandbox.servers import SandboxStack
 from tests.helpers.listener import one_answer
@@ -105,6 +105,7 @@ async def test_status_shows_each_upstream_and_no_secret(
     status, body = await _get(sidecar, "/status")
     assert status == 200
     assert body["version"] == __version__ and set(body["upstreams"]) == {"moex-ntb", "lazy"}
+    assert body["hot_path"] == hotpath.describe()  # compiled modules, or pure Python
     ntb = body["upstreams"]["moex-ntb"]
     assert ntb["target"].startswith(sandbox.api_url)
     assert set(ntb["token"]) == {"state", "expires_in", "renew_in", "last_success",

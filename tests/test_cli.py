@@ -67,6 +67,8 @@ def test_run_serves_with_written_config_and_stops_on_sigterm(
     try:
         started = running.wait_for(r'"event": "started"')
         proxy = json.loads(started.string)["proxy"]
+        # Which hot path runs (README, Compiled hot path), as `sidecar --version` says it.
+        assert json.loads(started.string)["hot_path"].startswith(("compiled (", "pure Python"))
         running.wait_for(r'"event": "token_obtained"')
         result = subprocess.run(
             ["curl", "-sS", "-x", f"http://{proxy}", "http://api.moex.com/ntb/from-run"],

@@ -17,11 +17,15 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, YamlConfigSettingsSource
 
 from sidecar.config.errors import ConfigError
+from sidecar.hotpath import NO_COMPILE_ENV, PURE_ENV
 
 if TYPE_CHECKING:
     from pydantic_settings.sources import ConfigFileSourceType
 
 ENV_CONFIG_PATH = "SIDECAR_CONFIG"
+# Variables with the prefix that are not config fields: the file's path, and the switches of
+# the compiled hot path (sidecar/hotpath.py).
+NOT_OVERRIDES = frozenset({ENV_CONFIG_PATH, PURE_ENV, NO_COMPILE_ENV})
 
 
 class ConfigFile(YamlConfigSettingsSource):
@@ -122,7 +126,7 @@ class EnvOverrides(EnvSettingsSource):
         environ: Mapping[str, str],
         file_data: dict[str, Any],
     ) -> None:
-        self._environ = {k: v for k, v in environ.items() if k != ENV_CONFIG_PATH}
+        self._environ = {k: v for k, v in environ.items() if k not in NOT_OVERRIDES}
         self._file_keys = _keys_of(file_data)  # before the overridden values go
         super().__init__(settings_cls, case_sensitive=False)
         for path in self._paths():

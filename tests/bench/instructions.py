@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sidecar.hotpath import PURE_ENV
 from tests.bench.procs import Procs, free_port, http_status, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]  # the tree whose sidecar is measured
@@ -240,10 +241,12 @@ def _path_env() -> dict[str, str]:
 
 
 def _sidecar_env() -> dict[str, str]:
-    """The sidecar's whole environment: no SIDECAR_* overrides of the generated config,
-    unbuffered output as in the image, and a fixed hash seed so that two runs take the same
-    code paths."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    """The sidecar's whole environment: no SIDECAR_* overrides of the generated config (but
+    SIDECAR_PURE_PYTHON, to count the pure-Python hot path), unbuffered output as in the
+    image, and a fixed hash seed so that two runs take the same code paths."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_") or k == PURE_ENV
+    }
     env.update(_path_env(), PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
     return env
 
@@ -355,6 +358,7 @@ def measure(requests: int, level: str, tls: bool, out: Path) -> dict[str, Any]:
             "log_level": level,
             "upstream": "https with mTLS" if tls else "plain http",
             "auth": "static",
+            "hot_path": _hot_path(),
             "tree": str(ROOT),
             "commit": _commit(),
             "python": sys.version.split()[0],
@@ -367,6 +371,18 @@ def measure(requests: int, level: str, tls: bool, out: Path) -> dict[str, Any]:
         if client is not None:
             client.close()
         procs.close()
+
+
+def _hot_path() -> str | None:
+    """What ``sidecar --version`` says of the hot path, in the sidecar's environment."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sidecar", "--version"], capture_output=True, text=True,
+            timeout=60, check=False, env=_sidecar_env(), cwd=ROOT,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().partition("hot path: ")[2] or None
 
 
 def _commit() -> str | None:
@@ -434,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{result['instructions_per_request']:,} instructions per proxied GET "
             f"(log level {result['log_level']}, {result['upstream']} upstream, "
-            f"{result['auth']} token; {result['requests']:,} requests after "
+            f"{result['auth']} token, hot path {result['hot_path']}; "
+            f"{result['requests']:,} requests after "
             f"{result['warmup']} of warm-up, {result['instructions']:,} in all; "
             f"tree {result['tree']} at {result['commit']})"
         )

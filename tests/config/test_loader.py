@@ -361,6 +361,14 @@ def test_env_unknown_section_is_an_error(tmp_path: Path) -> None:
     assert problem.startswith("listn: unknown field")
 
 
+@pytest.mark.parametrize("name", ["SIDECAR_PURE_PYTHON", "SIDECAR_NO_COMPILE"])
+def test_env_hot_path_switches_are_not_config_fields(tmp_path: Path, name: str) -> None:
+    # Process and build switches (README, Compiled hot path), not overrides of the file.
+    path = write(tmp_path / "c.yaml", MINIMAL_YAML)
+    config = load_config(path, environ={name: "1"})
+    assert config.listen.proxy == "127.0.0.1:8080"
+
+
 def test_env_prefix_is_upper_case(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", MINIMAL_YAML)
     config = load_config(path, environ={"sidecar_listen__proxy": "127.0.0.1:7000"})
