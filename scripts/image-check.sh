@@ -246,9 +246,11 @@ say "running as uid 10001, root file system read-only, HEALTHCHECK passes"
 proxy=http://127.0.0.1:$PROXY_PORT
 body=$(curl -sS --max-time 20 -x "$proxy" http://api.moex.com/ntb/hello) \
     || fail "proxied request to http://api.moex.com/ntb/hello failed"
-[[ $body == *'"Bearer '* && $body == *'CN=sidecar'* ]] \
-    || fail "the NTB sandbox did not see a bearer token and the client certificate: $body"
-say "proxied http://api.moex.com/ntb/hello: the API saw a Bearer token and CN=sidecar"
+# NTB asks no client certificate (MOEX publishes none for it): the KISC call below is the
+# mTLS check.
+[[ $body == *'"Bearer '* ]] \
+    || fail "the NTB sandbox did not see a bearer token: $body"
+say "proxied http://api.moex.com/ntb/hello: the API saw a Bearer token"
 code=$(curl -sS --max-time 20 -o /dev/null -w '%{http_code}' -x "$proxy" \
     http://ax.kisc.kz/etsfo/1.0.0/messages/) || true
 [ "$code" = 200 ] || fail "proxied KISC request answered $code, expected 200"
