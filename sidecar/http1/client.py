@@ -71,7 +71,7 @@ class UpstreamResponse:
         self.reason = reason
         self.raw_headers = raw_headers
         self._headers: CIMultiDict[str] | None = None
-        self.content = BodyQueue(conn)
+        self.content = BodyQueue(conn, conn.pool.loop)
         self.closed = False
 
     @property
@@ -106,7 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.flow = WriteFlow()
+        self.flow = WriteFlow(self._loop)
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._reason = b""
