@@ -14,12 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
+from sidecar.certinfo import certificate_info
 from sidecar.config.errors import SetupError
 from sidecar.config.sections import Tls
-from sidecar.pkcs12 import open_bundle
 
 
 class TlsSetupError(SetupError):
@@ -75,6 +72,11 @@ def client_context(tls: Tls) -> ssl.SSLContext:
 
 
 def _load_p12(ctx: ssl.SSLContext, tls: Tls) -> None:
+    # cryptography only for a bundle: PEM files alone never load it (about 10 MiB).
+    from cryptography.hazmat.primitives import serialization
+
+    from sidecar.pkcs12 import open_bundle
+
     assert tls.p12_file is not None
     key, cert, chain = open_bundle(tls.p12_file, tls.p12_password, "p12_file")
     # ssl can only load a chain from a file. The key goes there encrypted with a passphrase
@@ -97,11 +99,11 @@ def _load_p12(ctx: ssl.SSLContext, tls: Tls) -> None:
 
 def client_identity(tls: Tls) -> ClientIdentity | None:
     """Subject and expiry of the configured client certificate, for status and warnings."""
-    cert: x509.Certificate | None = None
     if tls.cert_file is not None:
-        cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
-    elif tls.p12_file is not None:
+        return ClientIdentity(*certificate_info(tls.cert_file.read_bytes()))
+    if tls.p12_file is not None:
+        from sidecar.pkcs12 import open_bundle
+
         _, cert, _ = open_bundle(tls.p12_file, tls.p12_password, "p12_file")
-    if cert is None:
-        return None
-    return ClientIdentity(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+        return ClientIdentity(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+    return None

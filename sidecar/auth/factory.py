@@ -1,4 +1,5 @@
-"""Building an upstream's token source from its ``auth`` block."""
+"""Building an upstream's token source from its ``auth`` block. Each dialect's module is
+imported when a config uses it: a sidecar loads only the login flows it runs."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from sidecar.auth.base import (
     TokenEvents,
     TokenSource,
 )
-from sidecar.auth.client_credentials import ClientCredentialsFlow
-from sidecar.auth.json_login import JsonLoginFlow
-from sidecar.auth.keycloak import PasswordFlow
 from sidecar.auth.manager import TokenManager
-from sidecar.auth.moex_passport import MoexPassportFlow, PassportClient
-from sidecar.auth.mpt import MptSigninFlow
 from sidecar.auth.oauth import TokenEndpoint
 from sidecar.auth.static import StaticToken
-from sidecar.auth.wso2 import Wso2GatewayFaults, Wso2PasswordFlow
 from sidecar.config.auth import (
     AuthBase,
     ClientCredentialsAuth,
@@ -34,7 +29,6 @@ from sidecar.config.auth import (
 from sidecar.config.egress import egress_dialer
 from sidecar.config.models import Upstream
 from sidecar.http1.dial import Dialer
-from sidecar.signing import make_signer
 from sidecar.store.base import Coordinator
 from sidecar.tls import client_context
 
@@ -71,19 +65,33 @@ def auth_flow(
     # otherwise: KISC wants the same certificate on both legs.
     ctx = client_context(auth.tls) if auth.tls is not None else upstream_ssl
     if isinstance(auth, MptSigninAuth):
+        from sidecar.auth.mpt import MptSigninFlow
+        from sidecar.signing import make_signer
+
         signer = make_signer(auth.signer, detached_default=False)
         return MptSigninFlow(auth, ctx, signer, dialer)
     if isinstance(auth, JsonLoginAuth):
+        from sidecar.auth.json_login import JsonLoginFlow
+
         return JsonLoginFlow(auth, ctx, dialer)
     assert isinstance(auth, TokenEndpointAuth)
     endpoint = TokenEndpoint(auth.token_url, ctx, auth.timeout, dialer)
     if isinstance(auth, OidcPasswordAuth):
+        from sidecar.auth.keycloak import PasswordFlow
+
         return PasswordFlow(auth, endpoint)
     if isinstance(auth, ClientCredentialsAuth):
+        from sidecar.auth.client_credentials import ClientCredentialsFlow
+
         return ClientCredentialsFlow(auth, endpoint)
     if isinstance(auth, Wso2PasswordAuth):
+        from sidecar.auth.wso2 import Wso2PasswordFlow
+
         return Wso2PasswordFlow(auth, endpoint)
     if isinstance(auth, MoexPassportAuth):
+        from sidecar.auth.moex_passport import MoexPassportFlow, PassportClient
+        from sidecar.signing import make_signer
+
         passport = PassportClient(
             auth.passport_url, auth.username, auth.password.get_secret_value(), ctx, auth.timeout,
             dialer,
@@ -104,5 +112,7 @@ def token_header(upstream: Upstream) -> tuple[str, str]:
 def rejection_policy(upstream: Upstream) -> RejectionPolicy:
     """How this upstream's API says a token is dead (its gateway's dialect)."""
     if isinstance(upstream.auth, Wso2PasswordAuth):
+        from sidecar.auth.wso2 import Wso2GatewayFaults
+
         return Wso2GatewayFaults()
     return AnyUnauthorized()

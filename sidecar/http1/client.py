@@ -16,13 +16,9 @@ from typing import Protocol, cast
 import httptools
 from multidict import CIMultiDict
 
-from sidecar.http1.errors import (
-    Closed,
-    TimedOut,
-    TooLarge,
-    TransportError,
-)
+from sidecar.http1.errors import Closed, TimedOut, TooLarge, TransportError
 from sidecar.http1.wire import (
+    HIGH_WATER,
     LAST_CHUNK,
     MAX_FIELD,
     MAX_FIELDS,
@@ -59,19 +55,14 @@ class UpstreamResponse:
 
     __slots__ = ("_conn", "_headers", "closed", "content", "raw_headers", "reason", "status")
 
-    def __init__(
-        self,
-        conn: UpstreamConnection,
-        status: int,
-        reason: bytes,
-        raw_headers: list[tuple[bytes, bytes]],
-    ) -> None:
+    def __init__(self, conn: UpstreamConnection, status: int, reason: bytes,
+                 raw_headers: list[tuple[bytes, bytes]]) -> None:
         self._conn = conn
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
         self._headers: CIMultiDict[str] | None = None
-        self.content = BodyQueue(conn)
+        self.content = BodyQueue(conn, conn.pool.loop)
         self.closed = False
 
     @property
@@ -106,7 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.flow = WriteFlow()
+        self.flow = WriteFlow(self._loop)
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -290,40 +281,58 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- one exchange --------------------------------------------------------------------------
 
-    async def request(
-        self,
-        method: str,
-        request_head: bytes,
-        body: AsyncIterable[bytes] | None,
-        chunked: bool,
-    ) -> UpstreamResponse:
+    async def request(self, method: str, request_head: bytes, body: AsyncIterable[bytes] | None,
+                      chunked: bool) -> UpstreamResponse:
         """Send a request and wait for the response head (the body streams on)."""
         transport = self.transport
         if transport is None or self.closed:
             raise Closed(self.pool.label, "closed")
         self.complete = False
         self._method = method
-        self._waiter = self._loop.create_future()
+        waiter = self._waiter = self._loop.create_future()
         self._last_io = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_later(self.pool.read_timeout, self._check_read)
         if body is None:
             transport.write(request_head)
         else:
-            self._pump = self._loop.create_task(self._send_body(request_head, body, chunked))
+            self._send_start(transport, request_head, body, chunked)
         try:
-            return await self._waiter
+            return await waiter
         except BaseException:
             self.close()
             raise
 
+    def _send_start(self, transport: asyncio.Transport, head: bytes,
+                    body: AsyncIterable[bytes], chunked: bool) -> None:
+        """The head with what of the body is here already: a small body usually is, and the
+        whole request is then one write, with no task. A task streams the rest (and waits
+        for a slow upstream); a body queue holds at most about HIGH_WATER before that."""
+        take = getattr(body, "take_nowait", None)  # a body that can say what is ready
+        out, size = [head], 0
+        try:
+            while take is not None and size < HIGH_WATER and (data := take()) is not None:
+                if not data:  # the end: nothing left to stream
+                    transport.write(b"".join([*out, LAST_CHUNK] if chunked else out))
+                    return
+                out.append(chunk(data) if chunked else data)
+                size += len(data)
+        except Exception as exc:
+            self._body_broke(exc)
+            return
+        if size:  # what is here goes now; the rest streams as it comes
+            transport.write(b"".join(out))
+        self._pump = self._loop.create_task(self._send_body(b"" if size else head, body, chunked))
+
     async def _send_body(
-        self, request_head: bytes, body: AsyncIterable[bytes], chunked: bool
+        self, pending: bytes, body: AsyncIterable[bytes], chunked: bool
     ) -> None:
+        """Stream the body; ``pending``: the head, when it waits for the first piece."""
         transport = self.transport
         assert transport is not None
-        pending = request_head
         try:
+            if not pending:
+                await self.flow.drain()  # after what _send_start wrote
             async for data in body:
                 if not data:
                     continue
@@ -339,12 +348,14 @@ class UpstreamConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            # The app's upload broke off: the upstream must not take a truncated body as
-            # complete, so the connection goes.
-            self._fail(Closed(self.pool.label, f"request body broke off: {type(exc).__name__}"))
-            self.close()
+            self._body_broke(exc)
         finally:
             self._pump = None
+
+    def _body_broke(self, exc: BaseException) -> None:
+        """The app's upload broke off: a truncated body must not look complete upstream."""
+        self._fail(Closed(self.pool.label, f"request body broke off: {type(exc).__name__}"))
+        self.close()
 
     def _message_done(self, keep_alive: bool) -> None:
         self.complete = True

@@ -100,6 +100,7 @@ class ServerRequest:
         headers: CIMultiDict[str],
         keep_alive: bool,
         upgrade: bool,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._conn = conn
         self.method = method
@@ -113,7 +114,9 @@ class ServerRequest:
         self.chunked = "Transfer-Encoding" in headers
         # Most requests (GET) have no body: they share one queue that is already at its end.
         self.content = (
-            BodyQueue(_BodyPause(conn, self)) if self.chunked or self.content_length else _NO_BODY
+            BodyQueue(_BodyPause(conn, self), loop)
+            if self.chunked or self.content_length
+            else _NO_BODY
         )
         self.complete = False
         self.started = False
@@ -193,14 +196,23 @@ class ServerRequest:
         transport.write(payload)
         return conn.flow.paused
 
-    def finish(self) -> None:
-        """The answer is complete."""
+    def finish(self, last: bytes = b"") -> None:
+        """The answer is complete. ``last``: its final body bytes, which leave in one write
+        with whatever is still held (the head of a small answer, the end of a chunked one)."""
         out = self._head or b""
         self._head = None
-        if self._chunked_out:
+        if last and not self._no_body:
+            if self._chunked_out:
+                out += b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last)
+            else:
+                out += last
+        elif self._chunked_out:
             out += LAST_CHUNK
         transport = self._conn.transport
-        if out and transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing():
+            if last:
+                raise ClientGone("the app closed its connection")
+        elif out:
             transport.write(out)
         self.finished = True
 
@@ -208,8 +220,7 @@ class ServerRequest:
         """A whole answer made by the sidecar itself, in one write."""
         headers["Content-Length"] = str(len(body))
         self.start(status, headers)
-        await self.write(body)
-        self.finish()
+        self.finish(body)
 
     def abort(self) -> None:
         """Cut the app's connection with a reset: a broken upstream answer must not look

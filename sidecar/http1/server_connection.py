@@ -51,7 +51,7 @@ class ServerConnection(HandOver, asyncio.Protocol):
         self._handler = handler or server.handler  # a successor (handover.py) has its own
         self._loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.flow = WriteFlow()
+        self.flow = WriteFlow(self._loop)
         self._parser = httptools.HttpRequestParser(self)
         self._url: list[bytes] = []
         self._url_size = 0
@@ -231,6 +231,7 @@ class ServerConnection(HandOver, asyncio.Protocol):
             CIMultiDict(self._fields),
             parser.should_keep_alive(),
             parser.should_upgrade(),
+            self._loop,
         )
         self._in_head = False
         self._head_size = 0

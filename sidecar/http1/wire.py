@@ -56,12 +56,14 @@ class BodyQueue:
     """Body bytes from a parser callback to an awaiting reader, with socket back-pressure.
 
     ``readany`` returns b"" at the end of the body and raises the error set by the
-    connection when the body broke off."""
+    connection when the body broke off. ``loop``: the connection's, so that a wait does not
+    look it up (on Python 3.11 each lookup is a ``getpid`` system call)."""
 
-    __slots__ = ("_chunks", "_eof", "_exc", "_paused", "_size", "_source", "_waiter")
+    __slots__ = ("_chunks", "_eof", "_exc", "_loop", "_paused", "_size", "_source", "_waiter")
 
-    def __init__(self, source: Pausable) -> None:
+    def __init__(self, source: Pausable, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._source = source
+        self._loop = loop
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._eof = False
@@ -93,6 +95,12 @@ class BodyQueue:
             if not waiter.done():
                 waiter.set_result(None)
 
+    @property
+    def at_eof(self) -> bool:
+        """Everything was taken and the body is complete: a reader that just took the last
+        piece can end its answer with it."""
+        return self._eof and not self._chunks
+
     def read_nowait(self) -> bytes | None:
         """What :meth:`readany` would return without waiting; None when it would wait."""
         if not self._chunks:
@@ -107,7 +115,7 @@ class BodyQueue:
                 raise self._exc
             if self._eof:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = (self._loop or asyncio.get_running_loop()).create_future()
             await self._waiter
         return self._take()
 
@@ -136,9 +144,10 @@ class BodyQueue:
 class WriteFlow:
     """A protocol's pause_writing/resume_writing, as something a writer can await."""
 
-    __slots__ = ("_paused", "_waiters")
+    __slots__ = ("_loop", "_paused", "_waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop  # as BodyQueue's
         self._paused = False
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -161,6 +170,6 @@ class WriteFlow:
 
     async def drain(self) -> None:
         if self._paused:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = (self._loop or asyncio.get_running_loop()).create_future()
             self._waiters.append(waiter)
             await waiter

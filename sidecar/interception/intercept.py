@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from sidecar.config.interception import Interception
 from sidecar.http1.request import Handler, ServerRequest
-from sidecar.interception.ca import check_writable, load_or_create_ca
-from sidecar.interception.leaves import LeafCache
 from sidecar.interception.serve import serve_tunnel
 from sidecar.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sidecar.interception.leaves import LeafCache
 
 log = structlog.get_logger("sidecar.proxy")
 
@@ -50,6 +52,10 @@ def build_interceptor(config: Interception | None, metrics: Metrics) -> Intercep
     generated into ``state_dir``, here: at start, so a problem stops the start."""
     if config is None:
         return None
+    # The CA and the leaves need cryptography (about 10 MiB): loaded only when configured.
+    from sidecar.interception.ca import check_writable, load_or_create_ca
+    from sidecar.interception.leaves import LeafCache
+
     if config.ca_cert_file is None:
         check_writable(Path(config.state_dir))
     ca = load_or_create_ca(config.ca_cert_file, config.ca_key_file, Path(config.state_dir))

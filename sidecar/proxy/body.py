@@ -7,7 +7,6 @@ Nothing here reads a whole body, except :meth:`RequestBody.buffer_up_to` for the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 
@@ -39,6 +38,9 @@ class ReplayBudget:
 
 
 class BodySource(Protocol):
+    """The app's body as its connection queues it (:class:`sidecar.http1.wire.BodyQueue`)."""
+
+    def read_nowait(self) -> bytes | None: ...
     async def readany(self) -> bytes: ...
 
 
@@ -69,15 +71,13 @@ class RequestBody:
         """Read the whole body into the kept copy, refusing it past ``limit`` bytes."""
         self._kept, self._keep_limit = [], max(self._keep_limit, limit)
         self._buffering = True
-        async for _ in self._read_app(self._generation):
+        while await self._read_app():
             if self.bytes_read > limit:
                 raise BodyTooLarge
-        if self.bytes_read > limit:
-            raise BodyTooLarge
 
-    def stream(self) -> AsyncIterator[bytes]:
+    def stream(self) -> BodyStream:
         """The first send: kept bytes (if buffered) then the rest of the app's stream."""
-        return self._from_start()
+        return BodyStream(self)
 
     async def freeze(self) -> None:
         """Stop the first send from reading more of the app's body (its upstream has already
@@ -85,44 +85,37 @@ class RequestBody:
         self._generation += 1  # the first send's iterator stops at its next step
         await self._not_reading.wait()
 
-    def replay(self) -> AsyncIterator[bytes]:
+    def replay(self) -> BodyStream:
         """A second send after a 401: the kept bytes, then whatever the app has not sent yet.
 
         Call :meth:`freeze` first; a body that was not kept whole cannot be replayed."""
         if self._kept is None:
             raise RuntimeError("body was not kept whole: it cannot be replayed")
-        return self._from_start()
+        return BodyStream(self)
 
-    async def _from_start(self) -> AsyncIterator[bytes]:
-        generation = self._generation
-        await self._not_reading.wait()
-        if self._kept:
-            for chunk in list(self._kept):
-                yield chunk
-        async for chunk in self._read_app(generation):
-            yield chunk
+    async def _read_app(self) -> bytes:
+        """The app's next piece, waited for (b"" at the end), counted and kept."""
+        self._not_reading.clear()
+        try:
+            chunk = await self._stream.readany()
+        finally:
+            self._not_reading.set()
+        if chunk:
+            self._took(chunk)
+        return chunk
 
-    async def _read_app(self, generation: int) -> AsyncIterator[bytes]:
-        while generation == self._generation:
-            self._not_reading.clear()
-            try:
-                chunk = await self._stream.readany()
-            finally:
-                self._not_reading.set()
-            if not chunk:
-                return
-            self.bytes_read += len(chunk)
-            if self._kept is not None:
-                if self._kept_size + len(chunk) > self._keep_limit:
-                    self._drop_kept()  # too large to replay: stop holding memory for it
-                elif not self._budget.take(len(chunk), force=self._buffering):
-                    self._drop_kept()
-                    self.over_budget = True
-                    self._budget.exceeded += 1
-                else:
-                    self._kept.append(chunk)
-                    self._kept_size += len(chunk)
-            yield chunk
+    def _took(self, chunk: bytes) -> None:
+        self.bytes_read += len(chunk)
+        if self._kept is not None:
+            if self._kept_size + len(chunk) > self._keep_limit:
+                self._drop_kept()  # too large to replay: stop holding memory for it
+            elif not self._budget.take(len(chunk), force=self._buffering):
+                self._drop_kept()
+                self.over_budget = True
+                self._budget.exceeded += 1
+            else:
+                self._kept.append(chunk)
+                self._kept_size += len(chunk)
 
     def _drop_kept(self) -> None:
         self._kept = None
@@ -133,3 +126,50 @@ class RequestBody:
         """The exchange is over: what was kept goes back to the budget."""
         if self._kept is not None:
             self._drop_kept()
+
+
+class BodyStream:
+    """One send's pass over a :class:`RequestBody`: the kept copy, then what the app has not
+    sent yet. An async iterator, and :meth:`take_nowait` for what is here already: the
+    upstream connection writes the request head with it, in one write and without a task
+    switch, and streams the rest. A :meth:`RequestBody.freeze` ends the pass."""
+
+    __slots__ = ("_body", "_from_app", "_generation", "_next_kept")
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+        self._generation = body._generation
+        self._next_kept = 0  # index of the next kept piece to send
+        self._from_app = False  # the kept pieces are behind: reading the app's stream
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    def take_nowait(self) -> bytes | None:
+        """The next piece (b"" at the end) if it needs no wait, else None."""
+        body = self._body
+        if self._generation != body._generation:
+            return b""  # frozen: this send's upstream has answered already
+        if not body._not_reading.is_set():
+            return None  # another pass is reading the app's stream: its piece comes first
+        if not self._from_app:
+            kept = body._kept
+            if kept is not None and self._next_kept < len(kept):
+                self._next_kept += 1
+                return kept[self._next_kept - 1]
+            self._from_app = True  # from here on, the app's pieces are kept as they pass
+        chunk = body._stream.read_nowait()
+        if chunk:
+            body._took(chunk)
+        return chunk
+
+    async def __anext__(self) -> bytes:
+        chunk = self.take_nowait()
+        if chunk is None:
+            await self._body._not_reading.wait()
+            chunk = self.take_nowait()
+            if chunk is None:
+                chunk = await self._body._read_app()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk

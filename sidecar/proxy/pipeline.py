@@ -189,6 +189,10 @@ async def _stream_back(ex: Exchange, already_read: bytes) -> None:
                 chunk = await content.readany()
             if not chunk:
                 break
+            if content.at_eof:  # the last piece: it leaves with the answer's end, one write
+                request.finish(chunk)
+                ex.bytes_out += len(chunk)
+                return
             if request.write_nowait(chunk):
                 await request.drain()
             ex.bytes_out += len(chunk)

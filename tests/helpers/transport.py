@@ -24,6 +24,7 @@ class MockTransport(asyncio.Transport):
     ) -> None:
         super().__init__(extra)
         self.written = bytearray()
+        self.writes = 0  # write() calls: each is a system call on a real socket
         self.paused = False
         self.pauses = 0  # how many times reading was paused
         self.closed = False
@@ -34,6 +35,7 @@ class MockTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         if self.closed:
             raise AssertionError("write after close")
+        self.writes += 1
         self.written += data
 
     def take(self) -> bytes:

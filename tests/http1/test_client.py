@@ -279,6 +279,81 @@ async def test_a_chunked_upload_is_framed_and_ends_with_the_last_chunk(
     await asyncio.wait_for(pending, 1)
 
 
+class ReadyBody:
+    """A body that says which of its pieces are here already (as the proxy's does): b"" at
+    the end, None while the next piece is still on its way."""
+
+    def __init__(self, *pieces: bytes, ended: bool = True) -> None:
+        self.pieces = list(pieces)
+        self.ended = ended
+        self.more = asyncio.Event()
+
+    def take_nowait(self) -> bytes | None:
+        if self.pieces:
+            return self.pieces.pop(0)
+        return b"" if self.ended else None
+
+    def add(self, *pieces: bytes, end: bool) -> None:
+        self.pieces += pieces
+        self.ended = end
+        self.more.set()
+
+    def __aiter__(self) -> ReadyBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while (data := self.take_nowait()) is None:
+            await self.more.wait()
+            self.more.clear()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+
+@pytest.mark.parametrize(
+    ("chunked", "wire"),
+    [(False, b"abcde"), (True, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")],
+    ids=["sized", "chunked"],
+)
+async def test_a_body_that_is_all_here_leaves_with_the_head_in_one_write(
+    pool: ConnectionPool, chunked: bool, wire: bytes
+) -> None:
+    conn, transport = connect(pool)
+    pending = asyncio.create_task(conn.request("POST", b"H", ReadyBody(b"abc", b"de"), chunked))
+    await asyncio.sleep(0)  # the request's first step: no task streams this body
+    assert transport.writes == 1 and transport.take() == b"H" + wire
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await asyncio.wait_for(pending, 1)
+    assert conn.reusable  # nothing is left to send
+
+
+async def test_what_is_here_goes_with_the_head_and_the_rest_streams_as_it_comes(
+    pool: ConnectionPool,
+) -> None:
+    conn, transport = connect(pool)
+    body = ReadyBody(b"abc", ended=False)
+    pending = asyncio.create_task(conn.request("POST", b"H", body, True))
+    await asyncio.sleep(0)
+    assert transport.take() == b"H3\r\nabc\r\n"  # not held back for the next piece
+    body.add(b"de", end=True)
+    await settle()
+    assert transport.take() == b"2\r\nde\r\n0\r\n\r\n"
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await asyncio.wait_for(pending, 1)
+    assert conn.reusable
+
+
+async def test_a_body_broken_before_its_first_byte_sends_nothing(pool: ConnectionPool) -> None:
+    class Broken(ReadyBody):
+        def take_nowait(self) -> bytes | None:
+            raise ConnectionResetError("the app went away")
+
+    conn, transport = connect(pool)
+    with pytest.raises(Closed, match="request body broke off"):
+        await asyncio.wait_for(conn.request("POST", b"H", Broken(), True), 1)
+    assert transport.aborted and transport.take() == b""
+
+
 async def test_an_upload_waits_while_the_upstream_is_slow(pool: ConnectionPool) -> None:
     conn, transport = connect(pool)
     conn.pause_writing()
@@ -296,6 +371,25 @@ async def test_an_upload_waits_while_the_upstream_is_slow(pool: ConnectionPool) 
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     await asyncio.wait_for(pending, 1)
     assert conn.reusable
+
+
+async def test_a_body_partly_here_waits_for_a_slow_upstream_before_the_rest(
+    pool: ConnectionPool,
+) -> None:
+    conn, transport = connect(pool)
+    conn.pause_writing()
+    body = ReadyBody(b"first", ended=False)
+    pending = asyncio.create_task(conn.request("POST", b"H", body, False))
+    await asyncio.sleep(0)
+    assert transport.take() == b"Hfirst"
+    body.add(b"second", end=True)
+    await settle()
+    assert transport.take() == b""  # the upstream has not drained what it got
+    conn.resume_writing()
+    await settle()
+    assert transport.take() == b"second"
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await asyncio.wait_for(pending, 1)
 
 
 async def test_an_upload_that_breaks_off_fails_the_request_and_the_connection(

@@ -98,6 +98,44 @@ async def test_answers_that_carry_no_body_write_none(method: str, status: int) -
     assert b"chunked" not in head
 
 
+@pytest.mark.parametrize(
+    ("headers", "wire"),
+    [
+        ({}, b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ({"Content-Length": "5"}, b"Content-Length: 5\r\n\r\nhello"),
+    ],
+    ids=["chunked", "sized"],
+)
+async def test_the_last_piece_leaves_with_the_head_and_the_end_in_one_write(
+    headers: dict[str, str], wire: bytes
+) -> None:
+    transport = MockTransport()
+    request = make(StubConnection(transport))
+    request.start(200, CIMultiDict(headers))
+    request.finish(b"hello")
+    assert transport.writes == 1  # one send() for the whole small answer
+    assert transport.take() == b"HTTP/1.1 200 OK\r\n" + wire
+    assert request.finished
+
+
+async def test_a_streamed_chunked_answer_ends_with_its_last_piece_in_one_write() -> None:
+    transport = MockTransport()
+    request = make(StubConnection(transport))
+    request.start(200, CIMultiDict())
+    await request.write(b"first")
+    transport.take()
+    request.finish(b"last")
+    assert transport.writes == 2 and transport.take() == b"4\r\nlast\r\n0\r\n\r\n"
+
+
+async def test_a_whole_local_answer_is_one_write() -> None:
+    transport = MockTransport()
+    request = make(StubConnection(transport))
+    await request.respond(503, CIMultiDict({"Content-Type": "application/json"}), b"{}")
+    assert transport.writes == 1
+    assert transport.take().endswith(b"Content-Length: 2\r\n\r\n{}")
+
+
 async def test_start_raw_keeps_the_upstreams_reason_and_header_bytes() -> None:
     conn = StubConnection()
     request = make(conn)
@@ -116,6 +154,8 @@ async def test_writing_to_an_app_that_is_gone_raises_client_gone() -> None:
     transport.close()
     with pytest.raises(ClientGone):
         await request.write(b"late")
+    with pytest.raises(ClientGone):
+        request.finish(b"the last piece")  # body bytes that cannot go out: the app is gone
     request.finish()  # finishing quietly writes nothing to a closed transport
     assert request.finished and conn.written == b""
 

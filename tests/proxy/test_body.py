@@ -22,6 +22,12 @@ class Source:
         self.hold = hold
         self.more = asyncio.Event()
 
+    def read_nowait(self) -> bytes | None:
+        if self.hold and self.reads and self.pieces:
+            return None  # the next piece waits for `more`
+        self.reads += 1
+        return self.pieces.pop(0) if self.pieces else b""
+
     async def readany(self) -> bytes:
         if self.hold and self.reads and self.pieces:
             await self.more.wait()
@@ -50,6 +56,24 @@ async def test_a_body_within_the_limit_streams_and_replays_whole() -> None:
     assert body.replayable
     assert await collect(body.replay()) == [b"ab", b"cd", b"e"]
     assert body.bytes_read == 5  # the replay read nothing more from the app
+
+
+async def test_what_is_here_already_is_taken_without_a_wait_and_kept() -> None:
+    source = Source(b"one", b"two", b"three", hold=True)
+    body = body_of(source, None, 100)
+    stream = body.stream()
+    assert stream.take_nowait() == b"one"
+    assert stream.take_nowait() is None  # the app's next piece is on its way
+    source.more.set()
+    assert await anext(stream) == b"two"
+    await body.freeze()
+    assert stream.take_nowait() == b""  # a frozen send is over
+    replay = body.replay()
+    assert [replay.take_nowait(), replay.take_nowait()] == [b"one", b"two"]  # the kept copy
+    assert replay.take_nowait() is None
+    source.more.set()
+    assert await collect(replay) == [b"three"]
+    assert body.bytes_read == len(b"onetwothree")
 
 
 async def test_a_known_length_over_the_limit_keeps_nothing() -> None:
@@ -130,6 +154,9 @@ async def test_buffer_up_to_takes_a_body_exactly_at_its_limit() -> None:
 
 async def test_a_broken_app_stream_reaches_the_sender() -> None:
     class Broken:
+        def read_nowait(self) -> bytes | None:
+            return None
+
         async def readany(self) -> bytes:
             raise ConnectionResetError("the app went away")
 
