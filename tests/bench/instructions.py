@@ -262,36 +262,44 @@ def _stop_sidecar(procs: Procs, proc: subprocess.Popen[bytes]) -> None:
     procs.stop(proc)
 
 
+def start_upstream(
+    procs: Procs, out: Path, tls: bool
+) -> tuple[subprocess.Popen[bytes], int, Path | None]:
+    """The measured upstream in a process of its own: (process, port, PKI folder or None).
+
+    With ``tls`` it is HTTPS requiring a client certificate of a fresh CA in ``out/pki``."""
+    tls_dir: Path | None = None
+    if tls:
+        from sidecar.sandbox.pki import Pki
+
+        tls_dir = out / "pki"
+        pki = Pki(tls_dir, name="authsidecar bench CA")
+        pki.issue_server("api", (HOST, "127.0.0.1", "localhost"))
+        pki.issue_client("client", "bench-client")
+    upstream_log = out / "upstream.log"
+    upstream_log.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "tests.bench.instructions", "--serve-upstream"]
+    if tls_dir:
+        argv += ["--upstream-tls", str(tls_dir)]
+    upstream = procs.start("upstream", argv, env=_path_env(), cwd=ROOT)
+
+    def listening() -> bool:
+        if upstream.poll() is not None:
+            raise RuntimeError(
+                f"the upstream exited with {upstream.returncode}; see {upstream_log}")
+        return _upstream_port(upstream_log) is not None
+
+    wait_until(listening, 30.0, "the upstream to listen")
+    port = _upstream_port(upstream_log)
+    assert port is not None
+    return upstream, port, tls_dir
+
+
 def measure(requests: int, level: str, tls: bool, out: Path) -> dict[str, Any]:
     procs = Procs(out)
     client: Client | None = None
     try:
-        tls_dir: Path | None = None
-        if tls:
-            from sidecar.sandbox.pki import Pki
-
-            tls_dir = out / "pki"
-            pki = Pki(tls_dir, name="authsidecar bench CA")
-            pki.issue_server("api", (HOST, "127.0.0.1", "localhost"))
-            pki.issue_client("client", "bench-client")
-
-        upstream_log = out / "upstream.log"
-        upstream_log.unlink(missing_ok=True)
-        upstream_argv = [sys.executable, "-m", "tests.bench.instructions", "--serve-upstream"]
-        if tls_dir:
-            upstream_argv += ["--upstream-tls", str(tls_dir)]
-        upstream = procs.start("upstream", upstream_argv, env=_path_env(), cwd=ROOT)
-
-        def upstream_ready() -> bool:
-            if upstream.poll() is not None:
-                raise RuntimeError(
-                    f"the upstream exited with {upstream.returncode}; see {upstream_log}"
-                )
-            return _upstream_port(upstream_log) is not None
-
-        wait_until(upstream_ready, 30.0, "the upstream to listen")
-        upstream_port = _upstream_port(upstream_log)
-        assert upstream_port is not None
+        upstream, upstream_port, tls_dir = start_upstream(procs, out, tls)
 
         config_file = out / "sidecar.yaml"  # JSON is YAML
         # Fixed ports, not 0: at log level warning there is no "started" line to read them

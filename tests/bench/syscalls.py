@@ -39,9 +39,8 @@ from tests.bench.instructions import (
     WARMUP,
     Client,
     _config,
-    _path_env,
     _sidecar_env,
-    _upstream_port,
+    start_upstream,
 )
 from tests.bench.procs import Procs, free_port, http_status, wait_until
 
@@ -117,25 +116,7 @@ def measure(
     procs = Procs(out)
     client: Client | None = None
     try:
-        tls_dir: Path | None = None
-        if tls:
-            from sidecar.sandbox.pki import Pki
-
-            tls_dir = out / "pki"
-            pki = Pki(tls_dir, name="authsidecar bench CA")
-            pki.issue_server("api", (HOST, "127.0.0.1", "localhost"))
-            pki.issue_client("client", "bench-client")
-        upstream_log = out / "upstream.log"
-        upstream_log.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "tests.bench.instructions", "--serve-upstream"]
-        if tls_dir:
-            argv += ["--upstream-tls", str(tls_dir)]
-        upstream = procs.start("upstream", argv, env=_path_env(), cwd=ROOT)
-        wait_until(lambda: _upstream_port(upstream_log) is not None or upstream.poll() is not None,
-                   30.0, "the upstream to listen")
-        upstream_port = _upstream_port(upstream_log)
-        if upstream_port is None:
-            raise RuntimeError(f"the upstream did not start; see {upstream_log}")
+        _, upstream_port, tls_dir = start_upstream(procs, out, tls)  # Procs stops it
 
         proxy_port, admin_port = free_port(), free_port()
         config_file = out / "sidecar.yaml"
