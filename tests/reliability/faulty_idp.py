@@ -389,8 +389,18 @@ class Matrix:
             return recovered[-1].status in case.probe.ok
 
         await self.until(served, BACKOFF_CAP + 2 * IDP_TIMEOUT + 4, "recovery")
-        token = await self.token(case)
-        assert token["state"] == "valid" and token["consecutive_failures"] == 0, token
+        last: dict[str, Any] = {}
+
+        async def healthy() -> bool:
+            # Tokens live a few seconds here: the check may fall in a token's last second,
+            # while its renewal is under way (state none, no failure); that is not a fault.
+            last.update(await self.token(case))
+            return last["state"] == "valid" and last["consecutive_failures"] == 0
+
+        try:
+            await self.until(healthy, 5, "a valid token after recovery")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last: {last}") from None
 
     async def _outage(self, case: Case, armed: float, armed_wall: float) -> None:
         fault = case.fault
